@@ -1,0 +1,34 @@
+"""Model-name specs: which checkpoint file, latent lengths, pixel area and prompt style each
+`model_name` implies. The three real entries are upstream Ovi's; `tiny` is our embedded default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    checkpoint_file: str          # under <ckpt_dir>/Ovi/
+    video_latent_frames: int      # F_lat; pixel frames = 4 * (F_lat - 1) + 1
+    audio_latent_length: int      # audio tokens (31.25 per second)
+    area: int                     # target pixel area for t2v
+    audio_caption_style: str      # "audcap" (<AUDCAP>..<ENDAUDCAP>) or "audio_colon" ("Audio: ...")
+    architecture: str             # key into ovi.model.configs.ARCHITECTURES
+    fps: int = 24
+    sample_rate: int = 16000
+
+    @property
+    def num_frames(self) -> int:
+        return 4 * (self.video_latent_frames - 1) + 1
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "720x720_5s": ModelSpec("720x720_5s", "model.safetensors", 31, 157, 720 * 720, "audcap", "ovi"),
+    "960x960_5s": ModelSpec("960x960_5s", "model_960x960.safetensors", 31, 157, 960 * 960, "audio_colon", "ovi"),
+    "960x960_10s": ModelSpec("960x960_10s", "model_960x960_10s.safetensors", 61, 314, 960 * 960, "audio_colon", "ovi"),
+    # Tiny: 17 frames (0.71 s) at 24 fps, 22 audio latents (0.704 s), ~128x128 pixels.
+    "tiny": ModelSpec("tiny", "model.safetensors", 5, 22, 128 * 128, "audcap", "tiny"),
+}
+
+FP8_CHECKPOINT_FILE = "model_fp8_e4m3fn.safetensors"
