@@ -1,0 +1,93 @@
+"""Ovi's FusionModel: a video and an audio WanModel fused block by block.
+
+Per block i: both branches run self-attention; then each branch's cross-attention reads the *other*
+branch's post-self-attention state (audio first, video reads audio's state saved before audio's
+cross-attention), so the two updates are symmetric. `slg_layer` skips block i entirely.
+Signature and return value follow upstream's FusionModel.forward; see DESIGN.md §4 for the one
+deliberate difference (dtype follows the weights).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ovi.errors import ConfigError
+from ovi.model.wan import WanModel
+
+
+def _all_none(x) -> bool:
+    return x is None or (isinstance(x, (list, tuple)) and all(u is None for u in x))
+
+
+class FusionModel(nn.Module):
+    def __init__(self, video_config: dict, audio_config: dict):
+        super().__init__()
+        self.video_config, self.audio_config = dict(video_config), dict(audio_config)
+        self.video_model = WanModel(**video_config, fusion=True)
+        self.audio_model = WanModel(**audio_config, fusion=True)
+        if len(self.video_model.blocks) != len(self.audio_model.blocks):
+            raise ConfigError("video and audio backbones must have the same num_layers to be fused "
+                              f"({len(self.video_model.blocks)} vs {len(self.audio_model.blocks)})")
+        if self.video_model.is_audio or not self.audio_model.is_audio:
+            raise ConfigError("video_config must describe a video backbone (model_type ti2v/t2v) and "
+                              "audio_config an audio one (model_type t2a)")
+        self.gradient_checkpointing = False
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.video_model.blocks)
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        self.video_model.compute_dtype = dtype
+        self.audio_model.compute_dtype = dtype
+
+    def set_attention_backend(self, backend: str) -> None:
+        from ovi.model.wan import Attend
+        for m in self.modules():
+            if isinstance(m, Attend):
+                m.backend = backend
+
+    def fused_block(self, i, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
+        vb, ab = self.video_model.blocks[i], self.audio_model.blocks[i]
+        v_mods, a_mods = vb.modulate(v_e0), ab.modulate(a_e0)
+        audio = ab.self_attn_residual(audio, a_mods, a_info)
+        vid = vb.self_attn_residual(vid, v_mods, v_info)
+        og_audio = audio
+        audio = ab.cross_ffn_residual(audio, a_mods, a_ctx, a_info, target=vid, tgt=v_info)
+        vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=og_audio, tgt=a_info)
+        return vid, audio
+
+    def forward(self, vid, audio, t, vid_context, audio_context, vid_seq_len, audio_seq_len,
+                clip_fea=None, clip_fea_audio=None, y=None, first_frame_is_clean=False, slg_layer=False):
+        if clip_fea is not None or clip_fea_audio is not None or y is not None:
+            raise ValueError("FusionModel takes no clip_fea/clip_fea_audio/y (Ovi's backbones are not CLIP-conditioned)")
+        if _all_none(vid):
+            return None, self.audio_model(audio, t, audio_context, audio_seq_len, slg_layer=slg_layer)
+        if _all_none(audio):
+            return self.video_model(vid, t, vid_context, vid_seq_len,
+                                    first_frame_is_clean=first_frame_is_clean, slg_layer=slg_layer), None
+
+        vid, v_e, v_e0, v_ctx, v_info = self.video_model.prepare(
+            vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean)
+        audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len)
+        for i in range(self.num_blocks):
+            if slg_layer and slg_layer > 0 and i == slg_layer:
+                continue
+            args = (vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info)
+            if self.gradient_checkpointing and self.training:
+                vid, audio = checkpoint(self.fused_block, i, *args, use_reentrant=False)
+            else:
+                vid, audio = self.fused_block(i, *args)
+        return (self.video_model.finish(vid, v_e, v_info.grid_sizes),
+                self.audio_model.finish(audio, a_e, a_info.grid_sizes))
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Upstream's training init, including its quirk: video fusion Linears scaled by 1/10."""
+        self.video_model.init_weights()
+        self.audio_model.init_weights()
+        for name, p in self.video_model.named_parameters():
+            if "fusion" in name and name.endswith("weight") and p.dim() == 2:
+                p.div_(10.0)
