@@ -64,10 +64,10 @@ class FusionModel(nn.Module):
         if clip_fea is not None or clip_fea_audio is not None or y is not None:
             raise ValueError("FusionModel takes no clip_fea/clip_fea_audio/y (Ovi's backbones are not CLIP-conditioned)")
         if _all_none(vid):
-            return None, self.audio_model(audio, t, audio_context, audio_seq_len, slg_layer=slg_layer)
+            # Upstream ignores slg_layer on the single-modality paths; so do we.
+            return None, self.audio_model(audio, t, audio_context, audio_seq_len)
         if _all_none(audio):
-            return self.video_model(vid, t, vid_context, vid_seq_len,
-                                    first_frame_is_clean=first_frame_is_clean, slg_layer=slg_layer), None
+            return self.video_model(vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean), None
 
         vid, v_e, v_e0, v_ctx, v_info = self.video_model.prepare(
             vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean)

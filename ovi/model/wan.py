@@ -204,8 +204,8 @@ class WanModel(nn.Module):
         if self.is_audio:
             return [audio_freqs(int(g[0]), self.head_dim, self.temporal_rope_scaling_factor).to(device)
                     for g in grid_sizes]
-        return [video_freqs(tuple(int(v) for v in g), self.head_dim, self.temporal_rope_scaling_factor).to(device)
-                for g in grid_sizes]
+        # Upstream scales only the audio table; a video backbone's temporal factor is not applied.
+        return [video_freqs(tuple(int(v) for v in g), self.head_dim).to(device) for g in grid_sizes]
 
     def token_timesteps(self, t: torch.Tensor, seq_len: int, grid_sizes, first_frame_is_clean: bool):
         """[B] or [B,L] timesteps -> [B,seq_len]; with a clean first frame its tokens get t=0."""

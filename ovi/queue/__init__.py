@@ -1,0 +1,20 @@
+"""Durable job queue: `JobQueue` (policy) over `SQLiteStore` (one SQLite WAL file)."""
+
+from ovi.queue.jobqueue import (
+    DEFAULT_DB,
+    FINISHED,
+    STATES,
+    JobCancelled,
+    JobQueue,
+    QueuePolicy,
+    Subscription,
+    make_worker_id,
+)
+from ovi.queue.requests import MODES, RequestError, validate_request
+from ovi.queue.store import SCHEMA_VERSION, SQLiteStore
+
+__all__ = [
+    "DEFAULT_DB", "FINISHED", "MODES", "SCHEMA_VERSION", "STATES", "JobCancelled", "JobQueue",
+    "QueuePolicy", "RequestError", "SQLiteStore", "Subscription", "make_worker_id",
+    "validate_request",
+]

@@ -1,0 +1,10 @@
+"""Runtime: the Runner (jobs → engine) and the WorkerGroup (persistent ranks).
+
+Names resolve lazily so `import ovi.runtime` stays cheap (the queue must not need torch)."""
+
+
+def __getattr__(name):
+    if name == "Runner":
+        from ovi.runtime.runner import Runner
+        return Runner
+    raise AttributeError(f"module 'ovi.runtime' has no attribute {name!r}")

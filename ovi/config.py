@@ -1,0 +1,374 @@
+"""One typed config for the whole workbench.
+
+It accepts every key of upstream Ovi's inference yaml, every key the seed fork documented, and our own
+additions, so an upstream yaml loads unchanged. Values are checked when the config is built (a typo or a
+bad value fails before any weights load, with a message naming the key, the value and the fix). Options
+that are documented but not runnable yet load fine and are refused only by `require_available()`, which
+the engine calls at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ovi.errors import ConfigError, NotAvailableError
+from ovi.pipeline.specs import MODEL_SPECS
+
+# Shipped yaml files live inside the package so they exist in a wheel too; configs/*.yaml at the repo
+# root are identical copies for people browsing the repo (a test keeps them in sync).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "tiny"
+
+MODES = ("t2v", "i2v", "t2i2v")
+SOLVERS = ("unipc", "dpm++", "euler")
+FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
+ATTENTION_BACKENDS = ("auto", "flash3", "flash2", "sdpa", "math")
+DTYPES = ("auto", "bf16", "fp32")
+LORA_KEYS = ("path", "weight", "name", "merge")
+
+# Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
+# feature lands; `require_available()` then stops refusing it.
+PENDING_FEATURES = {
+    "use_fsdp": "FSDP sharded inference",
+    "cfg_parallel": "CFG-parallel",
+    "lora": "LoRA",
+    "lightning": "LoRA lightning",
+    "qint8": "qint8 quantization",
+}
+
+
+@dataclass
+class OviConfig:
+    """Every setting of one generation run. Built (and validated) by `load_config` or directly."""
+
+    # --- upstream Ovi inference keys -------------------------------------------------------------
+    ckpt_dir: str = "./ckpts"
+    output_dir: str = "./outputs"
+    model_name: str = "960x960_10s"
+    mode: str = "t2v"
+    sample_steps: int = 50
+    solver_name: str = "unipc"
+    shift: float = 5.0
+    sp_size: int = 1
+    audio_guidance_scale: float = 3.0
+    video_guidance_scale: float = 4.0
+    slg_layer: int | bool = 11              # 0, -1 or False disable skip-layer guidance
+    seed: int = 103
+    fp8: bool = False
+    qint8: bool = False
+    cpu_offload: bool = False
+    each_example_n_times: int = 1
+    video_frame_height_width: list = field(default_factory=lambda: [704, 1280])
+    text_prompt: str = ""                   # a prompt, or a .csv/.tsv prompt file
+    image_path: str | None = None
+    video_negative_prompt: str = "jitter, bad hands, blur, distortion"
+    audio_negative_prompt: str = "robotic, muffled, echo, distorted"
+    shard_text_model: bool = False
+    # --- the seed fork's keys --------------------------------------------------------------------
+    use_fsdp: bool = False
+    fsdp_sharding_strategy: str = "FULL_SHARD"
+    fsdp_cpu_offload: bool = False
+    use_optimized_comms: bool = True
+    enable_async_comms: bool = False
+    use_tensor_cores: bool = True
+    # --- ours ------------------------------------------------------------------------------------
+    model: str | None = None                # architecture preset; None -> derived from model_name
+    attention_backend: str = "auto"
+    cfg_parallel: bool = False
+    lora: list = field(default_factory=list)  # [{path, weight, name, merge}] or "path:weight" strings
+    lightning: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    save_latents: bool = False
+
+    def __post_init__(self):
+        _validate(self)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return tuple(self.video_frame_height_width)
+
+    @property
+    def slg_layer_index(self) -> int | None:
+        """The block index skipped in the negative pass, or None when SLG is off (0, -1 or False)."""
+        if self.slg_layer is False or self.slg_layer <= 0:
+            return None
+        return int(self.slg_layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every resolved setting (what the clip sidecar records)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides) -> "OviConfig":
+        """A validated copy with `overrides` applied. If `model_name` changes and `model` was the
+        architecture derived from the old name (and is not overridden), it is derived again."""
+        data = self.to_dict()
+        if "model_name" in overrides and "model" not in overrides:
+            old = MODEL_SPECS.get(self.model_name)
+            if old is not None and self.model == old.architecture:
+                data["model"] = None
+        return load_config(data, **overrides)
+
+    def require_available(self) -> None:
+        """Refuse switched-on options this build cannot run yet (called by the engine at start, not at
+        load, so configs that mention them still load and can be inspected)."""
+        problems = []
+        for key, feature in PENDING_FEATURES.items():
+            if getattr(self, key):
+                off = "[]" if key == "lora" else "false"
+                problems.append(f"{key}: {_show(getattr(self, key))} is not available until the {feature} "
+                                f"feature lands; set {key}: {off}")
+        if self.shard_text_model:
+            problems.append("shard_text_model: true is not supported (upstream Ovi refuses it too); "
+                            "set shard_text_model: false")
+        if problems:
+            raise NotAvailableError("; ".join(problems))
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(OviConfig))
+_TEXT_FIELDS = ("ckpt_dir", "output_dir", "text_prompt", "image_path", "video_negative_prompt",
+                "audio_negative_prompt")
+_NOT_YAML = object()
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> path of every yaml shipped inside the package (e.g. 'tiny', 'rtx3090_x4')."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def load_config(path_or_dict: str | Path | dict | OviConfig | None = None, **overrides) -> OviConfig:
+    """Build a validated OviConfig.
+
+    `path_or_dict` is a yaml path, the name of a shipped config ('tiny', 'ovi_720x720_5s',
+    'rtx3090_x4', ...), a dict, an OviConfig, or None for the embedded default (configs/tiny.yaml).
+    `overrides` are applied on top, key by key.
+    """
+    if path_or_dict is None:
+        default = CONFIG_DIR / f"{DEFAULT_CONFIG}.yaml"
+        if not default.is_file():
+            raise FileNotFoundError(f"the embedded default config {default} is missing from this installation; "
+                                    f"reinstall ovi-workbench (its wheel must ship ovi/configs/*.yaml)")
+        data = _read_yaml(default)
+    elif isinstance(path_or_dict, OviConfig):
+        data = path_or_dict.to_dict()
+    elif isinstance(path_or_dict, dict):
+        data = dict(path_or_dict)
+    elif isinstance(path_or_dict, (str, Path)):
+        data = _read_yaml(_resolve_config_path(path_or_dict))
+    else:
+        raise ConfigError(f"load_config expects a yaml path, a dict or None, got {type(path_or_dict).__name__}")
+    data.update(overrides)
+    unknown = [k for k in data if k not in FIELDS]
+    if unknown:
+        raise ConfigError(_unknown_key_message(unknown[0]))
+    return OviConfig(**data)
+
+
+def parse_set_option(option: str) -> tuple[str, Any]:
+    """Parse one `--set key=value` option into (key, value). The value is read as yaml (so `7`, `true`,
+    `[128, 128]` and `null` get their types); prompts and paths stay text whatever they look like."""
+    key, sep, raw = option.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. --set sample_steps=30), got {option!r}")
+    if key not in FIELDS:
+        raise ConfigError(_unknown_key_message(key))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = _NOT_YAML
+    if key in _TEXT_FIELDS and not isinstance(value, str) and value is not None:
+        value = raw.strip()  # prompts and paths are text even when they look like yaml ("a: b", 123)
+    elif value is _NOT_YAML:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid yaml; quote it or fix the syntax")
+    return key, value
+
+
+# --------------------------------------------------------------------------------------------------
+# loading helpers
+
+
+def _resolve_config_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if p.parent == Path(".") and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file {str(path)!r} not found; pass an existing yaml path or one of the "
+                      f"shipped configs ({', '.join(shipped)}), or omit it for the embedded tiny default")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid yaml: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of key: value lines, "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(str(key), FIELDS, n=1, cutoff=0.6)
+    if close:
+        return f"unknown config key {key!r}; did you mean {close[0]!r}?"
+    return f"unknown config key {key!r}; valid keys are: {', '.join(FIELDS)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _show(value) -> str:
+    """A value as it would be written in yaml (for messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _fail(key: str, value, problem: str) -> ConfigError:
+    return ConfigError(f"{key} {_show(value)}: {problem}")
+
+
+def _choice(cfg: OviConfig, key: str, choices: tuple[str, ...], *, fold_case: bool = False) -> None:
+    value = getattr(cfg, key)
+    if isinstance(value, str) and fold_case:
+        folded = {c.lower(): c for c in choices}
+        if value.lower() in folded:
+            setattr(cfg, key, folded[value.lower()])
+            return
+    if value in choices:
+        return
+    hint = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+    also = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise _fail(key, value, f"must be one of {', '.join(choices)}{also}")
+
+
+def _check_types(cfg: OviConfig) -> None:
+    """Bools must be bools, ints ints (not bools), floats numbers, strings strings."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in ("slg_layer", "model", "image_path", "lora", "video_frame_height_width"):
+            continue  # checked on their own below
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _fail(f.name, value, "must be true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _fail(f.name, value, "must be an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _fail(f.name, value, "must be a number")
+            setattr(cfg, f.name, float(value))
+        elif isinstance(default, str):
+            if isinstance(value, Path):
+                setattr(cfg, f.name, str(value))
+            elif not isinstance(value, str):
+                raise _fail(f.name, value, "must be a string")
+
+
+def _normalize_lora(value) -> list[dict]:
+    """Accept a list (or one item) of {path, weight, name?, merge?} dicts or "path[:weight]" strings."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            path, weight = str(item), 1.0
+            head, sep, tail = path.rpartition(":")
+            if sep and head:
+                try:
+                    weight, path = float(tail), head
+                except ValueError:
+                    pass  # a ':' that is part of the path (e.g. C:\...)
+            item = {"path": path, "weight": weight}
+        if not isinstance(item, dict):
+            raise _fail("lora", value, 'each entry must be "path:weight" or {path: ..., weight: ...}')
+        extra = [k for k in item if k not in LORA_KEYS]
+        if extra:
+            raise _fail("lora", value, f"unknown entry key {extra[0]!r}; allowed: {', '.join(LORA_KEYS)}")
+        if not item.get("path"):
+            raise _fail("lora", value, "every entry needs a path")
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise _fail("lora", value, f"weight {_show(weight)} of {item['path']!r} must be a number")
+        merge = item.get("merge", True)
+        if not isinstance(merge, bool):
+            raise _fail("lora", value, f"merge of {item['path']!r} must be true or false")
+        path = str(item["path"])
+        name = str(item.get("name") or Path(path).stem)
+        out.append({"path": path, "weight": float(weight), "name": name, "merge": merge})
+    return out
+
+
+def _validate(cfg: OviConfig) -> None:
+    _check_types(cfg)
+    if cfg.model_name not in MODEL_SPECS:
+        raise _fail("model_name", cfg.model_name, f"unknown model; choose one of {', '.join(MODEL_SPECS)}")
+    _choice(cfg, "mode", MODES)
+    _choice(cfg, "solver_name", SOLVERS)
+    _choice(cfg, "fsdp_sharding_strategy", FSDP_STRATEGIES, fold_case=True)
+    _choice(cfg, "attention_backend", ATTENTION_BACKENDS)
+    _choice(cfg, "dtype", DTYPES)
+
+    architectures = tuple(sorted({s.architecture for s in MODEL_SPECS.values()}))
+    if cfg.model is None:
+        cfg.model = MODEL_SPECS[cfg.model_name].architecture
+    elif cfg.model not in architectures:
+        raise _fail("model", cfg.model, f"unknown architecture preset; choose one of {', '.join(architectures)} "
+                                        f"(or leave it out to follow model_name)")
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+    if cfg.sample_steps < 1:
+        raise _fail("sample_steps", cfg.sample_steps, "must be at least 1 (upstream uses 50)")
+    if cfg.shift <= 0:
+        raise _fail("shift", cfg.shift, "must be > 0 (upstream uses 5.0)")
+    for key in ("audio_guidance_scale", "video_guidance_scale"):
+        if getattr(cfg, key) < 0:
+            raise _fail(key, getattr(cfg, key), "must be >= 0 (1.0 turns guidance off)")
+    if cfg.sp_size < 1:
+        raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism)")
+    if cfg.each_example_n_times < 1:
+        raise _fail("each_example_n_times", cfg.each_example_n_times, "must be at least 1")
+    if cfg.seed < 0:
+        raise _fail("seed", cfg.seed, "must be a non-negative integer")
+
+    slg = cfg.slg_layer
+    if slg is True or not isinstance(slg, int) or slg < -1:
+        raise _fail("slg_layer", slg, "must be a block index (e.g. 11), or 0 / -1 / false to disable SLG")
+
+    if cfg.image_path is not None:
+        if not isinstance(cfg.image_path, (str, Path)):
+            raise _fail("image_path", cfg.image_path, "must be a file path or null")
+        cfg.image_path = str(cfg.image_path) or None
+
+    hw = cfg.video_frame_height_width
+    ok = (isinstance(hw, (list, tuple)) and len(hw) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0 for v in hw))
+    if not ok:
+        example = [704, 1280]
+        if isinstance(hw, (list, tuple)) and len(hw) == 2 and all(isinstance(v, (int, float)) for v in hw):
+            example = [max(32, int(round(v / 32)) * 32) for v in hw]
+        raise ConfigError(f"video_frame_height_width {_show(list(hw) if isinstance(hw, tuple) else hw)}: "
+                          f"each side must be a positive multiple of 32, e.g. {example}")
+    cfg.video_frame_height_width = list(hw)
+
+    cfg.lora = _normalize_lora(cfg.lora) if cfg.lora else []

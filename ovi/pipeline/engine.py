@@ -1,0 +1,296 @@
+"""Engine: config -> components -> `generate()` (text encoding, flow-matching sampling with dual
+guidance and skip-layer guidance, decoding) -> Clip.
+
+The denoising loop is split into small methods (`plan`, `encode_text`, `initial_latents`,
+`predict`, `denoise`, `decode`) so the multi-rank runtime can reuse them and swap `predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ovi.config import OviConfig, load_config
+from ovi.errors import InputError, NotAvailableError
+from ovi.model.attention import resolve_backend
+from ovi.pipeline.components import Components, load_components
+from ovi.pipeline.images import ToyImageGenerator, load_image, resize_image, snap_to_area, to_uint8_frames
+from ovi.pipeline.output import Clip
+from ovi.pipeline.prompts import format_prompt
+from ovi.pipeline.solvers import make_solver
+from ovi.pipeline.specs import MODEL_SPECS
+
+log = logging.getLogger(__name__)
+MODES = ("t2v", "i2v", "t2i2v")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' requested but CUDA is not available here; set device: auto or cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def configure_tensor_cores(enabled: bool, device: torch.device) -> dict:
+    """Seed-fork key `use_tensor_cores`: TF32 for fp32 matmuls/convs on CUDA. A no-op on the CPU."""
+    if device.type != "cuda":
+        return {"use_tensor_cores": enabled, "tf32": False, "note": "no-op on CPU"}
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return {"use_tensor_cores": enabled, "tf32": enabled}
+
+
+@dataclass
+class Plan:
+    """Every resolved setting of one generation (what the sidecar records)."""
+    prompt: str
+    formatted_prompt: str
+    mode: str
+    seed: int
+    steps: int
+    solver: str
+    shift: float
+    video_guidance_scale: float
+    audio_guidance_scale: float
+    slg_layer: int | None
+    video_negative_prompt: str
+    audio_negative_prompt: str
+    height: int
+    width: int
+    num_frames: int
+    video_latent_shape: tuple
+    audio_latent_shape: tuple
+    image: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def vid_seq_len(self) -> int:
+        c, f, h, w = self.video_latent_shape
+        return f * h * w // 4
+
+    @property
+    def audio_seq_len(self) -> int:
+        return self.audio_latent_shape[0]
+
+
+class Engine:
+    def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype):
+        self.config, self.components, self.device, self.dtype = config, components, device, dtype
+        self.model = components.model
+        self.spec = MODEL_SPECS[config.model_name]
+        self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
+        self.model.set_attention_backend(self.attention_backend)
+        self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
+        self.image_generator = None
+        self.world_size, self.sp_size = 1, 1
+
+    @classmethod
+    def from_config(cls, cfg: OviConfig | dict | str | None = None) -> "Engine":
+        cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
+        cfg.require_available()
+        if cfg.sp_size > 1:
+            raise NotAvailableError(f"sp_size {cfg.sp_size}: multi-rank generation runs through "
+                                    "ovi.runtime.WorkerGroup, which is not in this build yet; use sp_size 1")
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        t0 = time.perf_counter()
+        engine = cls(cfg, load_components(cfg, device=device, dtype=dtype), device, dtype)
+        engine.load_seconds = time.perf_counter() - t0
+        return engine
+
+    # ---- settings ------------------------------------------------------------------------------
+    def plan(self, prompt, *, mode=None, image=None, seed=None, negative_prompt=None, audio_negative_prompt=None,
+             steps=None, solver=None, video_guidance_scale=None, audio_guidance_scale=None, slg_layer=None,
+             height_width=None) -> Plan:
+        cfg = self.config
+        overrides = {k: v for k, v in dict(
+            mode=mode, seed=seed, sample_steps=steps, solver_name=solver, video_guidance_scale=video_guidance_scale,
+            audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
+            video_negative_prompt=negative_prompt, audio_negative_prompt=audio_negative_prompt,
+            video_frame_height_width=list(height_width) if height_width is not None else None).items() if v is not None}
+        if overrides:
+            cfg = cfg.replace(**overrides)  # validates each value with the config's own messages
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt is empty; pass the text to generate from")
+        mode = cfg.mode
+        if mode == "i2v" and image is None:
+            image = cfg.image_path
+            if image is None:
+                raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
+        if mode == "t2v" and image is not None:
+            raise InputError("an image was given but mode is t2v; use mode i2v to condition on it")
+
+        codec = self.components.video_codec
+        if mode == "i2v":
+            img = load_image(image)
+            height, width = snap_to_area(img.shape[1], img.shape[2], self.spec.area)
+            img = resize_image(img, height, width)
+        else:
+            height, width = snap_to_area(*cfg.height_width, self.spec.area)
+            requested = cfg.height_width[0] * cfg.height_width[1]
+            if abs(requested - self.spec.area) > 0.1 * self.spec.area:
+                log.warning("requested %s is %.0f%% off the model's trained area; generating %dx%d",
+                            cfg.height_width, 100 * (requested / self.spec.area - 1), height, width)
+            img = None
+        video_shape = codec.latent_shape(self.spec.num_frames, height, width)
+        audio_shape = (self.spec.audio_latent_length, self.components.audio_codec.latent_channels)
+        return Plan(prompt=prompt, formatted_prompt=format_prompt(prompt, cfg.model_name), mode=mode, seed=int(cfg.seed),
+                    steps=cfg.sample_steps, solver=cfg.solver_name, shift=cfg.shift,
+                    video_guidance_scale=cfg.video_guidance_scale, audio_guidance_scale=cfg.audio_guidance_scale,
+                    slg_layer=cfg.slg_layer_index, video_negative_prompt=cfg.video_negative_prompt,
+                    audio_negative_prompt=cfg.audio_negative_prompt, height=height, width=width,
+                    num_frames=self.spec.num_frames, video_latent_shape=video_shape, audio_latent_shape=audio_shape,
+                    image=img)
+
+    # ---- component placement (cpu_offload) -----------------------------------------------------
+    @contextlib.contextmanager
+    def on_device(self, module: torch.nn.Module):
+        """With cpu_offload, keep `module` on the accelerator only while it is used."""
+        if not self.config.cpu_offload or self.device.type == "cpu":
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ---- stages --------------------------------------------------------------------------------
+    def encode_text(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        encoder = self.components.text_encoder
+        with self.on_device(encoder.model):
+            encoder.device = next(encoder.model.parameters()).device
+            pos, vneg, aneg = encoder.encode(
+                [plan.formatted_prompt, plan.video_negative_prompt, plan.audio_negative_prompt])
+        return pos.to(self.device), vneg.to(self.device), aneg.to(self.device)
+
+    def first_frame_latent(self, plan: Plan, image: torch.Tensor) -> torch.Tensor:
+        """Encode an image as a one-frame video -> [48, 1, h, w] latent."""
+        return self.components.video_codec.encode(image[:, None].to(self.device)).float()
+
+    def initial_latents(self, plan: Plan):
+        """Noise from CPU generators seeded `seed` (one per modality): the same on every device."""
+        g = torch.Generator("cpu").manual_seed(plan.seed)
+        video = torch.randn(plan.video_latent_shape, generator=g)
+        g = torch.Generator("cpu").manual_seed(plan.seed)
+        audio = torch.randn(plan.audio_latent_shape, generator=g)
+        return video.to(self.device), audio.to(self.device)
+
+    def predict(self, plan: Plan, video, audio, t, contexts, first_frame_is_clean):
+        """Guided velocities for both modalities at timestep t (positive + negative pass)."""
+        pos, vneg, aneg = contexts
+        tt = torch.as_tensor(t, device=self.device).reshape(1)
+        common = dict(vid_seq_len=plan.vid_seq_len, audio_seq_len=plan.audio_seq_len,
+                      first_frame_is_clean=first_frame_is_clean)
+        v_pos, a_pos = self.model([video], [audio], tt, [pos], [pos], **common)
+        if plan.video_guidance_scale == 1.0 and plan.audio_guidance_scale == 1.0:
+            return v_pos[0].float(), a_pos[0].float()  # guidance off: the negative pass cannot matter
+        v_neg, a_neg = self.model([video], [audio], tt, [vneg], [aneg], slg_layer=plan.slg_layer or False, **common)
+        v = v_neg[0].float() + plan.video_guidance_scale * (v_pos[0].float() - v_neg[0].float())
+        a = a_neg[0].float() + plan.audio_guidance_scale * (a_pos[0].float() - a_neg[0].float())
+        return v, a
+
+    @torch.no_grad()
+    def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None):
+        video_solver = make_solver(plan.solver, plan.steps, plan.shift)
+        audio_solver = make_solver(plan.solver, plan.steps, plan.shift)
+        is_i2v = image_latent is not None
+        timesteps = video_solver.timesteps
+        with self.on_device(self.model):
+            for i, t in enumerate(timesteps):
+                if is_i2v:
+                    video[:, :1] = image_latent
+                v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
+                video = video_solver.step(v[None], t, video[None])[0]
+                audio = audio_solver.step(a[None], t, audio[None])[0]
+                if progress is not None:
+                    progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
+        if is_i2v:
+            video[:, :1] = image_latent
+        return video, audio
+
+    @torch.no_grad()
+    def decode(self, plan: Plan, video_latent, audio_latent):
+        video = self.components.video_codec.decode(video_latent)
+        audio = self.components.audio_codec.decode(audio_latent)
+        return to_uint8_frames(video), audio.float().cpu().numpy()
+
+    # ---- the public call -----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt, *, mode=None, image=None, seed=None, negative_prompt=None, audio_negative_prompt=None,
+                 steps=None, solver=None, video_guidance_scale=None, audio_guidance_scale=None, slg_layer=None,
+                 height_width=None, progress=None) -> Clip:
+        timings = {}
+        t0 = time.perf_counter()
+        plan = self.plan(prompt, mode=mode, image=image, seed=seed, negative_prompt=negative_prompt,
+                         audio_negative_prompt=audio_negative_prompt, steps=steps, solver=solver,
+                         video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale,
+                         slg_layer=slg_layer, height_width=height_width)
+        if plan.mode == "t2i2v":
+            plan.image = self.text_to_image(plan)
+        contexts = self.encode_text(plan)
+        timings["text"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        video, audio = self.initial_latents(plan)
+        image_latent = self.first_frame_latent(plan, plan.image) if plan.image is not None else None
+        video, audio = self.denoise(plan, contexts, video, audio, image_latent, progress)
+        timings["denoise"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        frames, wave = self.decode(plan, video, audio)
+        timings["decode"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        return Clip(video=frames, audio=wave, fps=self.spec.fps, sample_rate=self.spec.sample_rate,
+                    meta=self.sidecar(plan, timings), latents={"video": video.cpu(), "audio": audio.cpu()})
+
+    def text_to_image(self, plan: Plan) -> torch.Tensor:
+        if self.image_generator is None:
+            if self.config.model == "tiny":
+                self.image_generator = ToyImageGenerator()
+            else:
+                from ovi.pipeline.images import FluxImageGenerator
+                from pathlib import Path
+                self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / "FLUX.1-Krea-dev", self.device)
+        from ovi.pipeline.prompts import clean_text
+        image = self.image_generator.generate(clean_text(plan.prompt), plan.height, plan.width, plan.seed)
+        return resize_image(image, plan.height, plan.width)
+
+    def sidecar(self, plan: Plan, timings: dict) -> dict:
+        import diffusers
+        import transformers
+
+        import ovi
+        return {
+            "prompt": plan.prompt, "formatted_prompt": plan.formatted_prompt, "mode": plan.mode, "seed": plan.seed,
+            "steps": plan.steps, "solver": plan.solver, "shift": plan.shift,
+            "video_guidance_scale": plan.video_guidance_scale, "audio_guidance_scale": plan.audio_guidance_scale,
+            "slg_layer": plan.slg_layer, "video_negative_prompt": plan.video_negative_prompt,
+            "audio_negative_prompt": plan.audio_negative_prompt, "height_width": [plan.height, plan.width],
+            "num_frames": plan.num_frames, "fps": self.spec.fps, "sample_rate": self.spec.sample_rate,
+            "model_name": self.config.model_name, "architecture": self.config.model,
+            "checkpoint": str(self.components.checkpoint),
+            "storage_dtype": str(self.components.storage_dtype).replace("torch.", ""),
+            "compute_dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "attention_backend": self.attention_backend, "attention_backend_note": self.attention_note,
+            "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
+            "world_size": self.world_size, "sp": self.sp_size, "fsdp": None, "cfg_parallel": False,
+            "loras": [], "components": self.components.describe(), "timings": timings,
+            "versions": {"ovi": ovi.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__, "python": platform.python_version()},
+            "config": self.config.to_dict(),
+        }

@@ -1,0 +1,124 @@
+"""Text encoder: umT5 (transformers' UMT5EncoderModel) loaded from Wan's .pth by Wan key names.
+
+The real model is umT5-XXL with Google's sentencepiece tokenizer; the tiny model uses the same
+class with small dims and a byte-level tokenizer (no vocabulary file to ship), so both run through
+the same loading code (`ovi.checkpoint.adapter.wan_t5_to_hf`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ovi.errors import CheckpointError
+
+T5_DIR = "Wan2.2-TI2V-5B"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+BYTE_TOKENIZER_FILE = "ovi_byte_tokenizer.json"
+
+T5_CONFIGS = {
+    "ovi": dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, max_length=512),
+    "tiny": dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, max_length=256),
+}
+
+
+def clean_prompt_text(text: str) -> str:
+    """Wan's cleanup: fix mojibake (ftfy, when installed), unescape HTML twice, collapse spaces."""
+    try:
+        import ftfy
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: ids 0 pad, 1 eos, 2 unk, 3..258 bytes. For the tiny model only."""
+
+    pad_id, eos_id = 0, 1
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, text in enumerate(texts):
+            tokens = [b + 3 for b in text.encode("utf-8")][: self.max_length - 1] + [self.eos_id]
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+            mask[i, : len(tokens)] = 1
+        return ids, mask
+
+
+class HFTokenizer:
+    def __init__(self, path: Path, max_length: int):
+        from transformers import AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.max_length = max_length
+
+    def __call__(self, texts):
+        enc = self.tok(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                       add_special_tokens=True, return_tensors="pt")
+        return enc.input_ids, enc.attention_mask
+
+
+def make_t5(architecture: str):
+    from transformers import UMT5Config, UMT5EncoderModel
+    c = T5_CONFIGS[architecture]
+    config = UMT5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
+                        num_layers=c["num_layers"], num_heads=c["num_heads"], relative_attention_num_buckets=32,
+                        relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                        layer_norm_epsilon=1e-6, tie_word_embeddings=False)
+    return UMT5EncoderModel(config)
+
+
+class T5TextEncoder:
+    """encode(texts) -> list of [true_len, d_model] embeddings (trimmed; the DiT re-pads them)."""
+
+    def __init__(self, model, tokenizer, device="cpu"):
+        self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
+
+    @classmethod
+    def from_checkpoint_dir(cls, ckpt_dir, architecture: str, dtype=torch.float32, device="cpu"):
+        base = Path(ckpt_dir) / T5_DIR
+        weights, tok_dir = base / T5_FILE, base / TOKENIZER_DIR
+        if not weights.is_file():
+            raise CheckpointError(f"text encoder weights not found at {weights} (upstream layout "
+                                  f"<ckpt_dir>/{T5_DIR}/{T5_FILE})")
+        if (tok_dir / BYTE_TOKENIZER_FILE).is_file():
+            spec = json.loads((tok_dir / BYTE_TOKENIZER_FILE).read_text())
+            tokenizer = ByteTokenizer(int(spec["max_length"]))
+        elif tok_dir.is_dir():
+            tokenizer = HFTokenizer(tok_dir, T5_CONFIGS[architecture]["max_length"])
+        else:
+            raise CheckpointError(f"tokenizer folder not found at {tok_dir} (upstream layout <ckpt_dir>/{T5_DIR}/{TOKENIZER_DIR}/)")
+        from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
+        try:
+            sd = wan_t5_to_hf(unwrap_container(torch.load(weights, map_location="cpu", weights_only=True, mmap=True)))
+        except KeyError as exc:
+            raise CheckpointError(f"{weights}: unexpected key {exc} for Wan's umT5 encoder") from exc
+        with torch.device("meta"):
+            model = make_t5(architecture)
+        try:
+            model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{weights} does not fit the '{architecture}' umT5 encoder: {str(exc)[:400]}") from exc
+        return cls(model.to(device).eval().requires_grad_(False), tokenizer, device)
+
+    def to(self, device):
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        ids, mask = self.tokenizer([clean_prompt_text(t) for t in texts])
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [h[: int(n)] for h, n in zip(hidden, mask.sum(1))]

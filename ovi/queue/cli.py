@@ -1,0 +1,330 @@
+"""`ovi queue ...`: submit, inspect and run jobs in a queue database (default outputs/queue.db).
+
+Each handler returns an exit code; bad input raises InputError (`ovi` maps it to exit 2).
+Paths given on the command line (image, config, out) are made absolute before they are stored,
+so a runner started from another folder finds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ovi.errors import InputError
+from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
+from ovi.queue.requests import MODES
+
+TOKEN_ENV = "OVI_QUEUE_TOKEN"
+
+
+# -- shared options -----------------------------------------------------------------------------
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                   help=f"queue database (default {DEFAULT_DB})")
+
+
+def _add_generate_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> None:
+    if with_prompt:
+        p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="config yaml (or --config)")
+        p.add_argument("--prompt", required=True, help="text prompt")
+        p.add_argument("--image", help="input image (i2v)")
+    p.add_argument("--config", help="config yaml (default: the embedded tiny config)")
+    p.add_argument("--mode", choices=MODES)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--solver")
+    p.add_argument("--negative-prompt", dest="negative_prompt")
+    p.add_argument("--audio-negative-prompt", dest="audio_negative_prompt")
+    p.add_argument("--video-guidance-scale", dest="video_guidance_scale", type=float)
+    p.add_argument("--audio-guidance-scale", dest="audio_guidance_scale", type=float)
+    p.add_argument("--slg-layer", dest="slg_layer", type=int)
+    p.add_argument("--height-width", dest="height_width", metavar="HxW",
+                   help="frame size, e.g. 720x720")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="LoRA adapter (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (repeatable), e.g. --set sample_steps=4")
+    p.add_argument("--out", help="output folder for this job's clip")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+
+
+def _parse_value(text: str):
+    # JSON where it parses (4, 2.5, true, [720, 720]), else the plain string.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _abs(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _request_from_args(args, *, with_prompt: bool) -> dict:
+    request: dict = {}
+    if with_prompt:
+        if args.config_pos and args.config:
+            raise InputError("give the config once: either CONFIG or --config")
+        request["prompt"] = args.prompt
+        if args.image:
+            request["image"] = _abs(args.image)
+        config = args.config_pos or args.config
+    else:
+        config = args.config
+    if config:
+        request["config"] = _abs(config)
+    for key in ("mode", "seed", "steps", "solver", "negative_prompt", "audio_negative_prompt",
+                "video_guidance_scale", "audio_guidance_scale", "slg_layer"):
+        value = getattr(args, key)
+        if value is not None:
+            request[key] = value
+    if args.height_width:
+        try:
+            h, w = (int(x) for x in args.height_width.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise InputError(f"--height-width {args.height_width!r}: use HxW, e.g. 720x720") from None
+        request["height_width"] = [h, w]
+    if args.set:
+        overrides = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"--set {item!r}: use KEY=VALUE, e.g. --set sample_steps=4")
+            overrides[key.strip()] = _parse_value(value)
+        request["set"] = overrides
+    if args.lora:
+        request["loras"] = list(args.lora)
+    if args.out:
+        request["out"] = _abs(args.out)
+    return request
+
+
+def _open(args) -> JobQueue:
+    return JobQueue(args.db)
+
+
+def _print_job_line(job: dict) -> None:
+    prompt = job["request"].get("prompt", "")
+    prompt = prompt if len(prompt) <= 50 else prompt[:47] + "..."
+    extra = job["error"] or ""
+    if job["state"] == "done" and job["result"]:
+        extra = job["result"].get("mp4") or next(iter(job["result"].values()), "")
+    print(f"{job['id']:>6}  {job['state']:<9} p={job['priority']:<3} {job['progress']*100:5.1f}%  "
+          f"try {job['attempts']}  {prompt}  {extra}".rstrip())
+
+
+# -- handlers -----------------------------------------------------------------------------------
+def cmd_submit(args) -> int:
+    with _open(args) as q:
+        print(q.submit(_request_from_args(args, with_prompt=True), priority=args.priority))
+    return 0
+
+
+def cmd_list(args) -> int:
+    with _open(args) as q:
+        jobs = q.list(args.state, limit=args.limit)
+        if args.json:
+            for job in jobs:
+                print(json.dumps(job, sort_keys=True))
+        else:
+            if q.paused:
+                print("(queue is paused: `ovi queue resume` to run jobs)")
+            for job in jobs:
+                _print_job_line(job)
+    return 0
+
+
+def cmd_show(args) -> int:
+    with _open(args) as q:
+        job = q.get(args.id)
+        if job is None:
+            raise InputError(f"no job {args.id} in {args.db}; `ovi queue list` shows the ids")
+        print(json.dumps(job, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    with _open(args) as q:
+        for job_id in args.ids:
+            job = q.cancel(job_id)
+            note = "cancel requested (stops at the next step)" if job["state"] == "running" \
+                else job["state"]
+            print(f"{job_id}: {note}")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    with _open(args) as q:
+        for job_id in args.ids:
+            print(f"{job_id}: {q.retry(job_id)['state']}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    with _open(args) as q:
+        q.pause()
+    print("paused: no new job starts; a running job finishes")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    with _open(args) as q:
+        q.resume()
+    print("resumed")
+    return 0
+
+
+def cmd_move(args) -> int:
+    with _open(args) as q:
+        job = q.move(args.id, before=args.before, after=args.after, priority=args.to_priority)
+        order = [j["id"] for j in q.list("queued")]
+        print(f"{job['id']}: priority {job['priority']}, place {order.index(job['id']) + 1} "
+              f"of {len(order)}")
+    return 0
+
+
+def cmd_import_csv(args) -> int:
+    base = _request_from_args(args, with_prompt=False)
+    mode, seed = base.pop("mode", None), base.pop("seed", None)
+    with _open(args) as q:
+        ids = q.import_csv(args.file, n_times=args.n_times, priority=args.priority, mode=mode,
+                           seed=seed, base=base)
+    print(f"queued {len(ids)} jobs" + (f" ({ids[0]}..{ids[-1]})" if ids else ""))
+    return 0
+
+
+def _engine_factory(args):
+    if not args.engine_factory:
+        return None
+    from ovi.runtime.runner import load_engine_factory
+
+    return load_engine_factory(args.engine_factory)
+
+
+def cmd_run(args) -> int:
+    from ovi.runtime.runner import Runner
+
+    policy = QueuePolicy(heartbeat_timeout=args.heartbeat_timeout, max_attempts=args.max_attempts)
+    queue = JobQueue(args.db, policy=policy)
+    runner = Runner(queue, engine_factory=_engine_factory(args), out_dir=args.out,
+                    heartbeat_interval=min(5.0, args.heartbeat_timeout / 4))
+
+    # SIGTERM (e.g. a scheduler stopping us) behaves like Ctrl-C: the running job goes back
+    # to the queue instead of being left `running` until its heartbeat expires.
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        count = runner.run(until_empty=args.until_empty, max_jobs=args.max_jobs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        runner.close()
+    s = runner.stats
+    print(f"ran {count} jobs: {s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled; "
+          f"{s['engine_loads']} engine loads", file=sys.stderr)
+    if args.until_empty and queue.paused and queue.counts()["queued"]:
+        print("queue is paused with jobs left: `ovi queue resume`", file=sys.stderr)
+    queue.close()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from ovi.queue.server import create_app
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"warning: serving on {args.host} without a token; anyone who can reach it can "
+              f"submit jobs (set --token or ${TOKEN_ENV})", file=sys.stderr)
+    app = create_app(args.db, out_dir=args.out, token=token, run=args.run,
+                     engine_factory=_engine_factory(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+# -- registration -------------------------------------------------------------------------------
+def add_queue_parser(subparsers) -> argparse.ArgumentParser:
+    queue = subparsers.add_parser("queue", help="durable job queue: submit, list, run, serve")
+    sub = queue.add_subparsers(dest="queue_command", required=True)
+
+    p = sub.add_parser("submit", help="queue one generation; prints the job id")
+    _add_db(p)
+    _add_generate_options(p, with_prompt=True)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("list", help="list jobs (queued ones in run order)")
+    _add_db(p)
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="print one job as JSON")
+    _add_db(p)
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_show)
+
+    for name, func, help_text in (("cancel", cmd_cancel, "cancel jobs (running: between steps)"),
+                                  ("retry", cmd_retry, "re-queue failed/cancelled/lost jobs")):
+        p = sub.add_parser(name, help=help_text)
+        _add_db(p)
+        p.add_argument("ids", type=int, nargs="+", metavar="ID")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("pause", help="start no new job until resume")
+    _add_db(p)
+    p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("resume", help="start jobs again")
+    _add_db(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("move", help="reorder a queued job")
+    _add_db(p)
+    p.add_argument("id", type=int)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--before", type=int, metavar="ID")
+    where.add_argument("--after", type=int, metavar="ID")
+    where.add_argument("--priority", dest="to_priority", type=int, metavar="N")
+    p.set_defaults(func=cmd_move)
+
+    p = sub.add_parser("import-csv", help="queue every row of upstream Ovi's prompt csv")
+    _add_db(p)
+    p.add_argument("file", help="csv with a text_prompt column and optionally image_path")
+    p.add_argument("--n-times", dest="n_times", type=int, default=1,
+                   help="runs per row (upstream's each_example_n_times); seeds seed+0..n-1")
+    _add_generate_options(p, with_prompt=False)
+    p.set_defaults(func=cmd_import_csv)
+
+    p = sub.add_parser("run", help="process jobs in this process")
+    _add_db(p)
+    p.add_argument("--until-empty", action="store_true", help="exit 0 when no job is left")
+    p.add_argument("--max-jobs", type=int)
+    p.add_argument("--engine-factory", metavar="MODULE:FUNCTION",
+                   help="build engines with this function (default: ovi.Engine / WorkerGroup)")
+    p.add_argument("--out", help="output folder (default: the database's folder)")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0,
+                   help="seconds without a heartbeat before a running job counts as lost")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="re-queue a lost job while it has had fewer attempts than this")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="REST API over the queue (FastAPI + uvicorn)")
+    _add_db(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set ${TOKEN_ENV})")
+    p.add_argument("--out", help="folder of clips to serve (default: the database's folder)")
+    p.add_argument("--run", action="store_true", help="also run jobs in this process")
+    p.add_argument("--engine-factory", metavar="MODULE:FUNCTION")
+    p.set_defaults(func=cmd_serve)
+    return queue

@@ -1,0 +1,342 @@
+"""Storage for the job queue: one SQLite file in WAL mode, nothing else.
+
+This module knows tables, transactions and connections; it knows nothing of what the states mean
+or when a job may move between them — that policy lives in `ovi.queue.jobqueue` (the huey split:
+the scheduler never cares how rows are kept). Everything a policy step reads and writes happens
+inside one `store.write()` transaction (`BEGIN IMMEDIATE`), which is what makes a claim atomic
+across threads and processes.
+
+Connections: one per thread (sqlite3 connections must not be shared by concurrent threads), made
+again after a fork (a connection must never cross `fork()`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ovi.errors import InputError
+
+# Each entry upgrades the schema by one version; `PRAGMA user_version` records how many ran.
+# Append only: a shipped migration is never edited, so every old file upgrades the same way.
+MIGRATIONS: list[list[str]] = [
+    # v1: jobs, the event log and queue-wide settings.
+    [
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            position REAL NOT NULL,
+            request TEXT NOT NULL,
+            progress REAL NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            worker TEXT,
+            heartbeat_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT
+        )""",
+        # Serves both the claim (first row of state='queued' in run order) and list(state).
+        "CREATE INDEX jobs_order ON jobs(state, priority DESC, position, id)",
+        # New jobs go after every position ever handed out: MAX(position) must be cheap.
+        "CREATE INDEX jobs_position ON jobs(position)",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER,
+            kind TEXT NOT NULL,
+            time REAL NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_job ON events(job_id, seq)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_JOB_COLUMNS = (
+    "id", "state", "priority", "position", "request", "progress", "attempts", "created_at",
+    "started_at", "finished_at", "updated_at", "worker", "heartbeat_at", "cancel_requested",
+    "result", "error",
+)
+_JSON_COLUMNS = ("request", "result")
+_WRITABLE = frozenset(_JOB_COLUMNS) - {"id"}
+
+
+def _decode_job(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    job = dict(zip(row.keys(), row))
+    for key in _JSON_COLUMNS:
+        if job.get(key) is not None:
+            job[key] = json.loads(job[key])
+    job["cancel_requested"] = bool(job["cancel_requested"])
+    return job
+
+
+def _encode(field: str, value: Any) -> Any:
+    if field in _JSON_COLUMNS and value is not None:
+        return json.dumps(value)
+    if field == "cancel_requested":
+        return int(bool(value))
+    return value
+
+
+class Txn:
+    """The primitive reads and writes, valid only inside `SQLiteStore.read()/write()`."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def insert_jobs(self, rows: list[dict]) -> list[int]:
+        ids = []
+        for row in rows:
+            cols = [c for c in row if c in _WRITABLE]
+            cur = self.conn.execute(
+                f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [_encode(c, row[c]) for c in cols],
+            )
+            ids.append(cur.lastrowid)
+        return ids
+
+    def job(self, job_id: int) -> dict | None:
+        return _decode_job(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def jobs(self, states: Iterable[str] | None = None, *, queue_order: bool = False,
+             limit: int | None = None, offset: int = 0) -> list[dict]:
+        sql, args = "SELECT * FROM jobs", []
+        if states is not None:
+            states = list(states)
+            sql += f" WHERE state IN ({', '.join('?' * len(states))})"
+            args += states
+        sql += " ORDER BY priority DESC, position, id" if queue_order else " ORDER BY id"
+        sql += " LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else int(limit), int(offset)]
+        return [_decode_job(r) for r in self.conn.execute(sql, args)]
+
+    def next_queued(self) -> dict | None:
+        row = self.conn.execute(
+            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, position, id LIMIT 1"
+        ).fetchone()
+        return _decode_job(row)
+
+    def queued_neighbour(self, priority: int, position: float, *, below: bool,
+                         exclude: int) -> dict | None:
+        """The queued job of `priority` just before (below=True) or after `position`."""
+        op, order = ("<", "DESC") if below else (">", "ASC")
+        row = self.conn.execute(
+            f"SELECT * FROM jobs WHERE state = 'queued' AND priority = ? AND position {op} ? "
+            f"AND id != ? ORDER BY position {order}, id {order} LIMIT 1",
+            (priority, position, exclude),
+        ).fetchone()
+        return _decode_job(row)
+
+    def queued_ids_in_order(self, priority: int) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM jobs WHERE state = 'queued' AND priority = ? ORDER BY position, id",
+            (priority,))]
+
+    def max_position(self) -> float:
+        value = self.conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0]
+        return float(value) if value is not None else 0.0
+
+    def update(self, job_id: int, **fields) -> None:
+        bad = set(fields) - _WRITABLE
+        if bad:
+            raise KeyError(f"not a job column: {sorted(bad)}")
+        cols = list(fields)
+        self.conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+            [_encode(c, fields[c]) for c in cols] + [job_id],
+        )
+
+    def update_many(self, job_ids: list[int], **fields) -> None:
+        for job_id in job_ids:
+            self.update(job_id, **fields)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    # -- events -------------------------------------------------------------------------------
+    def add_events(self, events: list[tuple[int | None, str, float, dict]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO events (job_id, kind, time, data) VALUES (?, ?, ?, ?)",
+            [(job_id, kind, t, json.dumps(data)) for job_id, kind, t, data in events],
+        )
+
+    def events_after(self, seq: int, *, job_id: int | None = None, limit: int = 1000) -> list[dict]:
+        if job_id is None:
+            rows = self.conn.execute(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (job_id, seq, limit))
+        out = []
+        for r in rows:
+            event = json.loads(r["data"])
+            event.update(seq=r["seq"], id=r["job_id"], kind=r["kind"], time=r["time"])
+            out.append(event)
+        return out
+
+    def last_event_seq(self) -> int:
+        value = self.conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        return int(value or 0)
+
+    def prune_events(self, before: float) -> int:
+        # Keep the newest event whatever its age, so `last_event_seq` never goes backwards
+        # (AUTOINCREMENT would keep it monotonic anyway; this keeps subscribers' cursors valid).
+        cur = self.conn.execute(
+            "DELETE FROM events WHERE time < ? AND seq < (SELECT MAX(seq) FROM events)", (before,))
+        return cur.rowcount
+
+    # -- queue-wide settings ------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                          (key, json.dumps(value)))
+
+
+class SQLiteStore:
+    """A queue database file. `synchronous="NORMAL"` (default) makes every commit survive a crash
+    or kill of the process; only an OS crash or power cut can lose the last few commits. Pass
+    `"FULL"` to fsync every commit and survive those too, at roughly a third of the throughput."""
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "NORMAL",
+                 busy_timeout: float = 30.0):
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise InputError(f"synchronous={synchronous!r}: use 'NORMAL', 'FULL' or 'EXTRA'")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = float(busy_timeout)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate(self._conn())
+
+    # -- connections --------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError(f"the queue store {self.path} was closed; open a new JobQueue")
+        if os.getpid() != self._pid:
+            # Forked child: the parent's connections are unusable here; keep references (not
+            # closing them, which could disturb the parent's locks) and start afresh.
+            with self._lock:
+                self._pid = os.getpid()
+                self._local = threading.local()
+                self._conns = []
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open queue database {self.path}: {exc}; "
+                             f"check the path (--db) and its permissions") from exc
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # journal_mode needs a moment with no other writer; several processes opening a fresh
+        # file at once can collide here, so retry within the busy timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise InputError(f"queue database {self.path} cannot use WAL mode (got {mode!r}); "
+                             f"put it on a local filesystem, not a network share")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # Checkpoints (WAL -> main file) are where NORMAL mode fsyncs: doing them every ~16 MB
+        # rather than SQLite's 4 MB keeps single-job submits fast without a large WAL.
+        conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        conn.execute("PRAGMA cache_size = -16000")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version > SCHEMA_VERSION:
+                raise InputError(
+                    f"queue database {self.path} has schema v{version} but this ovi knows up to "
+                    f"v{SCHEMA_VERSION}; upgrade ovi or point --db at another file")
+            for v in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[v]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Txn]:
+        """One atomic read-modify-write; takes the database write lock up front so two claimers
+        can never both see the same job as queued."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield Txn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A consistent snapshot for several reads (WAL readers never block the writer)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield Txn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def integrity_check(self) -> str:
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._closed = True
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass

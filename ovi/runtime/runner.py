@@ -1,0 +1,344 @@
+"""Runner: takes jobs from a JobQueue and drives an engine (Engine or WorkerGroup) through them.
+
+Runs as a background thread in a kernel (`Runner(q).start()`) or in the foreground
+(`runner.run()`, which is what `ovi queue run` does). Per job: claim → engine for its config
+(reused while consecutive jobs share config path + overrides + LoRA set, so weights load once per
+group) → `generate(..., progress=cb)` → `clip.save(out/<stem>)` → done with the output paths.
+
+- A failing job fails alone (error text kept); the runner goes on with the next.
+- Cancel of a running job: the progress callback sees the flag and raises JobCancelled between
+  two denoising steps; the partial files are removed and the job marked cancelled.
+- Liveness: a heartbeat thread beats every few seconds while a job runs (also through long weight
+  loads), so other runners' `recover_lost` only takes jobs whose runner really died.
+- Ctrl-C / SIGTERM while a job runs gives the job back to the queue (never dropped).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from ovi.errors import InputError
+from ovi.queue.jobqueue import JobCancelled, JobQueue, default_out_dir, make_worker_id
+from ovi.queue.requests import engine_key, generate_kwargs
+
+log = logging.getLogger("ovi.runtime.runner")
+
+EngineFactory = Callable[[dict], object]
+
+
+def default_engine_factory(key: dict):
+    """Build the engine for an engine key {config, set, loras}: a WorkerGroup when the config asks
+    for several ranks (sp_size > 1), else a single-process Engine. Imported lazily: the queue
+    and its CLI must not need torch."""
+    import ovi
+
+    overrides = dict(key.get("set") or {})
+    if key.get("loras"):
+        overrides.setdefault("lora", list(key["loras"]))
+    cfg = ovi.load_config(key.get("config"), **overrides)
+    world = int(getattr(cfg, "sp_size", 1) or 1)
+    if world > 1:
+        from ovi.runtime import WorkerGroup
+
+        return WorkerGroup(cfg, world_size=world)
+    return ovi.Engine.from_config(cfg)
+
+
+def load_engine_factory(spec: str) -> EngineFactory:
+    """'package.module:function' -> the function (for `--engine-factory`)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"--engine-factory {spec!r}: use the form module.path:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"--engine-factory {spec!r}: cannot import {module_name} ({exc}); "
+                         f"check PYTHONPATH") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"--engine-factory {spec!r}: {module_name} has no function {attr!r}")
+    return factory
+
+
+def job_stem(job: dict) -> str:
+    """File stem for a job's outputs: a slug of the prompt's first words, then the job id (the id
+    keeps stems unique, the slug keeps a folder of clips readable)."""
+    prompt = str(job["request"].get("prompt", ""))
+    prompt = re.sub(r"<[^>]*>", " ", prompt)  # drop upstream's <S>..<E>, <AUDCAP> tags
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48].rstrip("_")
+    return f"{slug or 'clip'}_job{job['id']}"
+
+
+def _close_engine(engine) -> None:
+    close = getattr(engine, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # a broken engine must not stop the runner
+            log.exception("closing the engine failed")
+
+
+class Runner:
+    """Pull jobs from `queue` (a JobQueue or a database path) and run them.
+
+    engine_factory(key) -> engine: builds an engine for {config, set, loras}; default
+        `default_engine_factory`. Tests pass a small fake.
+    out_dir: where clips go unless a request says `out` (default: the database's folder).
+    poll_interval: longest sleep between looks at an empty or paused queue.
+    heartbeat_interval: seconds between heartbeats of the running job.
+    recover_interval: how often an idle runner looks for jobs lost by dead runners (it always
+        looks once at start).
+    """
+
+    def __init__(self, queue: JobQueue | str, *, engine_factory: EngineFactory | None = None,
+                 out_dir: str | Path | None = None, worker_id: str | None = None,
+                 poll_interval: float = 0.5, heartbeat_interval: float = 5.0,
+                 recover_interval: float = 10.0):
+        self.queue = queue if isinstance(queue, JobQueue) else JobQueue(queue)
+        self.engine_factory = engine_factory or default_engine_factory
+        self.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(self.queue)
+        self.worker_id = worker_id or make_worker_id()
+        self.poll_interval = float(poll_interval)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.recover_interval = float(recover_interval)
+        self.stats = {"done": 0, "failed": 0, "cancelled": 0, "released": 0, "engine_loads": 0}
+        self.last_error: str | None = None
+        self._engine = None
+        self._engine_key: str | None = None
+        self._current: dict | None = None
+        self._abort = threading.Event()       # stop(interrupt=True): hand the current job back
+        self._taken = threading.Event()       # the current job was declared lost and taken over
+        self._stop = threading.Event()        # stop the loop after the current job
+        self._thread: threading.Thread | None = None
+        self._last_recover = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Runner":
+        """Run in a daemon thread (e.g. inside a Jupyter kernel); returns self."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._thread_main, name="ovi-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, *, interrupt: bool = False, timeout: float | None = None) -> bool:
+        """Stop after the current job, or with interrupt=True at its next step (the job goes
+        back to the queue, keeping its place). Returns True when the thread has ended."""
+        self._stop.set()
+        if interrupt:
+            self._abort.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def current_job(self) -> dict | None:
+        return self._current
+
+    def close(self) -> None:
+        """Stop, and release the engine (its weights)."""
+        self.stop()
+        _close_engine(self._engine)
+        self._engine, self._engine_key = None, None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def subscribe(self, **kwargs):
+        """The queue's event stream (progress of every job): see JobQueue.subscribe."""
+        return self.queue.subscribe(**kwargs)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            self.run()
+        except Exception as exc:  # keep the kernel alive; say what happened
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("ovi runner stopped")
+
+    def run(self, *, until_empty: bool = False, max_jobs: int | None = None) -> int:
+        """Process jobs until stopped (or, with until_empty, until nothing is claimable — the
+        queue is empty or paused). Returns how many jobs this call handled."""
+        self._stop.clear()
+        self._recover()
+        handled = 0
+        wait = min(0.05, self.poll_interval)
+        while not self._stop.is_set() and (max_jobs is None or handled < max_jobs):
+            try:
+                job = self.run_one()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # the store itself failed (disk full, locked): back off
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("runner: queue access failed; retrying")
+                job = None
+            if job is not None:
+                handled += 1
+                wait = min(0.05, self.poll_interval)
+                continue
+            if until_empty:
+                break
+            if time.monotonic() - self._last_recover > self.recover_interval:
+                self._recover()
+            self._stop.wait(wait)
+            wait = min(wait * 2, self.poll_interval)
+        return handled
+
+    def run_one(self) -> dict | None:
+        """Claim and process one job; returns its final dict, or None when nothing was claimable."""
+        job = self.queue.claim(self.worker_id)
+        if job is None:
+            return None
+        return self.process(job)
+
+    def _recover(self) -> None:
+        self._last_recover = time.monotonic()
+        for job_id in self.queue.recover_lost():
+            log.warning("job %s was lost by a dead runner; recovered per policy", job_id)
+
+    # -- one job ------------------------------------------------------------------------------
+    def process(self, job: dict) -> dict:
+        """Run a claimed job to its end state (done, failed, cancelled, or back to queued)."""
+        job_id = job["id"]
+        log.info("job %s: started (attempt %s) %.60r", job_id, job["attempts"],
+                 job["request"].get("prompt"))
+        self._current = job
+        self._taken.clear()
+        out_dir = Path(job["request"].get("out") or self.out_dir)
+        stem_path = out_dir / job_stem(job)
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job_id, beat_stop),
+                                name=f"ovi-heartbeat-{job_id}", daemon=True)
+        beat.start()
+        try:
+            try:
+                result = self._generate(job, stem_path)
+            except JobCancelled as exc:
+                return self._stopped(job_id, stem_path, exc.reason)
+            except (KeyboardInterrupt, SystemExit):
+                self._remove_partial(stem_path)
+                self.queue.release(job_id, worker_id=self.worker_id, reason="runner interrupted")
+                self.stats["released"] += 1
+                raise
+            except Exception as exc:
+                if self._should_stop(job_id):
+                    # The engine wrapped our JobCancelled in its own error: still a cancel.
+                    return self._stopped(job_id, stem_path, "cancel requested")
+                return self._failed(job_id, stem_path, exc)
+            final = self.queue.finish(job_id, result, worker_id=self.worker_id)
+            if final is None:
+                log.warning("job %s finished here but was taken over meanwhile; keeping the "
+                            "other runner's state", job_id)
+                return self.queue.get(job_id)
+            self.stats["done"] += 1
+            log.info("job %s: done %s", job_id, result.get("mp4") or "")
+            return final
+        finally:
+            beat_stop.set()
+            beat.join(timeout=5)
+            self._current = None
+
+    def _generate(self, job: dict, stem_path: Path) -> dict:
+        job_id, request = job["id"], job["request"]
+        if self._should_stop(job_id):
+            raise JobCancelled(job_id)
+        engine = self._engine_for(request)
+
+        def progress(step: int, total: int, info: dict | None = None) -> None:
+            fraction = step / total if total else 0.0
+            stop = self.queue.set_progress(job_id, fraction, worker_id=self.worker_id,
+                                           info={"step": int(step), "total": int(total)})
+            if stop or self._abort.is_set() or self._taken.is_set():
+                raise JobCancelled(job_id)
+
+        clip = engine.generate(request["prompt"], progress=progress, **generate_kwargs(request))
+        if self._should_stop(job_id):
+            raise JobCancelled(job_id)  # cancelled during the last step: do not save
+        stem_path.parent.mkdir(parents=True, exist_ok=True)
+        paths = clip.save(stem_path) or {}
+        return {str(kind): str(path) for kind, path in dict(paths).items()}
+
+    def _engine_for(self, request: dict):
+        key = engine_key(request)
+        key_text = json.dumps(key, sort_keys=True)
+        if self._engine is None or key_text != self._engine_key:
+            _close_engine(self._engine)
+            self._engine, self._engine_key = None, None
+            self._engine = self.engine_factory(key)
+            self._engine_key = key_text
+            self.stats["engine_loads"] += 1
+        return self._engine
+
+    def _should_stop(self, job_id: int) -> bool:
+        return (self._abort.is_set() or self._taken.is_set()
+                or self.queue.is_cancel_requested(job_id))
+
+    def _stopped(self, job_id: int, stem_path: Path, reason: str) -> dict:
+        if self._taken.is_set():
+            # Declared lost and re-queued (maybe running elsewhere, writing the same stem):
+            # leave the job and its files to the new owner.
+            return self.queue.get(job_id)
+        self._remove_partial(stem_path)
+        if self.queue.is_cancel_requested(job_id):
+            final = self.queue.mark_cancelled(job_id, worker_id=self.worker_id)
+            if final is not None:
+                self.stats["cancelled"] += 1
+                log.info("job %s: cancelled", job_id)
+                return final
+        elif self._abort.is_set():  # stop(interrupt=True): hand the job back
+            final = self.queue.release(job_id, worker_id=self.worker_id, reason="runner stopped")
+            if final is not None:
+                self.stats["released"] += 1
+                return final
+        return self.queue.get(job_id)
+
+    def _failed(self, job_id: int, stem_path: Path, exc: Exception) -> dict:
+        self._remove_partial(stem_path)
+        log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+        if not isinstance(exc, InputError):
+            # The engine may be in a bad state (e.g. a dead rank): rebuild it for the next job.
+            _close_engine(self._engine)
+            self._engine, self._engine_key = None, None
+        final = self.queue.fail(job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
+        self.stats["failed"] += 1
+        return final if final is not None else self.queue.get(job_id)
+
+    @staticmethod
+    def _remove_partial(stem_path: Path) -> None:
+        # `<stem>.*` are the clip's files (mp4, wav, json, latents); `.<stem>.*` temp files of
+        # an atomic write in progress. The job id in the stem keeps other clips out of reach.
+        folder = stem_path.parent
+        if not folder.is_dir():
+            return
+        for pattern in (f"{stem_path.name}.*", f".{stem_path.name}.*"):
+            for path in folder.glob(pattern):
+                try:
+                    path.unlink()
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    pass
+
+    def _beat(self, job_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_interval):
+            try:
+                if not self.queue.heartbeat(job_id, self.worker_id):
+                    if not stop.is_set():  # not merely finished a moment ago
+                        self._taken.set()
+                    return
+            except Exception:
+                log.exception("heartbeat for job %s failed", job_id)

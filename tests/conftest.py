@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny checkpoint in upstream's layout, made once per test session (with its fp8 twin)."""
+    from ovi.checkpoint.tiny import make_tiny
+    return make_tiny(tmp_path_factory.mktemp("tiny_ckpt"), fp8=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_ckpt):
+    import ovi
+    return ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=4))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(2)

@@ -1,0 +1,359 @@
+"""JobQueue policy: order, move, pause, cancel, retry, validation, recovery, events, schema."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from ovi.errors import InputError
+from ovi.queue import STATES, JobQueue, QueuePolicy, RequestError, SQLiteStore
+from ovi.queue import store as store_mod
+
+
+def _order(q):
+    return [j["id"] for j in q.list("queued")]
+
+
+def _claim_all(q, worker="w"):
+    ids = []
+    while (job := q.claim(worker)) is not None:
+        ids.append(job["id"])
+        q.finish(job["id"], {}, worker_id=worker)
+    return ids
+
+
+def test_job_dict_has_the_pinned_fields_and_request_verbatim(queue):
+    request = {"prompt": "A cat. <S>Hi<E>", "mode": "t2v", "seed": 7, "set": {"sample_steps": 4},
+               "loras": ["a.safetensors:0.5"], "height_width": [64, 96]}
+    job = queue.get(queue.submit(request, priority=3))
+    for key in ("id", "state", "priority", "request", "progress", "attempts", "created_at",
+                "started_at", "finished_at", "result", "error"):
+        assert key in job
+    assert job["request"] == request and job["state"] == "queued" and job["priority"] == 3
+    assert job["progress"] == 0.0 and job["attempts"] == 0 and job["result"] is None
+    assert queue.get(999) is None
+
+
+def test_priority_first_then_fifo(queue):
+    a = queue.submit({"prompt": "a"})
+    b = queue.submit({"prompt": "b"}, priority=5)
+    c = queue.submit({"prompt": "c"})
+    d = queue.submit({"prompt": "d"}, priority=5)
+    e = queue.submit({"prompt": "e"}, priority=-1)
+    assert _order(queue) == [b, d, a, c, e]
+    assert _claim_all(queue) == [b, d, a, c, e]
+
+
+def test_move_before_after_and_priority(queue):
+    a, b, c, d = (queue.submit({"prompt": p}) for p in "abcd")
+    queue.move(d, before=b)
+    assert _order(queue) == [a, d, b, c]
+    queue.move(a, after=c)
+    assert _order(queue) == [d, b, c, a]
+    queue.move(c, priority=9)
+    assert _order(queue) == [c, d, b, a]
+    # Moving next to a job of another priority takes that priority.
+    queue.move(a, before=c)
+    assert _order(queue) == [a, c, d, b] and queue.get(a)["priority"] == 9
+    # A later submit still goes last in its priority.
+    e = queue.submit({"prompt": "e"}, priority=9)
+    assert _order(queue) == [a, c, e, d, b]
+    assert _claim_all(queue) == [a, c, e, d, b]
+
+
+def test_move_many_times_into_one_gap_keeps_order(queue):
+    first, last = queue.submit({"prompt": "first"}), queue.submit({"prompt": "last"})
+    moved = [queue.submit({"prompt": f"m{i}"}) for i in range(80)]
+    for job_id in moved:  # each lands just before `last`: halves the same gap 80 times
+        queue.move(job_id, before=last)
+    assert _order(queue) == [first] + moved + [last]
+
+
+def test_move_errors_name_the_problem(queue):
+    a, b = queue.submit({"prompt": "a"}), queue.submit({"prompt": "b"})
+    with pytest.raises(InputError, match="exactly one"):
+        queue.move(a)
+    with pytest.raises(InputError, match="exactly one"):
+        queue.move(a, before=b, priority=1)
+    with pytest.raises(InputError, match="itself"):
+        queue.move(a, before=a)
+    with pytest.raises(InputError, match="no job 42"):
+        queue.move(a, before=42)
+    queue.claim("w")
+    with pytest.raises(InputError, match="only queued jobs"):
+        queue.move(a, after=b)
+
+
+def test_pause_and_resume(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.pause()
+    assert queue.paused and queue.claim("w") is None
+    assert queue.get(a)["state"] == "queued"
+    queue.resume()
+    assert not queue.paused and queue.claim("w")["id"] == a
+    kinds = [e["kind"] for e in queue.events(0) if e["id"] is None]
+    assert kinds == ["paused", "resumed"]
+
+
+def test_cancel_queued_job(queue):
+    a, b = queue.submit({"prompt": "a"}), queue.submit({"prompt": "b"})
+    job = queue.cancel(a)
+    assert job["state"] == "cancelled" and job["finished_at"] is not None
+    assert queue.claim("w")["id"] == b
+    with pytest.raises(InputError, match="already cancelled"):
+        queue.cancel(a)
+
+
+def test_cancel_running_job_is_a_request_the_runner_acts_on(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.claim("w")
+    assert queue.set_progress(a, 0.25, worker_id="w") is False
+    job = queue.cancel(a)
+    assert job["state"] == "running" and job["cancel_requested"]
+    assert queue.is_cancel_requested(a)
+    assert queue.set_progress(a, 0.5, worker_id="w") is True  # the runner's cue to stop
+    assert queue.mark_cancelled(a, worker_id="w")["state"] == "cancelled"
+
+
+def test_retry_failed_and_cancelled_but_not_done(queue):
+    a, b, c = (queue.submit({"prompt": p}) for p in "abc")
+    queue.claim("w")
+    queue.fail(a, "RuntimeError: boom", worker_id="w")
+    assert queue.get(a)["error"] == "RuntimeError: boom"
+    queue.cancel(b)
+    job = queue.retry(a)
+    assert job["state"] == "queued" and job["error"] is None and job["attempts"] == 1
+    queue.retry(b)
+    assert _order(queue) == [c, a, b]  # retried jobs go to the back of their priority
+    job = queue.claim("w")
+    queue.finish(job["id"], {"mp4": "x.mp4"}, worker_id="w")
+    with pytest.raises(InputError, match="submit its request again"):
+        queue.retry(job["id"])
+    with pytest.raises(InputError, match="only failed, cancelled or lost"):
+        queue.retry(a)
+
+
+@pytest.mark.parametrize("request_, field", [
+    ({"mode": "t2v"}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x", "mode": "v2v"}, "mode"),
+    ({"prompt": "x", "mode": "i2v"}, "image"),
+    ({"prompt": "x", "sedd": 3}, "sedd"),
+    ({"prompt": "x", "steps": 0}, "steps"),
+    ({"prompt": "x", "height_width": [720]}, "height_width"),
+    ({"prompt": "x", "set": ["sample_steps"]}, "set"),
+])
+def test_bad_requests_are_refused_at_submit_naming_the_field(queue, request_, field):
+    with pytest.raises(RequestError) as info:
+        queue.submit(request_)
+    assert info.value.field == field and field in str(info.value)
+    assert queue.list() == []
+
+
+def test_unknown_key_suggests_the_nearest(queue):
+    with pytest.raises(RequestError, match="did you mean 'seed'"):
+        queue.submit({"prompt": "x", "sedd": 3})
+
+
+def test_submit_many_is_all_or_nothing(queue):
+    with pytest.raises(RequestError, match="request #1: mode"):
+        queue.submit_many([{"prompt": "a"}, {"prompt": "b", "mode": "nope"}])
+    assert queue.list() == []
+    ids = queue.submit_many([{"prompt": str(i)} for i in range(5)], priority=2)
+    assert _order(queue) == ids
+
+
+def test_claims_from_threads_are_exclusive(tmp_path):
+    q = JobQueue(tmp_path / "q.db")
+    ids = q.submit_many([{"prompt": str(i)} for i in range(200)])
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        mine = JobQueue(tmp_path / "q.db")
+        while (job := mine.claim(name)) is not None:
+            with lock:
+                claimed.append(job["id"])
+            mine.finish(job["id"], {}, worker_id=name)
+        mine.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(claimed) == ids
+    assert q.counts()["done"] == 200
+
+
+def test_lost_job_is_requeued_with_its_attempts_and_place(tmp_path):
+    q = JobQueue(tmp_path / "q.db", policy=QueuePolicy(heartbeat_timeout=10, max_attempts=2))
+    a, b = q.submit({"prompt": "a"}), q.submit({"prompt": "b"})
+    q.claim("deadhost:1:x")
+    assert q.recover_lost() == []  # heartbeat fresh
+    assert q.recover_lost(now=time.time() + 11) == [a]
+    job = q.get(a)
+    assert job["state"] == "queued" and job["attempts"] == 1 and "stopped" in job["error"]
+    kinds = [e["kind"] for e in q.events(0, job_id=a)]
+    assert kinds[-2:] == ["lost", "requeued"]
+    assert _order(q) == [a, b]  # keeps its place in line
+    # Second loss reaches max_attempts: it stays lost for a person to look at.
+    assert q.claim("deadhost:1:x")["attempts"] == 2
+    q.recover_lost(now=time.time() + 11)
+    assert q.get(a)["state"] == "lost"
+    assert q.retry(a)["state"] == "queued"
+
+
+def test_lost_job_whose_cancel_was_requested_ends_cancelled(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.claim("w")
+    queue.cancel(a)
+    queue.recover_lost(heartbeat_timeout=0, now=time.time() + 1)
+    assert queue.get(a)["state"] == "cancelled"
+
+
+def test_dead_local_runner_process_is_detected_without_waiting(queue):
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    a = queue.submit({"prompt": "a"})
+    queue.claim(f"{socket.gethostname()}:{proc.pid}:abc")
+    assert queue.recover_lost(heartbeat_timeout=3600) == [a]
+
+
+def test_a_finished_job_cannot_be_finished_by_a_stale_worker(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.claim("old")
+    queue.recover_lost(heartbeat_timeout=0, now=time.time() + 1)
+    queue.claim("new")
+    assert queue.finish(a, {"mp4": "old.mp4"}, worker_id="old") is None
+    assert queue.heartbeat(a, "old") is False
+    assert queue.set_progress(a, 0.5, worker_id="old") is True
+    assert queue.finish(a, {"mp4": "new.mp4"}, worker_id="new")["result"] == {"mp4": "new.mp4"}
+
+
+def test_release_puts_an_interrupted_job_back(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.claim("w")
+    assert queue.release(a, worker_id="w")["state"] == "queued"
+    assert queue.claim("w")["attempts"] == 2
+
+
+def test_subscribe_sees_events_written_by_another_connection(tmp_path):
+    q1, q2 = JobQueue(tmp_path / "q.db"), JobQueue(tmp_path / "q.db")
+    sub = q1.subscribe(poll=0.01, timeout=20)
+    a = q2.submit({"prompt": "a"})
+    q2.claim("w")
+    q2.set_progress(a, 0.5, worker_id="w", info={"step": 1, "total": 2})
+    q2.finish(a, {"mp4": "a.mp4"}, worker_id="w")
+    seen = []
+    for event in sub:
+        seen.append(event)
+        if event["kind"] == "done":
+            break
+    sub.close()
+    assert [e["kind"] for e in seen] == ["submitted", "running", "progress", "done"]
+    assert seen[2]["progress"] == 0.5 and seen[2]["step"] == 1 and seen[2]["id"] == a
+    assert seen[3]["result"] == {"mp4": "a.mp4"} and seen[3]["status"] == "done"
+    assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)
+
+
+def test_subscription_stops_on_close_from_another_thread_and_on_timeout(queue):
+    sub = queue.subscribe(poll=0.01, max_poll=0.05)
+    timer = threading.Timer(0.2, sub.close)
+    timer.start()
+    t0 = time.monotonic()
+    assert list(sub) == []
+    assert time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    assert list(queue.subscribe(poll=0.01, timeout=0.2)) == []
+    assert time.monotonic() - t0 < 5
+
+
+def test_subscription_until_finished_ends_with_the_job(queue):
+    a = queue.submit({"prompt": "a"})
+    queue.claim("w")
+    queue.finish(a, {}, worker_id="w")
+    kinds = [e["kind"] for e in queue.subscribe(job_id=a, since=0, until_finished=True,
+                                                timeout=20)]
+    assert kinds == ["submitted", "running", "done"]
+
+
+def test_prune_events_keeps_jobs(queue):
+    queue.submit({"prompt": "a"})
+    queue.submit({"prompt": "b"})
+    assert queue.prune_events(older_than=-10) == 1  # all but the newest event
+    assert len(queue.list()) == 2 and queue.last_event_id() == 2
+
+
+def test_list_filters_and_counts(queue):
+    a, b = queue.submit({"prompt": "a"}), queue.submit({"prompt": "b"})
+    queue.cancel(a)
+    assert [j["id"] for j in queue.list("cancelled")] == [a]
+    assert [j["id"] for j in queue.list(["queued", "cancelled"])] == [a, b]
+    assert queue.counts() == dict.fromkeys(STATES, 0) | {"queued": 1, "cancelled": 1}
+    with pytest.raises(InputError, match="unknown state"):
+        queue.list("finished")
+
+
+def test_import_csv_with_n_times(tmp_path, queue):
+    (tmp_path / "cat.png").write_bytes(b"png")
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text("text_prompt,image_path\n"
+                        "\"A cat, singing. <S>La la<E>\",\n"
+                        "A dog runs,cat.png\n")
+    ids = queue.import_csv(csv_path, n_times=2, priority=1, base={"steps": 3})
+    jobs = [queue.get(i) for i in ids]
+    assert [j["request"]["prompt"] for j in jobs] == ["A cat, singing. <S>La la<E>"] * 2 + \
+        ["A dog runs"] * 2
+    assert [j["request"]["seed"] for j in jobs] == [100, 101, 100, 101]
+    assert [j["request"]["mode"] for j in jobs] == ["t2v", "t2v", "i2v", "i2v"]
+    assert jobs[2]["request"]["image"] == str((tmp_path / "cat.png").resolve())
+    assert all(j["request"]["steps"] == 3 and j["priority"] == 1 for j in jobs)
+    # A forced t2v drops images, like upstream; a csv without text_prompt is refused.
+    ids = queue.import_csv(csv_path, mode="t2v", seed=5)
+    assert [queue.get(i)["request"].get("image") for i in ids] == [None, None]
+    assert [queue.get(i)["request"]["seed"] for i in ids] == [5, 5]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt\nhello\n")
+    with pytest.raises(InputError, match="no 'text_prompt' column"):
+        queue.import_csv(bad)
+
+
+def test_schema_is_versioned_and_migrates(tmp_path, monkeypatch):
+    path = tmp_path / "q.db"
+    q = JobQueue(path)
+    a = q.submit({"prompt": "kept"})
+    assert q.store.schema_version() == store_mod.SCHEMA_VERSION
+    q.close()
+    # A newer ovi adds a migration: the old file upgrades in place and keeps its jobs.
+    extra = ["ALTER TABLE jobs ADD COLUMN tag TEXT"]
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [extra])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", len(store_mod.MIGRATIONS))
+    s = SQLiteStore(path)
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    with s.read() as tx:
+        assert tx.job(a)["request"] == {"prompt": "kept"} and "tag" in tx.job(a)
+    s.close()
+    # An older ovi refuses a newer file instead of misreading it.
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="upgrade ovi"):
+        JobQueue(path)
+
+
+def test_integrity_and_wal_mode(queue):
+    queue.submit({"prompt": "a"})
+    assert queue.integrity_check() == "ok"
+    conn = sqlite3.connect(queue.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_bad_priority_is_refused(queue):
+    with pytest.raises(InputError, match="priority must be an integer"):
+        queue.submit({"prompt": "a"}, priority="high")
+    assert queue.get(queue.submit({"prompt": "a"}, priority="2"))["priority"] == 2
