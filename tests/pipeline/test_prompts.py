@@ -79,7 +79,8 @@ def test_read_tsv_with_bom_and_only_text_column(tmp_path):
 
 def test_prompt_file_errors_name_file_row_and_fix(tmp_path):
     no_col = write(tmp_path / "bad.csv", "prompt,image_path\nhello,\n")
-    with pytest.raises(InputError, match=r"bad.csv': missing required column 'text_prompt' \(found: prompt, image_path\)"):
+    with pytest.raises(InputError,
+                       match=r"bad.csv': missing required column 'text_prompt' \(found: prompt, image_path\)"):
         read_prompt_file(no_col, "t2v")
     missing_img = write(tmp_path / "i2v.csv", "text_prompt,image_path\nok,\nhello,missing/face.png\n")
     with pytest.raises(InputError, match=r"i2v.csv', row 2: image_path 'missing/face.png' does not exist"):

@@ -130,8 +130,8 @@ def test_cancel_of_a_running_job_stops_between_steps_and_removes_partial_files(q
 
     def factory(key):
         engine = fakes.factory(key)
-        # Like a real engine writing as it goes: a partial file exists mid-generation.
-        engine.on_step = lambda step, total: (tmp_path / f"{stem}.mp4").write_bytes(b"partial")
+        if key["set"]:  # the long job's engine writes as it goes, like a real one might
+            engine.on_step = lambda step, total: (tmp_path / f"{stem}.mp4").write_bytes(b"part")
         engines.append(engine)
         return engine
 
@@ -142,7 +142,7 @@ def test_cancel_of_a_running_job_stops_between_steps_and_removes_partial_files(q
     assert runner.stop(timeout=30)
     job = queue.get(job_id)
     assert job["state"] == "cancelled" and job["progress"] < 1.0
-    assert len(engines[0].calls) == 2
+    assert engines[0].closed  # the next job had another config: engine swapped
     assert not (tmp_path / f"{stem}.mp4").exists()
     assert not list(tmp_path.glob(stem + ".*"))
 
@@ -207,9 +207,7 @@ def test_request_out_dir_and_stem(queue, tmp_path):
     job_id = queue.submit({"prompt": "A <S>talking<E> cat!", "out": str(out)})
     Runner(queue, engine_factory=fakes.factory).run(until_empty=True)
     job = queue.get(job_id)
-    assert Path(job["result"]["mp4"]) == out / f"a_talking_e_cat_job{job_id}.mp4" or \
-        Path(job["result"]["mp4"]).parent == out
-    assert job_stem(job).endswith(f"_job{job_id}")
+    assert Path(job["result"]["mp4"]) == out / f"a_talking_cat_job{job_id}.mp4"
 
 
 def test_load_engine_factory_errors_are_clear():

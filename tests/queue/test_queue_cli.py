@@ -1,0 +1,110 @@
+"""`ovi queue ...` handlers, through the same parser and exit-code mapping as `ovi`."""
+
+import argparse
+import json
+
+import pytest
+
+from ovi.errors import InputError
+from ovi.queue import JobQueue
+
+
+def ovi_queue(*argv: str) -> int:
+    """`ovi queue ARGV` in-process; the full `ovi` CLI once all its sub-CLIs exist."""
+    try:
+        import ovi.checkpoint.cli  # noqa: F401
+        import ovi.pipeline.cli  # noqa: F401
+    except ImportError:
+        from ovi.queue.cli import add_queue_parser
+
+        parser = argparse.ArgumentParser(prog="ovi")
+        add_queue_parser(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["queue", *argv])
+        try:
+            return int(args.func(args) or 0)
+        except InputError:
+            return 2
+    from ovi.cli import main
+
+    return main(["queue", *argv])
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "queue.db")
+
+
+def _lines(capsys):
+    return capsys.readouterr().out.strip().splitlines()
+
+
+def test_submit_prints_the_id_and_list_json_prints_one_job_per_line(db, tmp_path, capsys):
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"png")
+    assert ovi_queue("submit", "--db", db, "--prompt", "a cat", "--seed", "3", "--steps", "4") == 0
+    assert _lines(capsys) == ["1"]
+    assert ovi_queue("submit", "--db", db, "--prompt", "a dog", "--mode", "i2v", "--image",
+                     str(image), "--priority", "2", "--set", "sample_steps=4",
+                     "--set", "solver_name=euler", "--height-width", "64x96",
+                     "--lora", "a.safetensors:0.5", "--video-guidance-scale", "4.5") == 0
+    assert _lines(capsys) == ["2"]
+    assert ovi_queue("list", "--db", db, "--json") == 0
+    jobs = [json.loads(line) for line in _lines(capsys)]
+    assert [j["id"] for j in jobs] == [1, 2]
+    assert jobs[0]["request"] == {"prompt": "a cat", "seed": 3, "steps": 4}
+    assert jobs[1]["request"] == {
+        "prompt": "a dog", "mode": "i2v", "image": str(image.resolve()),
+        "set": {"sample_steps": 4, "solver_name": "euler"}, "height_width": [64, 96],
+        "loras": ["a.safetensors:0.5"], "video_guidance_scale": 4.5}
+    assert jobs[1]["priority"] == 2
+    assert ovi_queue("list", "--db", db, "--state", "queued") == 0
+    assert [line.split()[0] for line in _lines(capsys)] == ["2", "1"]  # run order
+
+
+def test_show_cancel_retry_move_pause_resume(db, capsys):
+    for p in "abc":
+        ovi_queue("submit", "--db", db, "--prompt", p)
+    capsys.readouterr()
+    assert ovi_queue("show", "--db", db, "2") == 0
+    assert json.loads(capsys.readouterr().out)["request"] == {"prompt": "b"}
+    assert ovi_queue("move", "--db", db, "3", "--before", "1") == 0
+    assert "place 1 of 3" in capsys.readouterr().out
+    assert ovi_queue("move", "--db", db, "1", "--priority", "5") == 0
+    q = JobQueue(db)
+    assert [j["id"] for j in q.list("queued")] == [1, 3, 2]
+    assert ovi_queue("cancel", "--db", db, "2", "3") == 0
+    assert [q.get(i)["state"] for i in (2, 3)] == ["cancelled", "cancelled"]
+    assert ovi_queue("retry", "--db", db, "3") == 0
+    assert q.get(3)["state"] == "queued"
+    assert ovi_queue("pause", "--db", db) == 0 and q.paused
+    assert ovi_queue("resume", "--db", db) == 0 and not q.paused
+    q.close()
+
+
+def test_bad_input_exits_2_with_a_reason(db, capsys):
+    assert ovi_queue("submit", "--db", db, "--prompt", "  ") == 2
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--set", "novalue") == 2
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--height-width", "big") == 2
+    assert ovi_queue("show", "--db", db, "99") == 2
+    assert ovi_queue("cancel", "--db", db, "99") == 2
+    assert ovi_queue("import-csv", "--db", db, "/no/such.csv") == 2
+    with pytest.raises(SystemExit) as info:  # argparse: unknown mode
+        ovi_queue("submit", "--db", db, "--prompt", "x", "--mode", "v2v")
+    assert info.value.code == 2
+
+
+def test_import_csv_and_run_until_empty(db, tmp_path, capsys):
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text("text_prompt\nA cat sings\nA dog barks\n")
+    assert ovi_queue("import-csv", "--db", db, str(csv_path), "--n-times", "3",
+                     "--steps", "2") == 0
+    assert "queued 6 jobs" in capsys.readouterr().out
+    assert ovi_queue("run", "--db", db, "--until-empty", "--quiet",
+                     "--engine-factory", "tests.queue.fakes:factory") == 0
+    q = JobQueue(db)
+    jobs = q.list()
+    assert len(jobs) == 6 and all(j["state"] == "done" for j in jobs)
+    assert [j["request"]["seed"] for j in jobs] == [100, 101, 102] * 2
+    assert "ran 6 jobs: 6 done" in capsys.readouterr().err
+    q.close()
+    assert ovi_queue("run", "--db", db, "--until-empty", "--engine-factory", "nocolon") == 2
