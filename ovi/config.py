@@ -37,7 +37,6 @@ LORA_KEYS = ("path", "weight", "name", "merge")
 # feature lands; `require_available()` then stops refusing it.
 PENDING_FEATURES = {
     "use_fsdp": "FSDP sharded inference",
-    "cfg_parallel": "CFG-parallel",
     "lora": "LoRA",
     "lightning": "LoRA lightning",
     "qint8": "qint8 quantization",

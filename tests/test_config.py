@@ -187,7 +187,7 @@ def test_replace_model_name_rederives_the_architecture_unless_set():
 
 
 @pytest.mark.parametrize("key,value,feature", [
-    ("use_fsdp", True, "FSDP"), ("cfg_parallel", True, "CFG-parallel"), ("lora", ["a.pt"], "LoRA"),
+    ("use_fsdp", True, "FSDP"), ("lora", ["a.pt"], "LoRA"),
     ("lightning", True, "lightning"), ("qint8", True, "qint8"),
 ])
 def test_pending_features_load_but_refuse_to_run(key, value, feature):

@@ -131,3 +131,30 @@ def attention(q, k, v, *, k_lens=None, backend: str = "sdpa", window=(-1, -1), s
     else:
         raise ConfigError(f"attention backend '{backend}' is unknown; use one of {', '.join(BACKENDS)}")
     return out.transpose(1, 2)
+
+
+def attention_with_lse(q, k, v, *, k_lens=None, scale=None):
+    """Attention that also returns the log-sum-exp of the scores, for merging partial results.
+
+    q [B,Lq,H,d], k/v [B,Lk,H,d] -> (out [B,Lq,H,d] fp32, lse [B,Lq,H] fp32). Rows whose keys are all
+    masked get out 0 and lse -inf, so they drop out of a log-sum-exp merge.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    qt, kt, vt = (t.transpose(1, 2).float() for t in (q, k, v))
+    scores = (qt @ kt.transpose(-1, -2)) * scale                      # [B,H,Lq,Lk]
+    mask = _key_mask(k_lens, q.shape[0], q.shape[1], k.shape[1], (-1, -1), q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)                             # [B,H,Lq]
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+    out = probs @ vt
+    return out.transpose(1, 2), lse.transpose(1, 2)
+
+
+def merge_partial_attention(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
+    """Combine partial attentions over disjoint key sets: outs [P,...,d], lses [P,...] -> [...,d]."""
+    peak = lses.max(dim=0).values
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    weights = torch.exp(lses - peak)                                   # 0 for empty shards
+    total = weights.sum(0).clamp_min(torch.finfo(weights.dtype).tiny)
+    return (outs * weights[..., None]).sum(0) / total[..., None]

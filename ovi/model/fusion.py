@@ -72,6 +72,8 @@ class FusionModel(nn.Module):
         vid, v_e, v_e0, v_ctx, v_info = self.video_model.prepare(
             vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean)
         audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len)
+        vid, v_e, v_e0, v_info = self.scatter_tokens("video", vid, v_e, v_e0, v_info)
+        audio, a_e, a_e0, a_info = self.scatter_tokens("audio", audio, a_e, a_e0, a_info)
         for i in range(self.num_blocks):
             if slg_layer and slg_layer > 0 and i == slg_layer:
                 continue
@@ -80,8 +82,18 @@ class FusionModel(nn.Module):
                 vid, audio = checkpoint(self.fused_block, i, *args, use_reentrant=False)
             else:
                 vid, audio = self.fused_block(i, *args)
-        return (self.video_model.finish(vid, v_e, v_info.grid_sizes),
-                self.audio_model.finish(audio, a_e, a_info.grid_sizes))
+        vid = self.gather_tokens("video", self.video_model.head(vid, v_e))
+        audio = self.gather_tokens("audio", self.audio_model.head(audio, a_e))
+        return (self.video_model.unpatchify(vid, v_info.grid_sizes),
+                self.audio_model.unpatchify(audio, a_info.grid_sizes))
+
+    # Token-layout hooks: identity here; ovi.parallel overrides them to shard the sequence across
+    # ranks after embedding and to gather the head outputs (the model itself never communicates).
+    def scatter_tokens(self, modality, x, e, e0, info):
+        return x, e, e0, info
+
+    def gather_tokens(self, modality, out):
+        return out
 
     @torch.no_grad()
     def init_weights(self):

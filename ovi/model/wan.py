@@ -28,6 +28,7 @@ class SeqInfo:
     grid_sizes: torch.Tensor            # [B,3] (f,h,w) video or [B,1] (L,) audio
     freqs: list[torch.Tensor] = field(default_factory=list)  # per-sample rope tables (complex128)
     offset: int = 0                     # global position of this tensor's first token (sequence shards)
+    sharded: bool = False               # True when this tensor holds one shard of the sequence
 
 
 class Attend(nn.Module):
@@ -115,9 +116,11 @@ class WanAttentionBlock(nn.Module):
     def self_attn_residual(self, x, mods, info: SeqInfo):
         return x + self.self_attn(self.norm1(x) * (1 + mods[1]) + mods[0], info) * mods[2]
 
-    def cross_ffn_residual(self, x, mods, context, src: SeqInfo, target=None, tgt: SeqInfo | None = None):
-        x = x + self.cross_attn(self.norm3(x), context, src, target, tgt)
+    def ffn_residual(self, x, mods):
         return x + self.ffn(self.norm2(x) * (1 + mods[4]) + mods[3]) * mods[5]
+
+    def cross_ffn_residual(self, x, mods, context, src: SeqInfo, target=None, tgt: SeqInfo | None = None):
+        return self.ffn_residual(x + self.cross_attn(self.norm3(x), context, src, target, tgt), mods)
 
     def forward(self, x, e0, context, info: SeqInfo):
         mods = self.modulate(e0)

@@ -1,17 +1,30 @@
 """The engine each rank runs: an Engine with sequence parallelism and CFG-parallel applied.
 
 `build_rank_engine` is what ovi.runtime.WorkerGroup (and torchrun launches) call on every rank
-after the process group exists. Every rank runs the same `generate()`; rank 0 alone decodes and
-returns the Clip, the others return None.
+after the default process group exists. Every rank runs the same `generate()` (same seeds, same
+noise); rank 0 alone decodes and returns the Clip, the others return None.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from ovi.parallel.comm import CommStats, GroupComm
 from ovi.parallel.dims import ParallelDims
-from ovi.pipeline.engine import Engine, resolve_dtype
+from ovi.parallel.sequence import apply_sequence_parallel
 from ovi.pipeline.components import load_components
+from ovi.pipeline.engine import Engine, resolve_dtype
+
+
+def _make_groups(rank: int, all_groups: list[list[int]], stats: CommStats) -> GroupComm | None:
+    """Create every group (all ranks must call new_group for each, in the same order); keep ours."""
+    mine = None
+    for ranks in all_groups:
+        group = dist.new_group(ranks) if len(ranks) < dist.get_world_size() else dist.group.WORLD
+        if rank in ranks:
+            mine = GroupComm(group, ranks, rank, stats)
+    return mine
 
 
 class RankEngine(Engine):
@@ -20,13 +33,58 @@ class RankEngine(Engine):
         self.dims, self.rank = dims, rank
         self.world_size, self.sp_size = dims.world_size, dims.sp
         self.is_output_rank = rank == 0
+        self.comm_stats = CommStats()
+        self.sp_comm = self.cfg_comm = None
+        if dims.world_size > 1:
+            self.sp_comm = _make_groups(rank, dims.all_sp_groups(), self.comm_stats)
+            self.cfg_comm = _make_groups(rank, dims.all_cfg_groups(), self.comm_stats)
+        self.sp_scheme = "optimized" if config.use_optimized_comms else "upstream"
+        if dims.sp > 1:
+            apply_sequence_parallel(self.model, self.sp_comm, scheme=self.sp_scheme,
+                                    overlap=config.enable_async_comms)
+
+    def predict(self, plan, video, audio, t, contexts, first_frame_is_clean):
+        if self.dims.cfg == 1 or self.guidance_off(plan):
+            return super().predict(plan, video, audio, t, contexts, first_frame_is_clean)
+        # CFG-parallel: group 0 runs the positive pass, group 1 the negative one; one all-gather
+        # of the packed velocities gives every rank both.
+        pos, vneg, aneg = contexts
+        if self.dims.cfg_rank(self.rank) == 0:
+            v, a = self.model_pass(plan, video, audio, t, pos, pos, first_frame_is_clean)
+        else:
+            v, a = self.model_pass(plan, video, audio, t, vneg, aneg, first_frame_is_clean, plan.slg_layer or False)
+        both = self.cfg_comm.all_gather(torch.cat([v.flatten(), a.flatten()]), "cfg")
+        split = lambda row: (row[: v.numel()].view_as(v), row[v.numel():].view_as(a))  # noqa: E731
+        return self.guide(plan, split(both[0]), split(both[1]))
+
+    def denoise(self, plan, contexts, video, audio, image_latent=None, progress=None):
+        def step_done(step, total, info):
+            self.comm_stats.end_step()
+            if progress is not None:
+                progress(step, total, info)
+        return super().denoise(plan, contexts, video, audio, image_latent, step_done)
+
+    def decode(self, plan, video_latent, audio_latent):
+        if not self.is_output_rank:
+            return None, None  # only rank 0 writes the clip
+        return super().decode(plan, video_latent, audio_latent)
 
     def generate(self, prompt, **kwargs):
         clip = super().generate(prompt, **kwargs)
         return clip if self.is_output_rank else None
 
+    def sidecar(self, plan, timings):
+        meta = super().sidecar(plan, timings)
+        meta.update(sp_scheme=self.sp_scheme if self.dims.sp > 1 else None, cfg_parallel=self.dims.cfg == 2,
+                    async_comms=bool(self.config.enable_async_comms and self.dims.sp > 1),
+                    comm=self.comm_stats.summary())
+        return meta
+
     def stats(self) -> dict:
-        out = {"rank": self.rank, "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg}
+        out = {"rank": self.rank, "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg,
+               "sp_scheme": self.sp_scheme, **self.comm_stats.summary()}
+        if self.sp_comm is not None and self.sp_comm.pool is not None:
+            out["buffer_allocations"] = self.sp_comm.pool.allocations
         if self.device.type == "cuda":
             out["max_memory_allocated"] = torch.cuda.max_memory_allocated(self.device)
         return out

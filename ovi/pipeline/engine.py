@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ovi.config import OviConfig, load_config
-from ovi.errors import InputError, NotAvailableError
+from ovi.errors import InputError
 from ovi.model.attention import resolve_backend
 from ovi.pipeline.components import Components, load_components
 from ovi.pipeline.images import ToyImageGenerator, load_image, resize_image, snap_to_area, to_uint8_frames
@@ -100,9 +100,9 @@ class Engine:
     def from_config(cls, cfg: OviConfig | dict | str | None = None) -> "Engine":
         cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
         cfg.require_available()
-        if cfg.sp_size > 1:
-            raise NotAvailableError(f"sp_size {cfg.sp_size}: multi-rank generation runs through "
-                                    "ovi.runtime.WorkerGroup, which is not in this build yet; use sp_size 1")
+        if cfg.sp_size > 1 or cfg.cfg_parallel:
+            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need several ranks: run them "
+                             "with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
@@ -190,19 +190,33 @@ class Engine:
         audio = torch.randn(plan.audio_latent_shape, generator=g)
         return video.to(self.device), audio.to(self.device)
 
+    def model_pass(self, plan: Plan, video, audio, t, video_context, audio_context, first_frame_is_clean,
+                   slg_layer=False):
+        """One fused forward -> (video velocity, audio velocity) in fp32."""
+        tt = torch.as_tensor(t, device=self.device).reshape(1)
+        v, a = self.model([video], [audio], tt, [video_context], [audio_context], vid_seq_len=plan.vid_seq_len,
+                          audio_seq_len=plan.audio_seq_len, first_frame_is_clean=first_frame_is_clean,
+                          slg_layer=slg_layer)
+        return v[0].float(), a[0].float()
+
+    @staticmethod
+    def guidance_off(plan: Plan) -> bool:
+        return plan.video_guidance_scale == 1.0 and plan.audio_guidance_scale == 1.0
+
+    @staticmethod
+    def guide(plan: Plan, pos, neg):
+        """Per-modality classifier-free guidance: neg + g * (pos - neg)."""
+        scales = (plan.video_guidance_scale, plan.audio_guidance_scale)
+        return tuple(n + g * (p - n) for p, n, g in zip(pos, neg, scales))
+
     def predict(self, plan: Plan, video, audio, t, contexts, first_frame_is_clean):
         """Guided velocities for both modalities at timestep t (positive + negative pass)."""
         pos, vneg, aneg = contexts
-        tt = torch.as_tensor(t, device=self.device).reshape(1)
-        common = dict(vid_seq_len=plan.vid_seq_len, audio_seq_len=plan.audio_seq_len,
-                      first_frame_is_clean=first_frame_is_clean)
-        v_pos, a_pos = self.model([video], [audio], tt, [pos], [pos], **common)
-        if plan.video_guidance_scale == 1.0 and plan.audio_guidance_scale == 1.0:
-            return v_pos[0].float(), a_pos[0].float()  # guidance off: the negative pass cannot matter
-        v_neg, a_neg = self.model([video], [audio], tt, [vneg], [aneg], slg_layer=plan.slg_layer or False, **common)
-        v = v_neg[0].float() + plan.video_guidance_scale * (v_pos[0].float() - v_neg[0].float())
-        a = a_neg[0].float() + plan.audio_guidance_scale * (a_pos[0].float() - a_neg[0].float())
-        return v, a
+        positive = self.model_pass(plan, video, audio, t, pos, pos, first_frame_is_clean)
+        if self.guidance_off(plan):
+            return positive  # scale 1 everywhere: the negative pass cannot change the result
+        negative = self.model_pass(plan, video, audio, t, vneg, aneg, first_frame_is_clean, plan.slg_layer or False)
+        return self.guide(plan, positive, negative)
 
     @torch.no_grad()
     def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None):
@@ -254,6 +268,8 @@ class Engine:
         t2 = time.perf_counter()
         frames, wave = self.decode(plan, video, audio)
         timings["decode"] = time.perf_counter() - t2
+        if frames is None:
+            return None  # a non-output rank of a parallel group
         timings["total"] = time.perf_counter() - t0
         return Clip(video=frames, audio=wave, fps=self.spec.fps, sample_rate=self.spec.sample_rate,
                     meta=self.sidecar(plan, timings), latents={"video": video.cpu(), "audio": audio.cpu()})
