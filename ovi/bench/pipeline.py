@@ -1,0 +1,69 @@
+"""`ovi bench pipeline`: where one generation's time goes, and how hard the model works.
+
+One record per run: stage_seconds {text, denoise, decode, mux}, non_model_share (the share of wall
+time outside the denoiser), flops_per_step (FLOPs of one denoising step - both guidance passes -
+counted by torch.utils.flop_counter on the real forward) and achieved_flops (flops_per_step x steps
+/ denoise seconds). The first generation warms up and is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
+    parser.add_argument("--runs", type=int, default=3, help="timed generations after one warm-up")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def flops_per_step(engine, plan) -> int:
+    """FLOPs of one denoising step (positive + negative pass), counted on the real forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ovi.pipeline.solvers import make_solver
+    contexts = engine.encode_text(plan)
+    video, audio = engine.initial_latents(plan)
+    t = make_solver(plan.solver, plan.steps, plan.shift).timesteps[0]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        engine.predict(plan, video, audio, t, contexts, first_frame_is_clean=False)
+    return int(counter.get_total_flops())
+
+
+def run(args):
+    import ovi
+    from ovi.config import parse_set_option
+    cfg = ovi.load_config(args.config, **dict(parse_set_option(s) for s in args.set))
+    engine = ovi.Engine.from_config(cfg)
+    prompt = cfg.text_prompt if cfg.text_prompt and not cfg.text_prompt.endswith((".csv", ".tsv")) else "a bench clip"
+    plan = engine.plan(prompt)
+    fps = flops_per_step(engine, plan)
+    engine.generate(prompt)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_index in range(args.runs):
+            t0 = time.perf_counter()
+            clip = engine.generate(prompt)
+            t1 = time.perf_counter()
+            clip.save(Path(tmp) / f"bench{run_index}")
+            mux = time.perf_counter() - t1
+            total = time.perf_counter() - t0
+            timings = clip.meta["timings"]
+            stages = {"text": timings["text"], "denoise": timings["denoise"], "decode": timings["decode"], "mux": mux}
+            yield {
+                "bench": "pipeline", "config": args.config or "tiny (embedded default)", "world_size": 1,
+                "run": run_index, "model_name": cfg.model_name, "steps": plan.steps,
+                "height_width": [plan.height, plan.width], "frames": plan.num_frames,
+                "stage_seconds": stages, "total_seconds": total,
+                "load_seconds": engine.load_seconds,
+                "non_model_share": 1.0 - stages["denoise"] / total,
+                "flops_per_step": fps, "achieved_flops": fps * plan.steps / stages["denoise"],
+                "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+                "attention_backend": engine.attention_backend, "torch": torch.__version__,
+                "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            }
