@@ -115,7 +115,7 @@ def test_unknown_key_names_the_nearest_valid_key():
     ("each_example_n_times", 0, "each_example_n_times 0: must be at least 1"),
     ("slg_layer", True, "slg_layer true: must be a block index"),
     ("fp8", "yes", "fp8 'yes': must be true or false"),
-    ("model", "giant", "model 'giant': unknown architecture preset; choose one of ovi, tiny"),
+    ("model", "giant", "model 'giant': unknown architecture preset; choose one of mid, ovi, tiny"),
     ("model_name", "1080p", "model_name '1080p': unknown model; choose one of 720x720_5s, 960x960_5s, "
                             "960x960_10s, tiny"),
     ("video_frame_height_width", [700, 1280], "video_frame_height_width [700, 1280]: each side must be a "

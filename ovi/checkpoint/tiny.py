@@ -1,7 +1,7 @@
-"""`make_tiny`: a random tiny Ovi checkpoint in upstream's directory layout and key names.
+"""Random checkpoints in upstream's directory layout and key names: `make_tiny` (tests, demos, the
+embedded default) and `make_random_checkpoint` for any random-weight preset (e.g. `mid` for benchmarks).
 
-Used by tests, demos and the embedded default. Deterministic for a given seed, so every machine
-that makes one gets the same weights (and the same clips).
+Deterministic for a given seed, so every machine that makes one gets the same weights (and clips).
 """
 
 from __future__ import annotations
@@ -21,22 +21,26 @@ from ovi.pipeline.text import BYTE_TOKENIZER_FILE, T5_CONFIGS, T5_DIR, T5_FILE, 
 
 def make_tiny(ckpt_dir: str | Path, seed: int = 0, fp8: bool = False) -> Path:
     """Write <ckpt_dir>/Ovi/model.safetensors, the umT5 .pth and a tokenizer folder. Returns ckpt_dir."""
+    return make_random_checkpoint(ckpt_dir, "tiny", seed=seed, fp8=fp8)
+
+
+def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int = 0, fp8: bool = False) -> Path:
     ckpt_dir = Path(ckpt_dir)
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = FusionModel(*architecture("tiny"))
+        model = FusionModel(*architecture(arch))
         model.init_weights()
         # Upstream zero-inits the output heads (training start); a demo model should move, so give
         # them small random weights instead.
         for branch in (model.video_model, model.audio_model):
             torch.nn.init.normal_(branch.head.head.weight, std=0.02)
-        ovi_file = ckpt_dir / "Ovi" / MODEL_SPECS["tiny"].checkpoint_file
+        ovi_file = ckpt_dir / "Ovi" / MODEL_SPECS[arch].checkpoint_file
         save_state_dict(model.state_dict(), ovi_file)
         if fp8:
             convert_checkpoint(ovi_file, ckpt_dir / "Ovi" / FP8_CHECKPOINT_FILE, FP8)
 
-        t5 = make_t5("tiny")
+        t5 = make_t5(arch)
         t5_dir = ckpt_dir / T5_DIR
         t5_dir.mkdir(parents=True, exist_ok=True)
         tmp = t5_dir / (T5_FILE + ".tmp")
@@ -45,14 +49,18 @@ def make_tiny(ckpt_dir: str | Path, seed: int = 0, fp8: bool = False) -> Path:
         tok_dir = t5_dir / TOKENIZER_DIR
         tok_dir.mkdir(parents=True, exist_ok=True)
         (tok_dir / BYTE_TOKENIZER_FILE).write_text(
-            json.dumps({"type": "bytes", "max_length": T5_CONFIGS["tiny"]["max_length"]}))
+            json.dumps({"type": "bytes", "max_length": T5_CONFIGS[arch]["max_length"]}))
+        (ckpt_dir / "Ovi" / "random_architecture.txt").write_text(arch)
     finally:
         torch.random.set_rng_state(generator_state)
     return ckpt_dir
 
 
-def is_tiny_checkpoint_dir(ckpt_dir: str | Path) -> bool:
+def is_random_checkpoint_dir(ckpt_dir: str | Path, arch: str = "tiny") -> bool:
+    """Whether ckpt_dir holds a complete random checkpoint of `arch` (as make_random_checkpoint writes)."""
     ckpt_dir = Path(ckpt_dir)
-    return ((ckpt_dir / "Ovi" / MODEL_SPECS["tiny"].checkpoint_file).is_file()
+    marker = ckpt_dir / "Ovi" / "random_architecture.txt"
+    return (marker.is_file() and marker.read_text().strip() == arch
+            and (ckpt_dir / "Ovi" / MODEL_SPECS[arch].checkpoint_file).is_file()
             and (ckpt_dir / T5_DIR / T5_FILE).is_file()
             and (ckpt_dir / T5_DIR / TOKENIZER_DIR / BYTE_TOKENIZER_FILE).is_file())

@@ -28,10 +28,17 @@ TINY_AUDIO_CONFIG = {
     "text_len": 256, "text_dim": TINY_TEXT_DIM,
 }
 
+# A mid-size preset for benchmarks on CPUs (random weights): 8 heads of 64, 4 fused blocks. Big enough
+# that attention and communication matter, small enough for gloo ranks on a laptop.
+MID_VIDEO_CONFIG = {**TINY_VIDEO_CONFIG, "dim": 512, "ffn_dim": 1536, "freq_dim": 128, "num_heads": 8, "num_layers": 4}
+MID_AUDIO_CONFIG = {**TINY_AUDIO_CONFIG, "dim": 512, "ffn_dim": 1536, "freq_dim": 128, "num_heads": 8, "num_layers": 4}
+
 ARCHITECTURES = {
     "ovi": (OVI_VIDEO_CONFIG, OVI_AUDIO_CONFIG),
     "tiny": (TINY_VIDEO_CONFIG, TINY_AUDIO_CONFIG),
+    "mid": (MID_VIDEO_CONFIG, MID_AUDIO_CONFIG),
 }
+RANDOM_ARCHITECTURES = ("tiny", "mid")  # made on demand from a seed; no downloaded weights
 
 
 def architecture(name: str) -> tuple[dict, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -42,10 +43,8 @@ def config_from_args(args):
 
 
 def run_generate(args) -> int:
-    from tqdm import tqdm
-
     from ovi.pipeline.images import load_image
-    from ovi.pipeline.prompts import clip_stem, expand_prompts
+    from ovi.pipeline.prompts import expand_prompts
 
     cfg = config_from_args(args)
     jobs = expand_prompts(cfg)
@@ -57,21 +56,79 @@ def run_generate(args) -> int:
             if not image:
                 raise InputError(f"mode i2v needs an image for prompt {prompt[:40]!r}: pass --image or an image_path column")
             load_image(image)
-    from ovi.pipeline.engine import Engine
-    engine = Engine.from_config(cfg)
-    out_dir = Path(cfg.output_dir)
-    for index, (prompt, image) in enumerate(jobs):
-        seed = cfg.seed + index % cfg.each_example_n_times  # repeat k of an example uses seed + k
-        bar = tqdm(total=cfg.sample_steps, desc=f"clip {index + 1}/{len(jobs)}", disable=args.quiet, file=sys.stderr)
-
-        def progress(step, total, info, bar=bar):
-            bar.total = total
-            bar.update(step - bar.n)
-        try:
-            clip = engine.generate(prompt, image=image if cfg.mode == "i2v" else None, seed=seed, progress=progress)
-        finally:
-            bar.close()
-        h, w = clip.meta["height_width"]
-        paths = clip.save(out_dir / clip_stem(prompt, h, w, seed, index), save_latents=cfg.save_latents)
-        print(paths["mp4"])
+    from ovi.runtime._rank import torchrun_env
+    if torchrun_env() is not None:
+        return _generate_under_torchrun(cfg, jobs, args)
+    with _open_engine(cfg) as engine:
+        for index, (prompt, image) in enumerate(jobs):
+            request = _request(cfg, index, prompt, image)
+            bar, request["progress"] = _progress_bar(index, len(jobs), cfg, args.quiet)
+            try:
+                clip = engine.generate(**request)
+            finally:
+                bar.close()
+            _save(cfg, index, prompt, clip)
     return 0
+
+
+@contextlib.contextmanager
+def _open_engine(cfg):
+    """One process for one rank; a WorkerGroup of sp_size x (2 with cfg_parallel) ranks otherwise
+    (gloo ranks on the CPU, one rank per GPU with nccl)."""
+    from ovi.parallel.dims import ParallelDims
+    world = ParallelDims.from_config(cfg).world_size
+    if world == 1:
+        from ovi.pipeline.engine import Engine
+        yield Engine.from_config(cfg)
+        return
+    from ovi.runtime.worker_group import WorkerGroup
+    with WorkerGroup(cfg, world_size=world) as group:
+        yield group
+
+
+def _generate_under_torchrun(cfg, jobs, args) -> int:
+    """Every torchrun process runs this; rank 0 drives the requests, shows progress and saves."""
+    from ovi.runtime._rank import serve_torchrun, torchrun_env
+    lead = torchrun_env()["rank"] == 0
+    bars = []
+
+    def requests():
+        for index, (prompt, image) in enumerate(jobs):
+            request = _request(cfg, index, prompt, image)
+            bar, request["progress"] = _progress_bar(index, len(jobs), cfg, args.quiet)
+            bars.append(bar)
+            yield request
+
+    def on_clip(index, request, clip):
+        bars[index].close()
+        _save(cfg, index, request["prompt"], clip)
+
+    try:
+        serve_torchrun(cfg, requests() if lead else None, on_clip)
+    finally:
+        for bar in bars:
+            bar.close()
+    return 0
+
+
+def _request(cfg, index, prompt, image) -> dict:
+    seed = cfg.seed + index % cfg.each_example_n_times  # repeat k of an example uses seed + k
+    return {"prompt": prompt, "image": image if cfg.mode == "i2v" else None, "seed": seed}
+
+
+def _progress_bar(index, count, cfg, quiet):
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.sample_steps, desc=f"clip {index + 1}/{count}", disable=quiet, file=sys.stderr)
+
+    def progress(step, total, info=None):
+        bar.total = total
+        bar.update(step - bar.n)
+    return bar, progress
+
+
+def _save(cfg, index, prompt, clip) -> None:
+    from ovi.pipeline.prompts import clip_stem
+    h, w = clip.meta["height_width"]
+    stem = clip_stem(prompt, h, w, clip.meta["seed"], index)
+    paths = clip.save(Path(cfg.output_dir) / stem, save_latents=cfg.save_latents)
+    print(paths["mp4"], flush=True)

@@ -18,6 +18,7 @@ import torch
 
 from ovi.checkpoint.loading import FP8, fusion_checkpoint_path, load_fusion_model
 from ovi.errors import NotAvailableError
+from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.pipeline.codecs import AudioCodec, ToyAudioCodec, ToyVideoCodec, VideoCodec
 from ovi.pipeline.specs import FP8_CHECKPOINT_FILE, MODEL_SPECS
 from ovi.pipeline.text import T5TextEncoder
@@ -43,20 +44,21 @@ class Components:
         }
 
 
-def ensure_tiny_checkpoint(ckpt_dir: str | Path, fp8: bool = False) -> None:
-    from ovi.checkpoint.tiny import is_tiny_checkpoint_dir, make_tiny
+def ensure_random_checkpoint(ckpt_dir: str | Path, arch: str, fp8: bool = False) -> None:
+    """Random-weight presets (tiny, mid) make their checkpoint on first use, deterministically."""
+    from ovi.checkpoint.tiny import is_random_checkpoint_dir, make_random_checkpoint
     ckpt_dir = Path(ckpt_dir)
-    if not is_tiny_checkpoint_dir(ckpt_dir) or (fp8 and not (ckpt_dir / "Ovi" / FP8_CHECKPOINT_FILE).is_file()):
-        log.info("making the tiny checkpoint in %s", ckpt_dir)
-        make_tiny(ckpt_dir, fp8=fp8)
+    if not is_random_checkpoint_dir(ckpt_dir, arch) or (fp8 and not (ckpt_dir / "Ovi" / FP8_CHECKPOINT_FILE).is_file()):
+        log.info("making the random %s checkpoint in %s", arch, ckpt_dir)
+        make_random_checkpoint(ckpt_dir, arch, fp8=fp8)
 
 
 def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Components:
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
     load_device = torch.device("cpu") if cfg.cpu_offload else device
-    if architecture == "tiny":
-        ensure_tiny_checkpoint(cfg.ckpt_dir, fp8=cfg.fp8)
+    if architecture in RANDOM_ARCHITECTURES:
+        ensure_random_checkpoint(cfg.ckpt_dir, architecture, fp8=cfg.fp8)
     else:
         # The DiT loads (ovi checkpoint inspect checks it); the real VAEs do not exist here yet.
         raise NotAvailableError(

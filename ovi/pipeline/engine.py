@@ -18,6 +18,7 @@ import torch
 from ovi.config import OviConfig, load_config
 from ovi.errors import InputError
 from ovi.model.attention import resolve_backend
+from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.pipeline.components import Components, load_components
 from ovi.pipeline.images import ToyImageGenerator, load_image, resize_image, snap_to_area, to_uint8_frames
 from ovi.pipeline.output import Clip
@@ -276,7 +277,7 @@ class Engine:
 
     def text_to_image(self, plan: Plan) -> torch.Tensor:
         if self.image_generator is None:
-            if self.config.model == "tiny":
+            if self.config.model in RANDOM_ARCHITECTURES:
                 self.image_generator = ToyImageGenerator()
             else:
                 from ovi.pipeline.images import FluxImageGenerator

@@ -29,6 +29,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "960x960_10s": ModelSpec("960x960_10s", "model_960x960_10s.safetensors", 61, 314, 960 * 960, "audio_colon", "ovi"),
     # Tiny: 17 frames (0.71 s) at 24 fps, 22 audio latents (0.704 s), ~128x128 pixels.
     "tiny": ModelSpec("tiny", "model.safetensors", 5, 22, 128 * 128, "audcap", "tiny"),
+    # Benchmark preset: 33 frames (1.4 s), 44 audio latents, ~256x448 px -> 9 x 8 x 14 = 1008 video tokens.
+    "mid": ModelSpec("mid", "model.safetensors", 9, 44, 256 * 448, "audcap", "mid"),
 }
 
 FP8_CHECKPOINT_FILE = "model_fp8_e4m3fn.safetensors"

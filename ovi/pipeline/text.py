@@ -25,6 +25,7 @@ T5_CONFIGS = {
     "ovi": dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, max_length=512),
     "tiny": dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, max_length=256),
 }
+T5_CONFIGS["mid"] = T5_CONFIGS["tiny"]  # the benchmark preset shares the tiny text encoder
 
 
 def clean_prompt_text(text: str) -> str:
