@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One prepared script for a lent GPU machine (the `device` tool's `run`): exercises the CUDA paths and
+# writes JSON lines to $OUT/gpu_check.jsonl (copy them to experiments/results/ afterwards).
+# The GPU image has torch but not diffusers/av; carry them as wheels in .whl/ (see the device README):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl diffusers av
+set -euo pipefail
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$(pwd):${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 experiments/gpu_check.py "${OUT:-.}/gpu_check.jsonl"
