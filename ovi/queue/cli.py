@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ovi.errors import InputError
 from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
-from ovi.queue.requests import MODES
+from ovi.queue.requests import MODES, check_engine_settings, validate_request
 
 TOKEN_ENV = "OVI_QUEUE_TOKEN"
 
@@ -53,16 +53,14 @@ def _add_generate_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> N
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
 
 
-def _parse_value(text: str):
-    # JSON where it parses (4, 2.5, true, [720, 720]), else the plain string.
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _config_ref(config: str) -> str:
+    # A yaml path is stored absolute (the runner may start elsewhere); a shipped config's name
+    # ('tiny', 'rtx3090_x4') stays a name.
+    return _abs(config) if Path(config).expanduser().is_file() else config
 
 
 def _request_from_args(args, *, with_prompt: bool) -> dict:
@@ -77,7 +75,7 @@ def _request_from_args(args, *, with_prompt: bool) -> dict:
     else:
         config = args.config
     if config:
-        request["config"] = _abs(config)
+        request["config"] = _config_ref(config)
     for key in ("mode", "seed", "steps", "solver", "negative_prompt", "audio_negative_prompt",
                 "video_guidance_scale", "audio_guidance_scale", "slg_layer"):
         value = getattr(args, key)
@@ -90,13 +88,9 @@ def _request_from_args(args, *, with_prompt: bool) -> dict:
             raise InputError(f"--height-width {args.height_width!r}: use HxW, e.g. 720x720") from None
         request["height_width"] = [h, w]
     if args.set:
-        overrides = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise InputError(f"--set {item!r}: use KEY=VALUE, e.g. --set sample_steps=4")
-            overrides[key.strip()] = _parse_value(value)
-        request["set"] = overrides
+        from ovi.config import parse_set_option  # same typing and key check as `ovi generate`
+
+        request["set"] = dict(parse_set_option(item) for item in args.set)
     if args.lora:
         request["loras"] = list(args.lora)
     if args.out:
@@ -120,8 +114,11 @@ def _print_job_line(job: dict) -> None:
 
 # -- handlers -----------------------------------------------------------------------------------
 def cmd_submit(args) -> int:
+    request = _request_from_args(args, with_prompt=True)
+    validate_request(request)
+    check_engine_settings(request)
     with _open(args) as q:
-        print(q.submit(_request_from_args(args, with_prompt=True), priority=args.priority))
+        print(q.submit(request, priority=args.priority))
     return 0
 
 
@@ -190,6 +187,7 @@ def cmd_move(args) -> int:
 
 def cmd_import_csv(args) -> int:
     base = _request_from_args(args, with_prompt=False)
+    check_engine_settings(base)
     mode, seed = base.pop("mode", None), base.pop("seed", None)
     with _open(args) as q:
         ids = q.import_csv(args.file, n_times=args.n_times, priority=args.priority, mode=mode,

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from ovi.errors import InputError
 from ovi.queue.requests import RequestError, requests_from_csv, validate_request

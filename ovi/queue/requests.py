@@ -26,7 +26,7 @@ GENERATE_KEYS = (
 ENGINE_KEYS = ("config", "set", "loras")
 REQUEST_KEYS = ("prompt", "out") + ENGINE_KEYS + GENERATE_KEYS
 
-# Upstream's default seed (its inference yaml), used as the base when one row runs n times.
+# Upstream's default seed (its inference yaml): the base of repeated rows when no config says.
 UPSTREAM_DEFAULT_SEED = 100
 
 
@@ -97,6 +97,31 @@ def validate_request(request: Any) -> None:
         raise RequestError(None, f"the request must be plain JSON data: {exc}") from exc
 
 
+def check_engine_settings(request: dict):
+    """Resolve the request's config + `set` + `loras` the way the runner will (ovi.config), so a
+    typo fails at submit with the key named, not hours later in the runner. Returns the config.
+
+    Kept out of `validate_request`: the queue itself stays model-agnostic (tests and other
+    engines may carry their own `set` keys); the CLI and REST front ends call this."""
+    from ovi.config import load_config
+
+    try:
+        cfg = load_config(request.get("config"))
+    except InputError as exc:
+        raise RequestError("config", str(exc)) from None
+    overrides = dict(request.get("set") or {})
+    try:
+        cfg = load_config(cfg, **overrides)
+    except InputError as exc:
+        raise RequestError("set", str(exc)) from None
+    if request.get("loras"):
+        try:
+            cfg = load_config(cfg, lora=list(request["loras"]))
+        except InputError as exc:
+            raise RequestError("loras", str(exc)) from None
+    return cfg
+
+
 def engine_key(request: dict) -> dict:
     """The part of a request that decides which weights are loaded: jobs with equal keys can
     share one engine. Empty `set`/`loras` and missing ones are the same key."""
@@ -119,13 +144,13 @@ def requests_from_csv(path: str | Path, *, n_times: int = 1, mode: str | None = 
     """Upstream Ovi's prompt csv -> requests, one per row and repetition.
 
     Like upstream: `text_prompt` is required, `image_path` optional; outside i2v the image is
-    dropped; repetition `i` of a row uses seed `seed + i` (seed defaults to upstream's 100 when
-    n_times > 1, so repeats differ). Without `mode`, a row with an image is i2v, else t2v.
+    dropped; repetition `i` of a row uses seed `seed + i` (seed defaults to the config's seed
+    when n_times > 1, so repeats differ, as in `ovi generate`). Without `mode`, a row with an image is i2v, else t2v.
     Relative image paths are taken relative to the csv's folder when they exist there.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"prompt csv not found: {path}")
+        raise InputError(f"prompt csv not found: {path}; fix the path")
     if not (_is_int(n_times) and n_times >= 1):
         raise InputError(f"--n-times must be a positive integer, got {n_times!r}")
     if mode is not None and mode not in MODES:
@@ -158,7 +183,18 @@ def requests_from_csv(path: str | Path, *, n_times: int = 1, mode: str | None = 
             if image is not None:
                 request["image"] = image
             if seed is not None or n_times > 1:
-                request["seed"] = (UPSTREAM_DEFAULT_SEED if seed is None else seed) + i
+                request["seed"] = (_base_seed(base) if seed is None else seed) + i
             validate_request(request)
             requests.append(request)
     return requests
+
+
+def _base_seed(base: dict | None) -> int:
+    # The seed the runner would use anyway: the request's config (+ overrides), else upstream's.
+    try:
+        from ovi.config import load_config
+
+        base = base or {}
+        return int(load_config(base.get("config"), **dict(base.get("set") or {})).seed)
+    except Exception:  # a config problem is reported when the jobs are checked or run
+        return UPSTREAM_DEFAULT_SEED

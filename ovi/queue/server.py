@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import ovi
 from ovi.errors import InputError
 from ovi.queue.jobqueue import FINISHED, STATES, JobQueue, default_out_dir
-from ovi.queue.requests import RequestError
+from ovi.queue.requests import RequestError, check_engine_settings, validate_request
 
 # Only clip files are served; the folder also holds the queue database, which must not leak.
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
@@ -73,7 +73,8 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                out_dir: str | os.PathLike | None = None, token: str | None = None,
                run: bool = False, engine_factory=None) -> FastAPI:
     """The API app over queue `db`. `run=True` also starts a Runner thread in this process."""
-    queue = db if isinstance(db, JobQueue) else JobQueue(db)
+    owns_queue = not isinstance(db, JobQueue)
+    queue = JobQueue(db) if owns_queue else db
     out_root = (Path(out_dir) if out_dir is not None else default_out_dir(queue)).resolve()
     runner_box: dict = {}
 
@@ -87,6 +88,8 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
         yield
         if "runner" in runner_box:
             runner_box.pop("runner").close()
+        if owns_queue:
+            queue.close()
 
     app = FastAPI(title="Ovi Workbench queue", version=ovi.__version__, lifespan=lifespan)
     app.state.queue = queue
@@ -151,8 +154,8 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
             request["height_width"] = list(request["height_width"])
         if body.image is not None and not Path(body.image).is_file():
             return _unprocessable("image", f"no such file on the server: {body.image}")
-        if body.config is not None and not Path(body.config).is_file():
-            return _unprocessable("config", f"no such file on the server: {body.config}")
+        validate_request(request)
+        check_engine_settings(request)  # config/set/loras typos: 422 now, not a failed job later
         job_id = queue.submit(request, priority=body.priority)
         return job_json(queue.get(job_id))
 

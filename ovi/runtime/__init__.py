@@ -7,4 +7,7 @@ def __getattr__(name):
     if name == "Runner":
         from ovi.runtime.runner import Runner
         return Runner
+    if name in ("WorkerGroup", "WorkerError", "serve_torchrun"):
+        from ovi.runtime import worker_group
+        return getattr(worker_group, name)
     raise AttributeError(f"module 'ovi.runtime' has no attribute {name!r}")

@@ -15,6 +15,7 @@ group) → `generate(..., progress=cb)` → `clip.save(out/<stem>)` → done wit
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import logging
@@ -35,19 +36,18 @@ EngineFactory = Callable[[dict], object]
 
 def default_engine_factory(key: dict):
     """Build the engine for an engine key {config, set, loras}: a WorkerGroup when the config asks
-    for several ranks (sp_size > 1), else a single-process Engine. Imported lazily: the queue
-    and its CLI must not need torch."""
+    for several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported
+    lazily: the queue and its CLI must not need torch."""
     import ovi
 
     overrides = dict(key.get("set") or {})
     if key.get("loras"):
         overrides.setdefault("lora", list(key["loras"]))
     cfg = ovi.load_config(key.get("config"), **overrides)
-    world = int(getattr(cfg, "sp_size", 1) or 1)
-    if world > 1:
+    if int(getattr(cfg, "sp_size", 1) or 1) > 1 or getattr(cfg, "cfg_parallel", False):
         from ovi.runtime import WorkerGroup
 
-        return WorkerGroup(cfg, world_size=world)
+        return WorkerGroup(cfg)  # world size follows from the config (sp x cfg)
     return ovi.Engine.from_config(cfg)
 
 
@@ -67,9 +67,23 @@ def load_engine_factory(spec: str) -> EngineFactory:
     return factory
 
 
+def clip_stem_for(job: dict, clip) -> str | None:
+    """The stem `ovi generate` would use (prompt_HxW_seed_index, from the clip's sidecar), with
+    the job id as the index so every job's files are distinct; None if the clip cannot say."""
+    meta = getattr(clip, "meta", None) or {}
+    hw, seed = meta.get("height_width"), meta.get("seed")
+    if not hw or seed is None:
+        return None
+    try:
+        from ovi.pipeline.prompts import clip_stem
+    except ImportError:
+        return None
+    return clip_stem(str(job["request"]["prompt"]), int(hw[0]), int(hw[1]), int(seed), job["id"])
+
+
 def job_stem(job: dict) -> str:
-    """File stem for a job's outputs: a slug of the prompt's first words, then the job id (the id
-    keeps stems unique, the slug keeps a folder of clips readable)."""
+    """Stem known before generation (for clips without a sidecar, and for cleaning up after a
+    cancel): a slug of the prompt's first words, then the job id."""
     prompt = str(job["request"].get("prompt", ""))
     prompt = re.sub(r"<[^>]*>", " ", prompt)  # drop upstream's <S>..<E>, <AUDCAP> tags
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48].rstrip("_")
@@ -95,18 +109,23 @@ class Runner:
     heartbeat_interval: seconds between heartbeats of the running job.
     recover_interval: how often an idle runner looks for jobs lost by dead runners (it always
         looks once at start).
+    keep_events: seconds of event history kept (older events are pruned when a run starts).
     """
 
     def __init__(self, queue: JobQueue | str, *, engine_factory: EngineFactory | None = None,
                  out_dir: str | Path | None = None, worker_id: str | None = None,
                  poll_interval: float = 0.5, heartbeat_interval: float = 5.0,
-                 recover_interval: float = 10.0):
-        self.queue = queue if isinstance(queue, JobQueue) else JobQueue(queue)
+                 recover_interval: float = 10.0, keep_events: float = 7 * 86400.0):
+        self._owns_queue = not isinstance(queue, JobQueue)
+        self.queue = JobQueue(queue) if self._owns_queue else queue
         self.engine_factory = engine_factory or default_engine_factory
         self.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(self.queue)
         self.worker_id = worker_id or make_worker_id()
         self.poll_interval = float(poll_interval)
-        self.heartbeat_interval = float(heartbeat_interval)
+        # Beat well inside the lost-job timeout, or a slow step would look like a dead runner.
+        self.heartbeat_interval = min(float(heartbeat_interval),
+                                      self.queue.policy.heartbeat_timeout / 4)
+        self.keep_events = float(keep_events)
         self.recover_interval = float(recover_interval)
         self.stats = {"done": 0, "failed": 0, "cancelled": 0, "released": 0, "engine_loads": 0}
         self.last_error: str | None = None
@@ -125,6 +144,7 @@ class Runner:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
+        self._abort.clear()
         self._thread = threading.Thread(target=self._thread_main, name="ovi-runner", daemon=True)
         self._thread.start()
         return self
@@ -149,10 +169,12 @@ class Runner:
         return self._current
 
     def close(self) -> None:
-        """Stop, and release the engine (its weights)."""
+        """Stop, and release the engine (its weights) and a queue this runner opened."""
         self.stop()
         _close_engine(self._engine)
         self._engine, self._engine_key = None, None
+        if self._owns_queue:
+            self.queue.close()
 
     def __enter__(self) -> "Runner":
         return self
@@ -175,8 +197,13 @@ class Runner:
     def run(self, *, until_empty: bool = False, max_jobs: int | None = None) -> int:
         """Process jobs until stopped (or, with until_empty, until nothing is claimable — the
         queue is empty or paused). Returns how many jobs this call handled."""
-        self._stop.clear()
+        if threading.current_thread() is not self._thread:
+            # Foreground run: forget an earlier stop(). (start() clears them for the thread, so
+            # a stop() right after start() is never lost.)
+            self._stop.clear()
+            self._abort.clear()
         self._recover()
+        self.queue.prune_events(older_than=self.keep_events)  # the event log must not grow forever
         handled = 0
         wait = min(0.05, self.poll_interval)
         while not self._stop.is_set() and (max_jobs is None or handled < max_jobs):
@@ -184,8 +211,10 @@ class Runner:
                 job = self.run_one()
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except Exception as exc:  # the store itself failed (disk full, locked): back off
+            except Exception as exc:  # the store itself failed (disk full, locked)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if until_empty:
+                    raise  # a batch run should end with an error, not look "empty"
                 log.exception("runner: queue access failed; retrying")
                 job = None
             if job is not None:
@@ -221,26 +250,27 @@ class Runner:
         self._current = job
         self._taken.clear()
         out_dir = Path(job["request"].get("out") or self.out_dir)
-        stem_path = out_dir / job_stem(job)
+        stems = [out_dir / job_stem(job)]  # _generate adds the final stem once it is known
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job_id, beat_stop),
                                 name=f"ovi-heartbeat-{job_id}", daemon=True)
         beat.start()
         try:
             try:
-                result = self._generate(job, stem_path)
+                result = self._generate(job, stems)
             except JobCancelled as exc:
-                return self._stopped(job_id, stem_path, exc.reason)
+                return self._stopped(job_id, stems, exc.reason)
             except (KeyboardInterrupt, SystemExit):
-                self._remove_partial(stem_path)
-                self.queue.release(job_id, worker_id=self.worker_id, reason="runner interrupted")
-                self.stats["released"] += 1
+                self._remove_partial(stems)
+                if self.queue.release(job_id, worker_id=self.worker_id,
+                                      reason="runner interrupted") is not None:
+                    self.stats["released"] += 1
                 raise
             except Exception as exc:
                 if self._should_stop(job_id):
                     # The engine wrapped our JobCancelled in its own error: still a cancel.
-                    return self._stopped(job_id, stem_path, "cancel requested")
-                return self._failed(job_id, stem_path, exc)
+                    return self._stopped(job_id, stems, "cancel requested")
+                return self._failed(job_id, stems, exc)
             final = self.queue.finish(job_id, result, worker_id=self.worker_id)
             if final is None:
                 log.warning("job %s finished here but was taken over meanwhile; keeping the "
@@ -254,7 +284,7 @@ class Runner:
             beat.join(timeout=5)
             self._current = None
 
-    def _generate(self, job: dict, stem_path: Path) -> dict:
+    def _generate(self, job: dict, stems: list[Path]) -> dict:
         job_id, request = job["id"], job["request"]
         if self._should_stop(job_id):
             raise JobCancelled(job_id)
@@ -270,6 +300,10 @@ class Runner:
         clip = engine.generate(request["prompt"], progress=progress, **generate_kwargs(request))
         if self._should_stop(job_id):
             raise JobCancelled(job_id)  # cancelled during the last step: do not save
+        name = clip_stem_for(job, clip)
+        if name is not None:
+            stems.append(stems[0].parent / name)
+        stem_path = stems[-1]
         stem_path.parent.mkdir(parents=True, exist_ok=True)
         paths = clip.save(stem_path) or {}
         return {str(kind): str(path) for kind, path in dict(paths).items()}
@@ -289,12 +323,12 @@ class Runner:
         return (self._abort.is_set() or self._taken.is_set()
                 or self.queue.is_cancel_requested(job_id))
 
-    def _stopped(self, job_id: int, stem_path: Path, reason: str) -> dict:
+    def _stopped(self, job_id: int, stems: list[Path], reason: str) -> dict:
         if self._taken.is_set():
             # Declared lost and re-queued (maybe running elsewhere, writing the same stem):
             # leave the job and its files to the new owner.
             return self.queue.get(job_id)
-        self._remove_partial(stem_path)
+        self._remove_partial(stems)
         if self.queue.is_cancel_requested(job_id):
             final = self.queue.mark_cancelled(job_id, worker_id=self.worker_id)
             if final is not None:
@@ -308,8 +342,8 @@ class Runner:
                 return final
         return self.queue.get(job_id)
 
-    def _failed(self, job_id: int, stem_path: Path, exc: Exception) -> dict:
-        self._remove_partial(stem_path)
+    def _failed(self, job_id: int, stems: list[Path], exc: Exception) -> dict:
+        self._remove_partial(stems)
         log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         if not isinstance(exc, InputError):
             # The engine may be in a bad state (e.g. a dead rank): rebuild it for the next job.
@@ -320,18 +354,19 @@ class Runner:
         return final if final is not None else self.queue.get(job_id)
 
     @staticmethod
-    def _remove_partial(stem_path: Path) -> None:
+    def _remove_partial(stems: list[Path]) -> None:
         # `<stem>.*` are the clip's files (mp4, wav, json, latents); `.<stem>.*` temp files of
-        # an atomic write in progress. The job id in the stem keeps other clips out of reach.
-        folder = stem_path.parent
-        if not folder.is_dir():
-            return
-        for pattern in (f"{stem_path.name}.*", f".{stem_path.name}.*"):
-            for path in folder.glob(pattern):
-                try:
-                    path.unlink()
-                except (FileNotFoundError, IsADirectoryError, PermissionError):
-                    pass
+        # an atomic write in progress. The job id in each stem keeps other clips out of reach.
+        for stem_path in stems:
+            folder = stem_path.parent
+            if not folder.is_dir():
+                continue
+            for pattern in (f"{glob.escape(stem_path.name)}.*", f".{glob.escape(stem_path.name)}.*"):
+                for path in folder.glob(pattern):
+                    try:
+                        path.unlink()
+                    except (FileNotFoundError, IsADirectoryError, PermissionError):
+                        pass
 
     def _beat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_interval):

@@ -55,8 +55,11 @@ class FakeEngine:
                 raise RuntimeError("fake engine told to fail (prompt contains FAIL)")
             if progress is not None:
                 progress(step, total, {"stage": "denoise"})
-        return FakeClip(prompt, {"steps": total, **{k: v for k, v in kwargs.items()
-                                                    if isinstance(v, (int, float, str))}})
+        # Like Engine's sidecar, but `height_width` and `seed` only when the request gave them
+        # (so the runner's two stem styles both get exercised).
+        meta = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
+                if isinstance(v, (int, float, str, tuple))}
+        return FakeClip(prompt, {"steps": total, **meta})
 
     def close(self):
         self.closed = True

@@ -310,7 +310,11 @@ def test_import_csv_with_n_times(tmp_path, queue):
     jobs = [queue.get(i) for i in ids]
     assert [j["request"]["prompt"] for j in jobs] == ["A cat, singing. <S>La la<E>"] * 2 + \
         ["A dog runs"] * 2
-    assert [j["request"]["seed"] for j in jobs] == [100, 101, 100, 101]
+    # Repeats use seed, seed+1, ... from the config's seed (the embedded tiny config: 103).
+    from ovi.config import load_config
+
+    base_seed = load_config().seed
+    assert [j["request"]["seed"] for j in jobs] == [base_seed, base_seed + 1] * 2
     assert [j["request"]["mode"] for j in jobs] == ["t2v", "t2v", "i2v", "i2v"]
     assert jobs[2]["request"]["image"] == str((tmp_path / "cat.png").resolve())
     assert all(j["request"]["steps"] == 3 and j["priority"] == 1 for j in jobs)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from ovi.config import load_config
 from ovi.errors import InputError
 from ovi.queue import JobQueue
 
@@ -104,7 +105,24 @@ def test_import_csv_and_run_until_empty(db, tmp_path, capsys):
     q = JobQueue(db)
     jobs = q.list()
     assert len(jobs) == 6 and all(j["state"] == "done" for j in jobs)
-    assert [j["request"]["seed"] for j in jobs] == [100, 101, 102] * 2
+    seed = load_config().seed  # the embedded default config's
+    assert [j["request"]["seed"] for j in jobs] == [seed, seed + 1, seed + 2] * 2
     assert "ran 6 jobs: 6 done" in capsys.readouterr().err
     q.close()
     assert ovi_queue("run", "--db", db, "--until-empty", "--engine-factory", "nocolon") == 2
+
+
+def test_config_and_overrides_are_checked_at_submit(db, tmp_path, capsys):
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--set", "smaple_steps=2") == 2
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--config", "no_such_config") == 2
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--config", "tiny",
+                     "--set", "sample_steps=3") == 0
+    yaml_path = tmp_path / "my.yaml"
+    yaml_path.write_text("sample_steps: 2\n")
+    assert ovi_queue("submit", "--db", db, "--prompt", "y", "--config", str(yaml_path)) == 0
+    q = JobQueue(db)
+    first, second = q.list()
+    assert first["request"]["config"] == "tiny"  # a shipped name stays a name
+    assert first["request"]["set"] == {"sample_steps": 3}  # typed like `ovi generate --set`
+    assert second["request"]["config"] == str(yaml_path.resolve())
+    q.close()

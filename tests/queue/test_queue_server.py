@@ -48,7 +48,8 @@ def test_generate_then_get_list_and_video(client, q):
     _run_all(q)
     job = client.get(f"/api/jobs/{job['id']}").json()
     assert job["status"] == "done" and job["progress"] == 1.0
-    assert job["videoUrl"] == f"/api/videos/a_cat_sings_job{job['id']}.mp4"
+    # The `ovi generate` stem (prompt_HxW_seed_index), with the job id as the index.
+    assert job["videoUrl"] == f"/api/videos/A_cat_sings_64x96_4_{job['id']}.mp4"
     video = client.get(job["videoUrl"])
     assert video.status_code == 200 and video.content.startswith(b"\x00\x00\x00\x18ftyp")
     listing = client.get("/api/jobs").json()
@@ -82,6 +83,9 @@ def test_delete_cancels(client, q):
     ({"prompt": "x", "seed": "abc"}, "seed"),
     ({"prompt": "x", "out": "/etc"}, "out"),
     ({"prompt": "x", "sedd": 1}, "sedd"),
+    ({"prompt": "x", "set": {"smaple_steps": 1}}, "set"),
+    ({"prompt": "x", "config": "no_such_config"}, "config"),
+    ({"prompt": "x", "loras": [{"pth": "a.safetensors"}]}, "loras"),
 ])
 def test_bad_requests_are_422_naming_the_field(client, q, body, field):
     r = client.post("/api/generate", json=body)

@@ -3,7 +3,6 @@ cancel of a running job, stop/interrupt."""
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +217,26 @@ def test_load_engine_factory_errors_are_clear():
         load_engine_factory("no_such_module_xyz:f")
     with pytest.raises(InputError, match="no function"):
         load_engine_factory("tests.queue.fakes:nope")
+
+
+def test_outputs_are_named_like_ovi_generate_when_the_clip_says_its_size_and_seed(queue, tmp_path):
+    job_id = queue.submit({"prompt": "A cat sings. <S>Hi<E>", "seed": 7, "height_width": [64, 96]})
+    Runner(queue, engine_factory=fakes.factory).run(until_empty=True)
+    mp4 = Path(queue.get(job_id)["result"]["mp4"])
+    assert mp4.name == f"A_cat_sings._Hi_64x96_7_{job_id}.mp4" and mp4.is_file()
+
+
+def test_default_engine_factory_runs_the_tiny_model(tmp_path, monkeypatch):
+    """The real path once: ovi.load_config + ovi.Engine on the embedded tiny config."""
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)  # the tiny checkpoint is made under ./outputs
+    q = JobQueue(tmp_path / "outputs" / "queue.db")
+    job_id = q.submit({"prompt": "A cat sings. <S>Hello<E>", "steps": 2, "seed": 1})
+    events = q.subscribe(job_id=job_id, since=0, poll=0.01, until_finished=True, timeout=60)
+    with Runner(q) as runner:
+        runner.run(until_empty=True)
+    job = q.get(job_id)
+    assert job["state"] == "done", job["error"]
+    assert Path(job["result"]["mp4"]).stat().st_size > 0
+    assert [e["step"] for e in events if e["kind"] == "progress"][:2] == [1, 2]
+    q.close()
