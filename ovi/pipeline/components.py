@@ -2,10 +2,11 @@
 
     <ckpt_dir>/Ovi/<model file>                    fusion DiT (ovi.checkpoint)
     <ckpt_dir>/Wan2.2-TI2V-5B/models_t5_...pth     umT5 encoder + google/umt5-xxl/ tokenizer
-    <ckpt_dir>/Wan2.2-TI2V-5B/Wan2.2_VAE.pth       video VAE        (real model only)
-    <ckpt_dir>/MMAudio/ext_weights/...             audio VAE+vocoder (real model only)
+    <ckpt_dir>/Wan2.2-TI2V-5B/Wan2.2_VAE.pth       video VAE         (real model only; ovi.pipeline.wan_vae)
+    <ckpt_dir>/MMAudio/ext_weights/v1-16.pth       audio VAE         (real model only; ovi.pipeline.mmaudio)
+    <ckpt_dir>/MMAudio/ext_weights/best_netG.pt    BigVGAN vocoder   (real model only; ovi.pipeline.mmaudio)
 
-The tiny architecture uses toy codecs (ovi.pipeline.codecs) and makes its checkpoint on first use.
+The random-weight presets (tiny, mid) use toy codecs (ovi.pipeline.codecs) and make their checkpoint on first use.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ovi.checkpoint.loading import FP8, fusion_checkpoint_path, load_fusion_model
-from ovi.errors import NotAvailableError
+from ovi.errors import CheckpointError
 from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.pipeline.codecs import AudioCodec, ToyAudioCodec, ToyVideoCodec, VideoCodec
 from ovi.pipeline.specs import FP8_CHECKPOINT_FILE, MODEL_SPECS
@@ -60,10 +61,7 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Compone
     if architecture in RANDOM_ARCHITECTURES:
         ensure_random_checkpoint(cfg.ckpt_dir, architecture, fp8=cfg.fp8)
     else:
-        # The DiT loads (ovi checkpoint inspect checks it); the real VAEs do not exist here yet.
-        raise NotAvailableError(
-            f"model '{architecture}' needs the Wan2.2 video VAE and MMAudio audio decoders, which are not in "
-            "this build yet; the tiny model runs (load_config() or configs/tiny.yaml)")
+        codec_files = real_codec_paths(cfg.ckpt_dir)  # checked before the large DiT loads
 
     storage = FP8 if cfg.fp8 else dtype
     ckpt = Path(cfg.ckpt_dir) / "Ovi" / (FP8_CHECKPOINT_FILE if cfg.fp8 else spec.checkpoint_file)
@@ -73,4 +71,32 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Compone
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, ckpt.name)
     model = load_fusion_model(ckpt, architecture, storage=storage, compute=dtype, device=load_device)
     text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device)
-    return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)
+    if architecture in RANDOM_ARCHITECTURES:
+        return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)
+    video_codec, audio_codec = load_real_codecs(codec_files, dtype=dtype, device=load_device)
+    return Components(text, model, video_codec, audio_codec, ckpt, storage)
+
+
+def real_codec_paths(ckpt_dir: str | Path) -> dict[str, Path]:
+    """The real model's codec files in upstream's layout; CheckpointError naming the first missing one."""
+    from ovi.pipeline.mmaudio import VAE_FILE as AUDIO_VAE_FILE, VOCODER_FILE
+    from ovi.pipeline.wan_vae import VAE_FILE as VIDEO_VAE_FILE
+    files = {"Wan2.2 video VAE": Path(ckpt_dir) / VIDEO_VAE_FILE,
+             "MMAudio audio VAE": Path(ckpt_dir) / AUDIO_VAE_FILE,
+             "MMAudio BigVGAN vocoder": Path(ckpt_dir) / VOCODER_FILE}
+    for name, path in files.items():
+        if not path.is_file():
+            raise CheckpointError(
+                f"{name} not found at {path}; the real model needs upstream's layout <ckpt_dir>/{VIDEO_VAE_FILE}, "
+                f"<ckpt_dir>/{AUDIO_VAE_FILE} and <ckpt_dir>/{VOCODER_FILE} (upstream's download_weights.py "
+                "fetches them from Wan-AI/Wan2.2-TI2V-5B and hkchengrex/MMAudio)")
+    return files
+
+
+def load_real_codecs(files: dict[str, Path], *, dtype: torch.dtype, device) -> tuple[VideoCodec, AudioCodec]:
+    """Wan2.2 VAE + MMAudio (VAE, BigVGAN) in `dtype` on `device` (upstream runs both in bf16)."""
+    from ovi.pipeline.mmaudio import MMAudioCodec
+    from ovi.pipeline.wan_vae import WanVideoCodec
+    video_vae, audio_vae, vocoder = files.values()
+    return (WanVideoCodec.from_checkpoint(video_vae, dtype=dtype, device=device),
+            MMAudioCodec.from_checkpoint(audio_vae, vocoder, dtype=dtype, device=device))

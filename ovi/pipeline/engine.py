@@ -157,9 +157,9 @@ class Engine:
 
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
-    def on_device(self, module: torch.nn.Module):
+    def on_device(self, module: torch.nn.Module | None):
         """With cpu_offload, keep `module` on the accelerator only while it is used."""
-        if not self.config.cpu_offload or self.device.type == "cpu":
+        if module is None or not self.config.cpu_offload or self.device.type == "cpu":
             yield module
             return
         module.to(self.device)
@@ -181,7 +181,9 @@ class Engine:
 
     def first_frame_latent(self, plan: Plan, image: torch.Tensor) -> torch.Tensor:
         """Encode an image as a one-frame video -> [48, 1, h, w] latent."""
-        return self.components.video_codec.encode(image[:, None].to(self.device)).float()
+        codec = self.components.video_codec
+        with self.on_device(getattr(codec, "module", None)):  # toy codecs have no weights to move
+            return codec.encode(image[:, None].to(self.device)).float()
 
     def initial_latents(self, plan: Plan):
         """Noise from CPU generators seeded `seed` (one per modality): the same on every device."""
@@ -240,8 +242,11 @@ class Engine:
 
     @torch.no_grad()
     def decode(self, plan: Plan, video_latent, audio_latent):
-        video = self.components.video_codec.decode(video_latent)
-        audio = self.components.audio_codec.decode(audio_latent)
+        video_codec, audio_codec = self.components.video_codec, self.components.audio_codec
+        with self.on_device(getattr(video_codec, "module", None)):
+            video = video_codec.decode(video_latent)
+        with self.on_device(getattr(audio_codec, "module", None)):
+            audio = audio_codec.decode(audio_latent)
         return to_uint8_frames(video), audio.float().cpu().numpy()
 
     # ---- the public call -----------------------------------------------------------------------

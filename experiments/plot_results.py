@@ -1,0 +1,72 @@
+"""Plots from experiments/results/*.jsonl (never from numbers in code) -> experiments/plots/*.png.
+
+    .venv/bin/python experiments/plot_results.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS, PLOTS = HERE / "results", HERE / "plots"
+
+
+def load(name: str) -> list[dict]:
+    path = RESULTS / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_sp(records: list[dict]) -> None:
+    archs = sorted({r["config"] for r in records})
+    fig, axes = plt.subplots(len(archs), 3, figsize=(13, 3.6 * len(archs)), squeeze=False)
+    for row, arch in zip(axes, archs):
+        recs = [r for r in records if r["config"] == arch]
+        multi = [r for r in recs if r["sp"] > 1]
+        labels = [f"{r['scheme']}\nsp={r['sp']}" for r in multi]
+        row[0].bar(labels, [r["collectives_per_step"] for r in multi], color="tab:blue")
+        row[0].set_title(f"{arch}: collectives / step (rank 0)")
+        row[1].bar(labels, [r["bytes_per_step"] / 1e6 for r in multi], color="tab:orange")
+        row[1].set_title(f"{arch}: MB sent / step (rank 0)")
+        all_labels = [f"{r['scheme']}\nsp={r['sp']}" for r in recs]
+        row[2].bar(all_labels, [r["step_seconds"] for r in recs], color="tab:green", label="step")
+        row[2].bar(all_labels, [r["comm_seconds_per_step"] for r in recs], color="tab:red", label="in collectives")
+        row[2].set_title(f"{arch}: seconds / step ({recs[0]['backend']}, {recs[0]['device']})")
+        row[2].legend()
+        for ax in row:
+            ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "sp.png", dpi=110)
+
+
+def plot_pipeline(records: list[dict]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = [0.0] * len(records)
+    for stage in ("text", "denoise", "decode", "mux"):
+        values = [r["stage_seconds"][stage] for r in records]
+        ax.bar([f"run {r['run']}" for r in records], values, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("seconds")
+    ax.set_title(f"pipeline stages: {records[0]['config']} on {records[0]['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / "pipeline.png", dpi=110)
+
+
+def main() -> int:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline)):
+        records = load(name)
+        if records:
+            plot(records)
+            print(f"wrote {PLOTS / (name + '.png')} from {len(records)} records")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
