@@ -4,7 +4,7 @@ import collections
 
 from ovi.queue import JobQueue
 
-from tests.queue.procs import join_all, spawn
+from tests.launcher import join_all, spawn
 
 PRODUCER = """
 import sys

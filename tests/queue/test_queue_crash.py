@@ -7,7 +7,7 @@ import signal
 
 from ovi.queue import JobQueue
 
-from tests.queue.procs import join_all, spawn_ovi_queue, wait_until
+from tests.launcher import join_all, spawn_ovi_queue, wait_until
 
 
 def test_kill_9_runner_mid_job_then_restart(tmp_path):

@@ -12,7 +12,7 @@ from ovi.queue.server import create_app
 from ovi.runtime import Runner
 
 from tests.queue import fakes
-from tests.queue.procs import join_all, spawn_ovi_queue, wait_until
+from tests.launcher import join_all, spawn_ovi_queue, wait_until
 
 
 @pytest.fixture

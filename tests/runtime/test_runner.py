@@ -16,7 +16,7 @@ from ovi.queue import JobQueue  # noqa: E402
 from ovi.runtime import Runner  # noqa: E402
 from ovi.runtime.runner import job_stem, load_engine_factory  # noqa: E402
 from tests.queue import fakes  # noqa: E402
-from tests.queue.procs import wait_until  # noqa: E402
+from tests.launcher import wait_until  # noqa: E402
 
 
 @pytest.fixture

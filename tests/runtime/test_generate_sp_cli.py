@@ -1,0 +1,80 @@
+"""`ovi generate --sp N` on the CPU: a WorkerGroup of gloo ranks (and the same command under
+torchrun) writes the clip a single process writes, and leaves no process behind."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ovi.cli import main  # noqa: E402
+from tests.launcher import marked_processes, marker, run, spawned_children  # noqa: E402
+
+PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Thuds<ENDAUDCAP>"
+
+
+def _args(tiny_ckpt, out):
+    return ["generate", "--prompt", PROMPT, "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--seed", "5",
+            "--out", str(out), "--save-latents", "--quiet"]
+
+
+def _outputs(out: Path):
+    latents = list(out.glob("*.latents.safetensors"))
+    assert len(latents) == 1 and len(list(out.glob("*.mp4"))) == 1, sorted(p.name for p in out.iterdir())
+    sidecar = json.loads(Path(str(latents[0]).replace(".latents.safetensors", ".json")).read_text())
+    return load_file(str(latents[0])), sidecar
+
+
+@pytest.fixture(scope="module")
+def single_process(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    assert main(_args(tiny_ckpt, out)) == 0
+    return _outputs(out)
+
+
+def _check_same_clip(out, single_process):
+    latents, sidecar = _outputs(out)
+    reference, ref_sidecar = single_process
+    for key in ("video", "audio"):
+        torch.testing.assert_close(latents[key], reference[key], atol=1e-4, rtol=1e-4)
+    assert sidecar["world_size"] == 2 and sidecar["sp"] == 2 and ref_sidecar["world_size"] == 1
+    assert sidecar["seed"] == ref_sidecar["seed"] == 5
+
+
+def test_generate_sp_2_runs_gloo_ranks_and_matches_one_process(tiny_ckpt, tmp_path, single_process):
+    mark = marker()
+    result = run([sys.executable, "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), "--sp", "2"],
+                 timeout=180, **mark)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith(".mp4")
+    _check_same_clip(tmp_path / "out", single_process)
+    assert marked_processes(mark) == []  # its ranks ended with it
+
+
+def test_generate_under_torchrun_matches_one_process(tiny_ckpt, tmp_path, single_process):
+    mark = marker()
+    result = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                  "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), "--sp", "2"], timeout=180, **mark)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(".mp4") == 1  # rank 0 alone saves and prints
+    _check_same_clip(tmp_path / "out", single_process)
+    assert marked_processes(mark) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sp", "3"], "sp_size 3 does not divide"),
+    (["--sp", "0"], "sp_size"),
+])
+def test_bad_parallel_settings_exit_2_before_any_rank_starts(tiny_ckpt, tmp_path, capsys, args, message):
+    code = main(_args(tiny_ckpt, tmp_path / "out") + args)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert spawned_children() == []
+    assert not (tmp_path / "out").exists()
