@@ -86,6 +86,7 @@ class OviConfig:
     dtype: str = "auto"
     device: str = "auto"
     save_latents: bool = False
+    profile_comms: bool = False             # multi-rank: time collectives with torch.profiler too
 
     def __post_init__(self):
         _validate(self)

@@ -22,7 +22,7 @@ def test_bench_pipeline_fields(capsys, tiny_ckpt):
 
 def test_bench_sp_fields_and_scheme_ordering(capsys, tmp_path):
     assert main(["bench", "sp", "--json", "--arch", "tiny", "--sp", "2", "--schemes", "upstream,optimized",
-                 "--steps", "1", "--ckpt-root", str(tmp_path)]) == 0
+                 "--steps", "1", "--ckpt-root", str(tmp_path), "--profile"]) == 0
     recs = {r["scheme"]: r for r in _records(capsys)}
     for rec in recs.values():
         for key in ("bench", "config", "world_size", "scheme", "sp", "collectives_per_step", "bytes_per_step",
@@ -30,3 +30,4 @@ def test_bench_sp_fields_and_scheme_ordering(capsys, tmp_path):
             assert key in rec, key
     assert recs["optimized"]["collectives_per_step"] <= 0.5 * recs["upstream"]["collectives_per_step"]
     assert recs["optimized"]["bytes_per_step"] <= recs["upstream"]["bytes_per_step"]
+    assert all(r["profiled_comm_seconds_per_step"] > 0 for r in recs.values()), "torch.profiler saw the gloo ops"

@@ -4,7 +4,8 @@ For each architecture preset (tiny, and the mid-size benchmark preset with rando
 (sp, scheme) point - scheme "upstream" (upstream Ovi's collective pattern), "optimized" (packed q/k/v,
 replicated audio, log-sum-exp merge) and "optimized+async" (overlapped) - a WorkerGroup runs a warm-up
 generation, then a timed one; the record carries the rank-0 per-denoising-step collective count, bytes
-sent, time in collectives, and the step time. sp=1 is the single-rank baseline. On CPUs the ranks use
+sent, time in collectives (wall clock around each call; with --profile also torch.profiler's
+gloo/nccl op time), and the step time. sp=1 is the single-rank baseline. On CPUs the ranks use
 gloo; on GPUs nccl (one GPU per rank), where the same records compare the schemes at scale.
 """
 
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list of " + ", ".join(SCHEMES))
     parser.add_argument("--steps", type=int, default=3, help="denoising steps in the timed generation")
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoints are made (default: temp)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time collectives with torch.profiler (adds overhead to step_seconds)")
 
 
 def _diff(after: dict, before: dict) -> dict:
@@ -35,11 +38,11 @@ def _diff(after: dict, before: dict) -> dict:
             "comm_seconds_per_step": per("comm_seconds"), "steps_measured": steps}
 
 
-def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path) -> dict:
+def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile: bool = False) -> dict:
     import ovi
     from ovi.runtime import WorkerGroup
     cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt_dir), sample_steps=steps, sp_size=sp,
-                          video_frame_height_width=SIZES[arch], **SCHEMES[scheme])
+                          video_frame_height_width=SIZES[arch], profile_comms=profile, **SCHEMES[scheme])
     with WorkerGroup(cfg, world_size=sp) as group:
         group.generate("a bench clip", steps=1)                     # warm-up: allocations, buffers
         before = group.stats()[0]
@@ -51,7 +54,8 @@ def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path) -> dict
             **_diff(after, before), "step_seconds": clip.meta["timings"]["denoise"] / steps,
             "video_tokens": f * h * w // 4, "audio_tokens": int(clip.latents["audio"].shape[0]),
             "device": clip.meta["device"], "backend": "nccl" if clip.meta["device"].startswith("cuda") else "gloo",
-            "threads_per_rank": threads, "steps": steps}
+            "threads_per_rank": threads, "steps": steps, "profiled": profile,
+            "profiled_comm_seconds_per_step": after.get("profiled_comm_seconds_per_step")}
 
 
 def run(args):
@@ -62,4 +66,4 @@ def run(args):
         make_random_checkpoint(ckpt, arch)
         for sp in (int(s) for s in args.sp.split(",")):
             for scheme in (args.schemes.split(",") if sp > 1 else ["optimized"]):
-                yield measure(arch, sp, scheme, args.steps, ckpt)
+                yield measure(arch, sp, scheme, args.steps, ckpt, args.profile)

@@ -55,6 +55,26 @@ class CommStats:
                 "bytes_per_step": mean("bytes"), "comm_seconds_per_step": mean("seconds")}
 
 
+def profiled_comm_seconds(prof) -> dict[str, float]:
+    """Time spent in collectives according to a torch.profiler run: {op: seconds} plus "total".
+
+    gloo ops ("gloo:all_to_all", ...) run on the host, so their CPU time is the collective's time;
+    nccl work runs in CUDA kernels ("ncclDevKernel_...", ...), whose device time is what counts.
+    """
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        key = event.key
+        if key.startswith("gloo:"):
+            seconds = event.cpu_time_total / 1e6
+        elif key.startswith("nccl") and getattr(event, "device_time_total", 0):
+            seconds = event.device_time_total / 1e6
+        else:
+            continue
+        out[key] = out.get(key, 0.0) + seconds
+    out["total"] = sum(out.values())
+    return out
+
+
 class BufferPool:
     """Reuses receive buffers keyed by (slot, shape, dtype, device).
 

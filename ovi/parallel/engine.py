@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ovi.parallel.comm import CommStats, GroupComm
+from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
 from ovi.parallel.dims import ParallelDims
 from ovi.parallel.sequence import apply_sequence_parallel
 from ovi.pipeline.components import load_components
@@ -34,6 +34,7 @@ class RankEngine(Engine):
         self.world_size, self.sp_size = dims.world_size, dims.sp
         self.is_output_rank = rank == 0
         self.comm_stats = CommStats()
+        self.profiled_comm: list[tuple[int, dict]] = []  # (steps, {op: seconds}) per profiled generation
         self.sp_comm = self.cfg_comm = None
         if dims.world_size > 1:
             self.sp_comm = _make_groups(rank, dims.all_sp_groups(), self.comm_stats)
@@ -62,7 +63,14 @@ class RankEngine(Engine):
             self.comm_stats.end_step()
             if progress is not None:
                 progress(step, total, info)
-        return super().denoise(plan, contexts, video, audio, image_latent, step_done)
+        if not self.config.profile_comms:
+            return super().denoise(plan, contexts, video, audio, image_latent, step_done)
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            result = super().denoise(plan, contexts, video, audio, image_latent, step_done)
+        self.profiled_comm.append((plan.steps, profiled_comm_seconds(prof)))
+        return result
 
     def decode(self, plan, video_latent, audio_latent):
         if not self.is_output_rank:
@@ -83,6 +91,10 @@ class RankEngine(Engine):
     def stats(self) -> dict:
         out = {"rank": self.rank, "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg,
                "sp_scheme": self.sp_scheme, **self.comm_stats.summary()}
+        if self.profiled_comm:
+            steps, seconds = self.profiled_comm[-1]
+            out["profiled_comm_seconds_per_step"] = seconds["total"] / steps
+            out["profiled_comm_ops"] = seconds
         if self.sp_comm is not None and self.sp_comm.pool is not None:
             out["buffer_allocations"] = self.sp_comm.pool.allocations
         if self.device.type == "cuda":
