@@ -18,3 +18,12 @@ def tiny_engine(tiny_ckpt):
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def queue(tmp_path):
+    """A fresh JobQueue in a temp folder."""
+    from ovi.queue import JobQueue
+    q = JobQueue(tmp_path / "queue.db")
+    yield q
+    q.close()

@@ -1,30 +1,15 @@
 """`ovi queue ...` handlers, through the same parser and exit-code mapping as `ovi`."""
 
-import argparse
 import json
 
 import pytest
 
 from ovi.config import load_config
-from ovi.errors import InputError
 from ovi.queue import JobQueue
 
 
 def ovi_queue(*argv: str) -> int:
-    """`ovi queue ARGV` in-process; the full `ovi` CLI once all its sub-CLIs exist."""
-    try:
-        import ovi.checkpoint.cli  # noqa: F401
-        import ovi.pipeline.cli  # noqa: F401
-    except ImportError:
-        from ovi.queue.cli import add_queue_parser
-
-        parser = argparse.ArgumentParser(prog="ovi")
-        add_queue_parser(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args(["queue", *argv])
-        try:
-            return int(args.func(args) or 0)
-        except InputError:
-            return 2
+    """`ovi queue ARGV` in-process, through the real `ovi` entry point."""
     from ovi.cli import main
 
     return main(["queue", *argv])

@@ -9,12 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from ovi.cli import main  # noqa: E402
-from tests.launcher import marked_processes, marker, run, spawned_children  # noqa: E402
+from ovi.cli import main
+from tests.launcher import marked_processes, marker, run, spawned_children
 
 PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Thuds<ENDAUDCAP>"
 

@@ -1,29 +1,17 @@
 """Runner: jobs end to end with a fake engine — progress events, engine reuse, failures,
 cancel of a running job, stop/interrupt."""
 
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from ovi.errors import InputError  # noqa: E402
-from ovi.queue import JobQueue  # noqa: E402
-from ovi.runtime import Runner  # noqa: E402
-from ovi.runtime.runner import job_stem, load_engine_factory  # noqa: E402
-from tests.queue import fakes  # noqa: E402
-from tests.launcher import wait_until  # noqa: E402
-
-
-@pytest.fixture
-def queue(tmp_path):
-    q = JobQueue(tmp_path / "queue.db")
-    yield q
-    q.close()
+from ovi.errors import InputError
+from ovi.queue import JobQueue
+from ovi.runtime import Runner
+from ovi.runtime.runner import job_stem, load_engine_factory
+from tests.queue import fakes
+from tests.launcher import wait_until
 
 
 @pytest.fixture(autouse=True)

@@ -5,22 +5,16 @@ dead parent each end the way the API promises — and no process is left behind.
 import operator
 import os
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import ovi  # noqa: E402
-from ovi.errors import ConfigError, InputError  # noqa: E402
-from ovi.runtime import WorkerError, WorkerGroup  # noqa: E402
-from tests.launcher import run_python, spawned_children, wait_gone  # noqa: E402
+import ovi
+from ovi.errors import ConfigError, InputError
+from ovi.runtime import WorkerError, WorkerGroup
+from tests.launcher import run_python, spawned_children, wait_gone
 
 # Every wait in these tests is bounded: a hang becomes a failure naming what did not answer.
 REQUEST_TIMEOUT = 60.0
