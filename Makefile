@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/ovi generate --out outputs/demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --nbmake tests notebooks
 
 clean:
 	rm -rf $(VENV) outputs

@@ -19,11 +19,13 @@ def _fresh_loads():
     fakes.LOADS.clear()
 
 
-def test_runner_processes_20_jobs_end_to_end_with_progress_events(queue, tmp_path):
-    ids = queue.submit_many([{"prompt": f"A cat number {i}", "seed": i, "steps": 3}
-                             for i in range(20)])
+def test_runner_processes_20_tiny_model_jobs_end_to_end_with_progress_events(queue, tmp_path, tiny_ckpt):
+    """The real engine (default factory) on the tiny model: 20 playable mp4s, engine loaded once."""
+    from ovi.pipeline.output import probe_media
+    ids = queue.submit_many([{"prompt": f"A cat number {i}", "seed": i, "steps": 3,
+                              "set": {"ckpt_dir": str(tiny_ckpt)}} for i in range(20)])
     events = queue.subscribe(since=0, poll=0.01)
-    runner = Runner(queue, engine_factory=fakes.factory)
+    runner = Runner(queue)
     assert runner.run(until_empty=True) == 20
 
     jobs = [queue.get(i) for i in ids]
@@ -31,7 +33,9 @@ def test_runner_processes_20_jobs_end_to_end_with_progress_events(queue, tmp_pat
     for job in jobs:
         assert set(job["result"]) == {"mp4", "wav", "json"}
         mp4 = Path(job["result"]["mp4"])
-        assert mp4.is_file() and mp4.parent == tmp_path and mp4.name == job_stem(job) + ".mp4"
+        assert mp4.is_file() and mp4.parent == tmp_path and mp4.name.endswith(f"_{job['id']}.mp4")
+        info = probe_media(mp4)
+        assert info["video_frames"] == 17 and info["sample_rate"] == 16000
     assert len({j["result"]["mp4"] for j in jobs}) == 20
 
     seen = []
@@ -215,8 +219,7 @@ def test_outputs_are_named_like_ovi_generate_when_the_clip_says_its_size_and_see
 
 
 def test_default_engine_factory_runs_the_tiny_model(tmp_path, monkeypatch):
-    """The real path once: ovi.load_config + ovi.Engine on the embedded tiny config."""
-    pytest.importorskip("torch")
+    """The real path with nothing but the embedded default config (its checkpoint made on first use)."""
     monkeypatch.chdir(tmp_path)  # the tiny checkpoint is made under ./outputs
     q = JobQueue(tmp_path / "outputs" / "queue.db")
     job_id = q.submit({"prompt": "A cat sings. <S>Hello<E>", "steps": 2, "seed": 1})
