@@ -77,10 +77,6 @@ class RankEngine(Engine):
             return None, None  # only rank 0 writes the clip
         return super().decode(plan, video_latent, audio_latent)
 
-    def generate(self, prompt, **kwargs):
-        clip = super().generate(prompt, **kwargs)
-        return clip if self.is_output_rank else None
-
     def sidecar(self, plan, timings):
         meta = super().sidecar(plan, timings)
         meta.update(sp_scheme=self.sp_scheme if self.dims.sp > 1 else None, cfg_parallel=self.dims.cfg == 2,
