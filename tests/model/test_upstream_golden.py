@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 from ovi.model import FusionModel
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "upstream_golden.json").read_text())

@@ -17,6 +17,6 @@ def test_bench_queue_json_lines(tmp_path, capsys):
     assert [r["config"] for r in records] == ["sqlite-wal-normal", "sqlite-wal-full"]
     for r in records:
         assert r["bench"] == "queue" and r["world_size"] == 1
-        assert r["submits_per_second"] > 0 and 0 < r["claim_latency_seconds"] < 1
+        assert r["submits_per_second"] > 0 and r["claim_latency_seconds"] > 0
         assert r["claims"] == 50
     assert [json.loads(line) for line in out.read_text().splitlines()] == records
