@@ -130,8 +130,8 @@ class Engine:
             image = cfg.image_path
             if image is None:
                 raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
-        if mode == "t2v" and image is not None:
-            raise InputError("an image was given but mode is t2v; use mode i2v to condition on it")
+        if mode != "i2v" and image is not None:
+            raise InputError(f"an image was given but mode is {mode}; use mode i2v to condition on it")
 
         codec = self.components.video_codec
         if mode == "i2v":
