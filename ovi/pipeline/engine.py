@@ -174,7 +174,6 @@ class Engine:
     def encode_text(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder = self.components.text_encoder
         with self.on_device(encoder.model):
-            encoder.device = next(encoder.model.parameters()).device
             pos, vneg, aneg = encoder.encode(
                 [plan.formatted_prompt, plan.video_negative_prompt, plan.audio_negative_prompt])
         return pos.to(self.device), vneg.to(self.device), aneg.to(self.device)

@@ -82,8 +82,13 @@ def make_t5(architecture: str):
 class T5TextEncoder:
     """encode(texts) -> list of [true_len, d_model] embeddings (trimmed; the DiT re-pads them)."""
 
-    def __init__(self, model, tokenizer, device="cpu"):
-        self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (cpu_offload moves them), so inputs follow."""
+        return next(self.model.parameters()).device
 
     @classmethod
     def from_checkpoint_dir(cls, ckpt_dir, architecture: str, dtype=torch.float32, device="cpu"):
@@ -110,11 +115,10 @@ class T5TextEncoder:
             model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{weights} does not fit the '{architecture}' umT5 encoder: {str(exc)[:400]}") from exc
-        return cls(model.to(device).eval().requires_grad_(False), tokenizer, device)
+        return cls(model.to(device).eval().requires_grad_(False), tokenizer)
 
     def to(self, device):
         self.model.to(device)
-        self.device = torch.device(device)
         return self
 
     @torch.no_grad()
