@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ovi.config import (CONFIG_DIR, FIELDS, OviConfig, load_config, parse_set_option, shipped_configs)
+from ovi.config import (
+    CONFIG_DIR,
+    FIELDS,
+    OviConfig,
+    load_config,
+    parse_set_option,
+    shipped_configs,
+)
 from ovi.errors import ConfigError, InputError, NotAvailableError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
