@@ -41,8 +41,6 @@ DTYPES = ("auto", "bf16", "fp32")
 # feature lands; `require_available()` then stops refusing it.
 PENDING_FEATURES = {
     "use_fsdp": "FSDP sharded inference",
-    "lora": "LoRA",
-    "lightning": "LoRA lightning",
     "qint8": "qint8 quantization",
 }
 
@@ -85,8 +83,8 @@ class OviConfig:
     model: str | None = None                # architecture preset; None -> derived from model_name
     attention_backend: str = "auto"
     cfg_parallel: bool = False
-    lora: list = field(default_factory=list)  # [{path, weight, name, merge}] or "path:weight" strings
-    lightning: bool = False
+    lora: list = field(default_factory=list)  # [{path, weight, name, merge[, branch]}] or "path:weight" strings
+    lightning: bool = False                   # few-step Lightning profile (ovi.lora.presets)
     dtype: str = "auto"
     device: str = "auto"
     save_latents: bool = False
@@ -133,9 +131,8 @@ class OviConfig:
         problems = []
         for key, feature in PENDING_FEATURES.items():
             if getattr(self, key):
-                off = "[]" if key == "lora" else "false"
                 problems.append(f"{key}: {show(getattr(self, key))} is not available until the {feature} "
-                                f"feature lands; set {key}: {off}")
+                                f"feature lands; set {key}: false")
         if self.shard_text_model:
             problems.append("shard_text_model: true is not supported (upstream Ovi refuses it too); "
                             "set shard_text_model: false")

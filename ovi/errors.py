@@ -19,3 +19,7 @@ class CheckpointError(InputError):
 
 class NotAvailableError(InputError):
     """A documented option that this build cannot run yet (the message says what it waits for)."""
+
+
+class LoRAError(InputError):
+    """A LoRA file cannot be applied to this model (format, names, shapes, rank, base model)."""

@@ -40,6 +40,18 @@ def fusion_keys_from_upstream(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+# ---- one Wan backbone's parameter names -> an Ovi branch's ------------------------------------------
+# Ovi's branches are Wan2.2 backbones with Wan's names, except that each block's raw `modulation`
+# parameter sits in a module of its own (`blocks.N.modulation.modulation`); the head's stays `head.modulation`.
+_WAN_BLOCK_MODULATION = re.compile(r"blocks\.(\d+)\.modulation")
+
+
+def wan_param_to_ovi(name: str) -> str:
+    """A parameter name of a single Wan backbone (relative to it) -> the same parameter in an Ovi branch."""
+    m = _WAN_BLOCK_MODULATION.fullmatch(name)
+    return f"blocks.{m.group(1)}.modulation.modulation" if m else name
+
+
 # ---- Wan umT5 encoder <-> transformers UMT5EncoderModel ---------------------------------------
 _T5_BLOCK_KEYS = [  # (Wan name, transformers name) within one encoder block
     ("norm1.weight", "layer.0.layer_norm.weight"),

@@ -56,6 +56,16 @@ def _safetensors_header(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-download or re-convert it") from exc
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors header ({} for other files or none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    if path.suffix != ".safetensors":
+        return {}
+    return dict(_safetensors_header(path).get("__metadata__") or {})
+
+
 def read_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Key -> (shape, dtype) without loading tensor data where the format allows it."""
     path = Path(path)
@@ -192,13 +202,13 @@ def fusion_checkpoint_path(ckpt_dir: str | Path, checkpoint_file: str) -> Path:
     return path
 
 
-def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write a safetensors file atomically (temp + rename)."""
+def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (temp + rename), with an optional string metadata header."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ovi.config import ENGINE_KEYS, parse_set_option
 from ovi.errors import InputError
-from ovi.request import GenerateRequest, split_overrides
+from ovi.request import FieldError, GenerateRequest, check_loras, split_overrides
 
 # Fields a command adds itself (the prompt's form differs; config is positional in generate).
 _OWN = ("prompt", "config", "engine", "out", "image")
@@ -79,6 +79,12 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
     for key in ("image", "out"):
         if isinstance(fields.get(key), str) and fields[key]:
             fields[key] = str(Path(fields[key]).expanduser().resolve())
+    if fields.get("loras"):  # stored absolute: a runner started from another folder finds them
+        try:
+            loras = check_loras("lora", fields["loras"])
+        except FieldError as exc:
+            raise InputError(f"--lora: {exc.problem}") from None
+        fields["loras"] = [{**entry, "path": str(Path(entry["path"]).expanduser().resolve())} for entry in loras]
     if args.sp is not None:
         engine["sp_size"] = args.sp
     if args.fsdp:

@@ -5,6 +5,11 @@ One Engine class serves one process and every rank of a parallel group: parallel
 model from outside (ovi.parallel), and the runtime hands it what differs per rank: the `predictor`
 (how the guided velocity of one step is computed, e.g. CFG-parallel), `dims`, and whether this rank
 decodes. A request's unset fields take the config's values (`GenerateRequest.fill`).
+
+LoRAs are per request: `generate` makes the request's `loras` the model's active set (ovi.lora; only
+layers whose adapters change are touched, the base is never reloaded), so every rank of a group
+applies the same set. `lightning` switches to the few-step Lightning profile (explicit sigma grid,
+guidance off, the LoRA's shift); request fields given explicitly still win over the profile.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import transformers
 
 from ovi import __version__
 from ovi.config import OviConfig, load_config
-from ovi.errors import InputError, NotAvailableError
+from ovi.errors import InputError
+from ovi.lora import LoRAManager
+from ovi.lora.presets import lightning_profile
 from ovi.model.attention import resolve_backend
 from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.parallel.dims import ParallelDims
@@ -90,6 +97,9 @@ class Plan:
     num_frames: int
     video_latent_shape: tuple
     audio_latent_shape: tuple
+    loras: tuple = ()                      # the request's LoRA set ({path, weight, name, merge[, branch]})
+    lightning: dict | None = None          # the Lightning profile used, when the request asks for it
+    sigmas: tuple | None = None            # an explicit unshifted sigma grid (Lightning), else the solver's own
     image: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -121,13 +131,15 @@ class Engine:
     `predictor` and `decodes` flag (only the output rank decodes and returns the Clip)."""
 
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
-                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True):
+                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True,
+                 loras: LoRAManager | None = None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
         self.dims = dims or ParallelDims(world_size=1)
         self.predictor = predictor or GuidedPredictor()
         self.decodes = decodes
+        self.loras = loras or LoRAManager()
         self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
@@ -155,7 +167,8 @@ class Engine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
-        engine = cls(cfg, load_components(cfg, device=device, dtype=dtype), device, dtype, dims=dims)
+        components = load_components(cfg, device=device, dtype=dtype)
+        engine = cls(cfg, components, device, dtype, dims=dims, loras=preload_loras(cfg, components.model))
         engine.load_seconds = time.perf_counter() - t0
         return engine
 
@@ -179,9 +192,26 @@ class Engine:
         if r.n != 1:
             raise InputError(f"n={r.n} asks for {r.n} clips; generate() makes one: iterate over "
                              f"request.expand(seed) (ovi generate and the queue do this for you)")
-        if r.loras or r.lightning:
-            raise NotAvailableError("loras / lightning are not available until the LoRA feature lands; "
-                                    "leave them out of the request")
+        loras = tuple(r.loras)
+        for entry in loras:
+            if not Path(entry["path"]).expanduser().is_file():
+                raise InputError(f"LoRA '{entry['name']}': file not found: {entry['path']}; fix the path (loras "
+                                 f"take PATH[:WEIGHT], relative paths from where the engine runs)")
+        steps, solver, shift = r.steps, r.solver, r.shift
+        video_scale, audio_scale, sigmas, profile = r.video_guidance_scale, r.audio_guidance_scale, None, None
+        if r.lightning:
+            # The profile replaces the config's sampling defaults; what the request itself sets still wins.
+            light = lightning_profile([entry["path"] for entry in loras])
+            given = lambda name: getattr(request, name) is not None  # noqa: E731
+            steps = request.steps if given("steps") else light.steps
+            solver = request.solver if given("solver") else light.solver
+            shift = request.shift if given("shift") else light.shift
+            video_scale = request.video_guidance_scale if given("video_guidance_scale") else light.guidance
+            audio_scale = request.audio_guidance_scale if given("audio_guidance_scale") else light.guidance
+            sigmas = light.grid(steps)
+            profile = {**light.to_dict(), "used": {"steps": steps, "solver": solver, "shift": shift,
+                                                   "sigmas": list(sigmas), "video_guidance_scale": video_scale,
+                                                   "audio_guidance_scale": audio_scale}}
         mode, image = r.mode, r.image
         if mode == "i2v" and image is None:
             raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
@@ -206,12 +236,12 @@ class Engine:
         audio_shape = (self.spec.audio_latent_length, self.components.audio_codec.latent_channels)
         slg = r.slg_layer
         return Plan(request=request, prompt=r.prompt, formatted_prompt=format_prompt(r.prompt, self.config.model_name),
-                    mode=mode, seed=int(r.seed), steps=r.steps, solver=r.solver, shift=r.shift,
-                    video_guidance_scale=r.video_guidance_scale, audio_guidance_scale=r.audio_guidance_scale,
+                    mode=mode, seed=int(r.seed), steps=steps, solver=solver, shift=shift,
+                    video_guidance_scale=video_scale, audio_guidance_scale=audio_scale,
                     slg_layer=None if slg is False or slg <= 0 else int(slg),
                     video_negative_prompt=r.negative_prompt, audio_negative_prompt=r.audio_negative_prompt,
                     height=height, width=width, num_frames=self.spec.num_frames, video_latent_shape=video_shape,
-                    audio_latent_shape=audio_shape, image=img)
+                    audio_latent_shape=audio_shape, loras=loras, lightning=profile, sigmas=sigmas, image=img)
 
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
@@ -275,8 +305,8 @@ class Engine:
 
     @torch.no_grad()
     def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None):
-        video_solver = make_solver(plan.solver, plan.steps, plan.shift)
-        audio_solver = make_solver(plan.solver, plan.steps, plan.shift)
+        video_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
+        audio_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
         is_i2v = image_latent is not None
         timesteps = video_solver.timesteps
         with self.on_device(self.model):
@@ -313,6 +343,8 @@ class Engine:
         timings = {}
         t0 = time.perf_counter()
         plan = self.plan(request)
+        lora_records = self.loras.activate(self.model, plan.loras)
+        timings["lora"] = time.perf_counter() - t0
         if plan.mode == "t2i2v":
             plan.image = self.text_to_image(plan)
         contexts = self.encode_text(plan)
@@ -331,7 +363,7 @@ class Engine:
             return None
         timings["total"] = time.perf_counter() - t0
         return Clip(video=frames, audio=wave, fps=self.spec.fps, sample_rate=self.spec.sample_rate,
-                    meta=self.sidecar(plan, timings), latents={"video": video.cpu(), "audio": audio.cpu()})
+                    meta=self.sidecar(plan, timings, lora_records), latents={"video": video.cpu(), "audio": audio.cpu()})
 
     def text_to_image(self, plan: Plan) -> torch.Tensor:
         if self.image_generator is None:
@@ -342,7 +374,7 @@ class Engine:
         image = self.image_generator.generate(clean_text(plan.prompt), plan.height, plan.width, plan.seed)
         return resize_image(image, plan.height, plan.width)
 
-    def sidecar(self, plan: Plan, timings: dict) -> dict:
+    def sidecar(self, plan: Plan, timings: dict, loras: list[dict] | None = None) -> dict:
         return {
             "request": _request_record(plan.request),
             "prompt": plan.prompt, "formatted_prompt": plan.formatted_prompt, "mode": plan.mode, "seed": plan.seed,
@@ -359,11 +391,22 @@ class Engine:
             "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
             "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg, "fsdp": None,
             "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
-            "loras": [], "components": self.components.describe(), "timings": timings,
+            "loras": list(loras or []), "lightning": plan.lightning, "components": self.components.describe(),
+            "timings": timings,
             "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
             "config": self.config.to_dict(),
         }
+
+
+def preload_loras(cfg: OviConfig, model: torch.nn.Module) -> LoRAManager:
+    """A LoRAManager with the config's LoRA set (`lora:`) already applied: done when the engine loads, before
+    anything wraps or shards the model, so merging sees whole weights (requests with that set then change
+    nothing)."""
+    manager = LoRAManager()
+    if cfg.lora:
+        manager.activate(model, cfg.lora)
+    return manager
 
 
 def _request_record(request: GenerateRequest) -> dict:

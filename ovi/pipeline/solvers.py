@@ -14,6 +14,9 @@ when it sets the timesteps:
 
 The model is fed int64 timesteps truncated from 1000σ' for unipc and dpm++ (as upstream), and the float
 timesteps of the Euler scheduler for euler (upstream feeds those unrounded too).
+
+`sigmas` replaces a solver's default grid with an explicit one (one σ per step, before the shift, e.g.
+the Lightning profile's 1, 0.75, 0.5, 0.25); the last step still ends at σ = 0.
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ class FlowSolver:
         return f"FlowSolver({self.name!r}, steps={self.steps}, shift={self.shift})"
 
 
-def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
-    """A fresh solver `name` ("unipc" | "dpm++" | "euler") with `steps` steps and time shift `shift`."""
+def make_solver(name: str, steps: int, shift: float, sigmas=None) -> FlowSolver:
+    """A fresh solver `name` ("unipc" | "dpm++" | "euler") with `steps` steps and time shift `shift`;
+    `sigmas` (optional) is an explicit unshifted grid of `steps` decreasing values in (0, 1]."""
     if name not in SOLVER_NAMES:
         raise ConfigError(f"solver_name {name!r}: must be one of {', '.join(SOLVER_NAMES)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -99,6 +103,10 @@ def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
     if not shift > 0:
         raise ConfigError(f"shift {shift!r}: must be > 0 (upstream uses 5.0)")
     shift = float(shift)
+    if sigmas is not None:
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+        if sigmas.shape != (steps,) or not (np.all(sigmas > 0) and np.all(sigmas <= 1) and np.all(np.diff(sigmas) < 0)):
+            raise ConfigError(f"sigmas {sigmas.tolist()}: need {steps} decreasing values in (0, 1], one per step")
 
     if name == "unipc":
         scheduler = UniPCMultistepScheduler(
@@ -106,17 +114,21 @@ def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
             predict_x0=True, solver_type="bh2", lower_order_final=True, final_sigmas_type="zero",
             use_flow_sigmas=True, flow_shift=shift)
         # Unshifted Wan grid; diffusers applies the flow shift and appends the final σ = 0.
-        scheduler.set_timesteps(sigmas=np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1)[:-1])
+        scheduler.set_timesteps(sigmas=np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1)[:-1] if sigmas is None else sigmas)
     elif name == "dpm++":
         scheduler = DPMSolverMultistepScheduler(
             num_train_timesteps=NUM_TRAIN_TIMESTEPS, solver_order=2, prediction_type="flow_prediction",
             algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
             final_sigmas_type="zero", use_flow_sigmas=True, flow_shift=shift)
         scheduler.set_timesteps(steps)  # resets the multistep state; the grid is replaced below
-        sigmas = shift_sigmas(np.linspace(1.0, 0.0, steps + 1)[:steps], shift)  # upstream get_sampling_sigmas
-        scheduler.timesteps = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64)
-        scheduler.sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
+        grid = np.linspace(1.0, 0.0, steps + 1)[:steps] if sigmas is None else sigmas  # upstream get_sampling_sigmas
+        shifted = shift_sigmas(grid, shift)
+        scheduler.timesteps = torch.from_numpy(shifted * NUM_TRAIN_TIMESTEPS).to(torch.int64)
+        scheduler.sigmas = torch.from_numpy(np.append(shifted, 0.0).astype(np.float32))
     else:
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
-        scheduler.set_timesteps(steps)
+        if sigmas is None:
+            scheduler.set_timesteps(steps)
+        else:
+            scheduler.set_timesteps(sigmas=sigmas)  # diffusers applies the shift to the given grid
     return FlowSolver(name, scheduler, steps, shift)

@@ -15,7 +15,7 @@ from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
 from ovi.parallel.dims import ParallelDims
 from ovi.parallel.sequence import apply_sequence_parallel
 from ovi.pipeline.components import load_components
-from ovi.pipeline.engine import Engine, GuidedPredictor, resolve_dtype
+from ovi.pipeline.engine import Engine, GuidedPredictor, preload_loras, resolve_dtype
 from ovi.request import GenerateRequest
 
 
@@ -112,6 +112,10 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
     cfg.require_available()
     dtype = resolve_dtype(cfg.dtype, device)
     components = load_components(cfg, device=device, dtype=dtype)
+    # LoRAs merge into whole weights: the config's set is applied here, before SP (and FSDP, when it lands:
+    # it must wrap the model after this line) touch the model. Requests with another set switch it per
+    # request on unsharded weights; on sharded ones the LoRAManager refuses with a clear error.
+    loras = preload_loras(cfg, components.model)
     stats = CommStats()
     sp_comm = cfg_comm = None
     if world_size > 1:
@@ -121,7 +125,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
     if dims.sp > 1:
         apply_sequence_parallel(components.model, sp_comm, scheme=scheme, overlap=cfg.enable_async_comms)
     predictor = CfgParallelPredictor(cfg_comm, dims.cfg_rank(rank)) if dims.cfg == 2 else None
-    engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0)
+    engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0, loras=loras)
     engine.parallel_info = {"sp_scheme": scheme if dims.sp > 1 else None,
                             "async_comms": bool(cfg.enable_async_comms and dims.sp > 1)}
     return RankEngine(engine, rank, stats, sp_comm, scheme)

@@ -1,0 +1,325 @@
+"""LoRAManager: apply, mix, switch and remove LoRAs on a live FusionModel, merged or not, and get the
+base weights back bit-exactly.
+
+- **Merged**: W = W0 + sum_i weight_i * (alpha_i / r_i) * B_i @ A_i (+ full deltas), accumulated in fp32
+  from a pristine copy of W0 and cast once to the weight's dtype. No per-step cost.
+- **Unmerged**: peft's LoRA layers (`inject_adapter_in_model`) wrap the touched Linears; each adapter's
+  `scaling` is weight * alpha / r. The factors are assigned by hand rather than by
+  `set_peft_model_state_dict`, because peft casts adapters to the base weight's dtype, which for fp8
+  storage would quantise them. A layer whose last adapter goes is unwrapped back to the original
+  module, so a removed adapter costs nothing.
+- **Full deltas** (Wan's `diff` / `diff_b`, LightX2V's `diff_m`, conv factors) are merged in both
+  modes: unmerged, a full-rank delta would cost a full matmul per step.
+- **fp8 storage**: low-rank updates always run unmerged (in the compute dtype, beside the upcast fp8
+  matmul). Re-quantising W0 + dW to e4m3 (3 mantissa bits, no scale) would round most of a small
+  low-rank update away. A full delta on an fp8 weight is merged into a compute-dtype (bf16) copy of
+  that one weight.
+- **Pristine copies**: the first time a parameter changes, a CPU copy of it is kept (those parameters
+  only). Every later change recomputes from it, and removal copies it back, so switching and removal
+  restore the base bit-exactly, never by subtraction. The copy is dropped once the parameter is
+  restored.
+- **Sharded weights**: merging works on whole weights, so the runtime applies the config's LoRA set
+  before it wraps the model (ovi.runtime.rank_engine); a set change on DTensor (FSDP) weights is
+  refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ovi.errors import LoRAError
+from ovi.lora.adapter import LoRAAdapter, Resolved, base_module, get_param
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    """How one loaded adapter is applied: its strength, merged or not, which branch, rank/alpha checks."""
+    name: str
+    weight: float = 1.0
+    merge: bool = True
+    branch: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+
+
+class _ModelState:
+    """What the manager has done to one model."""
+
+    def __init__(self):
+        self.active: dict[str, ActiveAdapter] = {}
+        self.records: list[dict] = []
+        self.resolved: dict[tuple, Resolved] = {}
+        self.pristine: dict[str, torch.Tensor] = {}      # parameter path -> CPU copy of its base value
+        self.merged: dict[str, tuple] = {}               # parameter path -> what is merged into it now
+        self.unmerged: dict[str, dict[str, tuple]] = {}  # module path -> {adapter: (identity, peft name)}
+        self.peft_names: dict[str, str] = {}
+        self.injected_once = False
+
+
+class LoRAManager:
+    """Loaded adapters by name, and the set applied to each model (the seed fork's API, plus
+    `set_adapters` for a whole set at once and `activate` for a GenerateRequest's `loras`)."""
+
+    def __init__(self):
+        self.adapters: dict[str, LoRAAdapter] = {}
+        self._versions: dict[str, int] = {}
+        self._counter = 0
+        self._states: "weakref.WeakKeyDictionary[nn.Module, _ModelState]" = weakref.WeakKeyDictionary()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> LoRAAdapter:
+        """Read a LoRA file (any supported key style) under `name`. The same unchanged file is read once."""
+        if not isinstance(name, str) or not name:
+            raise LoRAError(f"an adapter needs a non-empty name, got {name!r}")
+        old = self.adapters.get(name)
+        resolved_path = str(Path(path).expanduser())
+        if old is not None and old.path == resolved_path and Path(resolved_path).is_file():
+            stat = Path(resolved_path).stat()
+            if old.stamp == (stat.st_mtime_ns, stat.st_size):
+                return old
+        adapter = LoRAAdapter.load(name, resolved_path)
+        self._counter += 1
+        self.adapters[name] = adapter
+        self._versions[name] = self._counter
+        return adapter
+
+    # ---- the seed fork's calls -----------------------------------------------------------------
+    def apply_adapter(self, model: nn.Module, adapter_name: str, rank: int | None = None, alpha: float | None = None,
+                      merge: bool = True, weight: float = 1.0, branch: str | None = None) -> dict:
+        """Add (or re-apply with new settings) one adapter on top of the model's active set. `rank`, when
+        given, must be the file's rank; `alpha` replaces the file's alpha (scale = alpha / rank)."""
+        entries = [a for a in self.active_adapters(model) if a.name != adapter_name]
+        entries.append(ActiveAdapter(adapter_name, float(weight), bool(merge), branch, rank, alpha))
+        records = self.set_adapters(model, entries)
+        return next(r for r in records if r["name"] == adapter_name)
+
+    def apply_mixed_adapters(self, model: nn.Module, adapters: dict[str, float], merge: bool = True) -> list[dict]:
+        """Make exactly these adapters active with these weights (e.g. {"a": 0.7, "b": 0.3})."""
+        if not isinstance(adapters, dict) or not adapters:
+            raise LoRAError("apply_mixed_adapters expects a non-empty {adapter name: weight} dict")
+        return self.set_adapters(model, [ActiveAdapter(n, float(w), merge) for n, w in adapters.items()])
+
+    def remove_adapter(self, model: nn.Module, name: str) -> None:
+        """Take one adapter off the model; the layers it alone touched get their base weights back."""
+        entries = self.active_adapters(model)
+        if name not in [a.name for a in entries]:
+            active = ", ".join(a.name for a in entries) or "none"
+            raise LoRAError(f"adapter '{name}' is not applied to this model (active: {active})")
+        self.set_adapters(model, [a for a in entries if a.name != name])
+
+    def remove_all(self, model: nn.Module) -> None:
+        """The base model again, bit for bit."""
+        self.set_adapters(model, [])
+
+    def active_adapters(self, model: nn.Module) -> list[ActiveAdapter]:
+        state = self._states.get(model)
+        return list(state.active.values()) if state else []
+
+    def records(self, model: nn.Module) -> list[dict]:
+        """What is applied: name, path, format, weight, merged, branch, tensors applied, ... (the sidecar's `loras`)."""
+        state = self._states.get(model)
+        return [dict(r) for r in state.records] if state else []
+
+    # ---- a request's set -----------------------------------------------------------------------
+    def activate(self, model: nn.Module, loras) -> list[dict]:
+        """Apply a GenerateRequest's `loras` ({path, weight, name, merge[, branch]} dicts) as the whole
+        active set: files are read once (again only when they change on disk); only the layers whose
+        adapters or weights change are touched."""
+        entries, seen = [], {}
+        for item in loras:
+            name = item.get("name") or Path(item["path"]).stem
+            if name in seen and seen[name] != str(item["path"]):
+                raise LoRAError(f"two LoRAs are named '{name}' ({seen[name]} and {item['path']}); give one a "
+                                f"different name")
+            seen[name] = str(item["path"])
+            self.load_adapter(name, item["path"])
+            entries.append(ActiveAdapter(name, float(item.get("weight", 1.0)), bool(item.get("merge", True)),
+                                         item.get("branch")))
+        return self.set_adapters(model, entries)
+
+    # ---- the one way a set is applied ----------------------------------------------------------
+    def set_adapters(self, model: nn.Module, entries) -> list[dict]:
+        """Make `entries` (ActiveAdapter) the model's whole active set. Every adapter is resolved and
+        checked before any weight changes, so a bad one leaves the model as it was."""
+        entries = list(entries)
+        names = [e.name for e in entries]
+        for name in names:
+            if names.count(name) > 1:
+                raise LoRAError(f"adapter '{name}' is listed twice; give it once with its weight")
+            if name not in self.adapters:
+                loaded = ", ".join(self.adapters) or "none"
+                raise LoRAError(f"adapter '{name}' is not loaded (loaded: {loaded}); call load_adapter(name, path) first")
+        state = self._states.setdefault(model, _ModelState())
+        resolved = {e.name: self._resolve(model, state, e) for e in entries}
+        recipes, terms, unmerged, fp8_layers = self._plan(model, entries, resolved)
+        changing = [p for p in set(recipes) | set(state.merged) if recipes.get(p) != state.merged.get(p)]
+        for module in set(unmerged) | set(state.unmerged):
+            want = {name: item[0] for name, item in unmerged.get(module, {}).items()}
+            if want != {name: item[0] for name, item in state.unmerged.get(module, {}).items()}:
+                changing.append(f"{module}.weight")
+        _refuse_sharded(model, changing)
+        with torch.no_grad():
+            self._sync_merged(model, state, recipes, terms)
+            self._sync_unmerged(model, state, unmerged)
+        state.active = {e.name: e for e in entries}
+        state.resolved = {k: v for k, v in state.resolved.items() if k[0] in state.active}
+        state.records = [self._record(e, resolved[e.name], fp8_layers.get(e.name, 0)) for e in entries]
+        return self.records(model)
+
+    def _identity(self, e: ActiveAdapter) -> tuple:
+        return (e.name, self._versions[e.name], e.branch, e.rank, e.alpha)
+
+    def _resolve(self, model, state: _ModelState, e: ActiveAdapter) -> Resolved:
+        key = self._identity(e)
+        if key not in state.resolved:
+            state.resolved[key] = self.adapters[e.name].resolve(model, branch=e.branch, rank=e.rank, alpha=e.alpha)
+        return state.resolved[key]
+
+    def _plan(self, model, entries, resolved):
+        recipes, terms = defaultdict(list), defaultdict(list)
+        unmerged = defaultdict(dict)
+        fp8_layers = Counter()
+        for e in entries:
+            ident, r = self._identity(e), resolved[e.name]
+            for module, (down, up, scale) in r.factors.items():
+                param = f"{module}.weight"
+                coeff = e.weight * scale
+                fp8 = get_param(model, param).dtype in FP8_DTYPES
+                if e.merge and not fp8:
+                    recipes[param].append((ident, e.weight))
+                    terms[param].append((up, down, coeff))
+                else:
+                    unmerged[module][e.name] = (ident, down, up, coeff)
+                    fp8_layers[e.name] += int(fp8 and e.merge)
+            for param, delta in r.deltas.items():
+                recipes[param].append((ident, e.weight))
+                terms[param].append((delta, None, e.weight))
+        return {k: tuple(v) for k, v in recipes.items()}, terms, unmerged, fp8_layers
+
+    def _record(self, e: ActiveAdapter, r: Resolved, fp8_unmerged: int) -> dict:
+        record = {**r.report.to_dict(), "weight": e.weight, "merged": bool(e.merge and not fp8_unmerged),
+                  "merge_requested": e.merge}
+        if fp8_unmerged:
+            record["note"] = (f"{fp8_unmerged} fp8-stored layers run the low-rank update unmerged (re-quantising a "
+                              f"merged weight to fp8 would round it away)")
+        return record
+
+    # ---- merged: pristine copies, recompute, restore ------------------------------------------
+    def _sync_merged(self, model, state: _ModelState, recipes: dict, terms: dict) -> None:
+        for param in [p for p in state.merged if p not in recipes]:
+            _assign(get_param(model, param), state.pristine.pop(param))
+            del state.merged[param]
+        for param, recipe in recipes.items():
+            if state.merged.get(param) == recipe:
+                continue
+            p = get_param(model, param)
+            if param not in state.pristine:
+                state.pristine[param] = p.detach().to("cpu", copy=True)
+            pristine = state.pristine[param]
+            acc = pristine.to(p.device, torch.float32, copy=True)
+            for big, down, coeff in terms[param]:
+                if down is None:
+                    acc.add_(big.to(acc.device, torch.float32), alpha=coeff)
+                else:
+                    acc.addmm_(big.to(acc.device, torch.float32), down.to(acc.device, torch.float32), alpha=coeff)
+            dtype = _compute_dtype(model, param) if pristine.dtype in FP8_DTYPES else pristine.dtype
+            _assign(p, acc.to(dtype))
+            state.merged[param] = recipe
+
+    # ---- unmerged: peft adapter layers ---------------------------------------------------------
+    def _sync_unmerged(self, model, state: _ModelState, plan: dict) -> None:
+        for module in list(state.unmerged):
+            have, want = state.unmerged[module], plan.get(module, {})
+            layer = model.get_submodule(module)
+            for name, (ident, peft_name) in list(have.items()):
+                if name not in want or want[name][0] != ident:
+                    del have[name]
+                    if have:
+                        layer.delete_adapter(peft_name)
+            if not have:
+                _unwrap(model, module)
+                del state.unmerged[module]
+        new = defaultdict(dict)
+        for module, want in plan.items():
+            have = state.unmerged.get(module, {})
+            for name, (ident, down, up, coeff) in want.items():
+                if name not in have:
+                    new[name][module] = (ident, down, up)
+        for name, layers in new.items():
+            self._inject(model, state, name, layers)
+        for module, want in plan.items():
+            layer, have = model.get_submodule(module), state.unmerged[module]
+            for name, (_, _, _, coeff) in want.items():
+                layer.scaling[have[name][1]] = coeff
+            layer.set_adapter([have[name][1] for name in want])
+            layer.requires_grad_(False)
+        if not state.unmerged and state.injected_once and hasattr(model, "peft_config"):
+            del model.peft_config  # the attribute inject_adapter_in_model adds; gone with the last adapter
+
+    def _inject(self, model, state: _ModelState, name: str, layers: dict) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        peft_name = state.peft_names.setdefault(name, f"ovi_lora_{len(state.peft_names)}")
+        ranks = {module: int(down.shape[0]) for module, (_, down, _) in layers.items()}
+        common = Counter(ranks.values()).most_common(1)[0][0]
+        config = LoraConfig(r=common, lora_alpha=common, lora_dropout=0.0, target_modules=sorted(layers),
+                            rank_pattern={re.escape(m): r for m, r in ranks.items() if r != common})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "already found a peft_config": several adapters are intended
+            inject_adapter_in_model(config, model, adapter_name=peft_name, low_cpu_mem_usage=True)
+        state.injected_once = True
+        for module, (ident, down, up) in layers.items():
+            layer = model.get_submodule(module)
+            base = layer.get_base_layer().weight
+            dtype = _compute_dtype(model, f"{module}.weight") if base.dtype in FP8_DTYPES else base.dtype
+            layer.lora_A[peft_name].weight = nn.Parameter(down.to(base.device, dtype), requires_grad=False)
+            layer.lora_B[peft_name].weight = nn.Parameter(up.to(base.device, dtype), requires_grad=False)
+            state.unmerged.setdefault(module, {})[name] = (ident, peft_name)
+
+
+def _assign(p: nn.Parameter, value: torch.Tensor) -> None:
+    """Set a parameter's value: in place when the dtype is unchanged (storage kept), else rebind its data."""
+    if p.dtype == value.dtype and p.shape == value.shape:
+        p.data.copy_(value)
+    else:
+        p.data = value.to(p.device)
+
+
+def _unwrap(model: nn.Module, module: str) -> None:
+    parent, _, child = module.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, child, base_module(model, module))
+
+
+def _compute_dtype(model: nn.Module, param: str) -> torch.dtype:
+    """The dtype a branch computes in (bf16 for fp8 storage): where fp8-stored weights get their LoRA."""
+    branch = model.get_submodule(param.split(".", 1)[0]) if "." in param else model
+    resolve = getattr(branch, "resolve_compute_dtype", None)
+    return resolve() if resolve is not None else torch.bfloat16
+
+
+def _refuse_sharded(model: nn.Module, params) -> None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch build without distributed: nothing can be sharded
+        return
+    for path in params:
+        owner, _, name = path.rpartition(".")
+        try:
+            p = getattr(base_module(model, owner), name)
+        except AttributeError:
+            continue
+        if isinstance(p, DTensor):
+            raise LoRAError(f"{path} is sharded (FSDP): this build merges LoRAs into whole weights, so an FSDP "
+                            f"engine's LoRA set is fixed when it loads (config key `lora`, applied before sharding); "
+                            f"submit requests with that set, or run without use_fsdp")
