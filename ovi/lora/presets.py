@@ -64,7 +64,7 @@ class LightningProfile:
         """The unshifted sigma grid for `steps` steps: the profile's own for its step count, else uniform."""
         if steps == self.steps:
             return self.sigmas
-        return tuple(1.0 - i / steps for i in range(steps))
+        return tuple((steps - i) / steps for i in range(steps))
 
 
 def lightning_profile(lora_paths=()) -> LightningProfile:
