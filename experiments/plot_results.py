@@ -58,9 +58,30 @@ def plot_pipeline(records: list[dict]) -> None:
     fig.savefig(PLOTS / "pipeline.png", dpi=110)
 
 
+def plot_lora(records: list[dict]) -> None:
+    ranks = sorted({r["rank"] for r in records})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(1, len(ranks))
+    for i, rank in enumerate(ranks):
+        recs = [r for r in records if r["rank"] == rank]  # base, merged, unmerged of one run
+        xs = [j + i * width for j in range(len(recs))]
+        bars = axes[0].bar(xs, [r["step_seconds"] for r in recs], width, label=f"rank {rank}")
+        for bar, r in zip(bars, recs):
+            axes[0].annotate(f"{r['ratio_to_base']:.3f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                             ha="center", va="bottom", fontsize=7)
+        axes[1].bar(xs, [r["switch_seconds"] for r in recs], width, label=f"rank {rank}")
+    labels = [r["mode"] for r in records if r["rank"] == ranks[0]]
+    for ax, title in zip(axes, ("seconds / denoising step (ratio to base)", "switch seconds")):
+        ax.set_xticks([j + width * (len(ranks) - 1) / 2 for j in range(len(labels))], labels)
+        ax.set_title(f"{records[0]['config']}: {title} ({records[0]['device']})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / "lora.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline)):
+    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("lora", plot_lora)):
         records = load(name)
         if records:
             plot(records)

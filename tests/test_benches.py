@@ -1,4 +1,4 @@
-"""`ovi bench pipeline` and `ovi bench sp` emit the pinned JSON fields (the numbers are for
+"""`ovi bench pipeline`, `ovi bench sp` and `ovi bench lora` emit the pinned JSON fields (the numbers are for
 experiments/, not for asserting here)."""
 
 import json
@@ -31,3 +31,15 @@ def test_bench_sp_fields_and_scheme_ordering(capsys, tmp_path):
     assert recs["optimized"]["collectives_per_step"] <= 0.5 * recs["upstream"]["collectives_per_step"]
     assert recs["optimized"]["bytes_per_step"] <= recs["upstream"]["bytes_per_step"]
     assert all(r["profiled_comm_seconds_per_step"] > 0 for r in recs.values()), "torch.profiler saw the gloo ops"
+
+
+def test_bench_lora_fields(capsys, tmp_path):
+    assert main(["bench", "lora", "--json", "--arch", "tiny", "--rank", "4", "--steps", "1", "--runs", "1",
+                 "--switches", "2", "--ckpt-root", str(tmp_path)]) == 0
+    recs = {r["mode"]: r for r in _records(capsys)}
+    assert set(recs) == {"base", "merged", "unmerged"}
+    for rec in recs.values():
+        for key in ("bench", "config", "world_size", "mode", "step_seconds", "switch_seconds"):
+            assert key in rec, key
+        assert rec["step_seconds"] > 0 and rec["switch_seconds"] > 0
+    assert recs["merged"]["lora_layers"] == 3 * 10  # every Linear of the tiny video branch's 3 blocks

@@ -187,8 +187,10 @@ class LoRAAdapter:
                             f"pass rank=None to use the file's rank (a preset's rank names the LoRA it expects)")
         report = LoadReport(self.name, self.path, self.format, branch, self.ranks)
         factors, deltas = {}, {}
+        musubi = {prefix: K.musubi_lookup(module_names(model.get_submodule(prefix)))
+                  for prefix in _BRANCH_MODULES[branch]} if self.format == "musubi" else {}
         for owner, f in self.factors.items():
-            targets = self._targets(model, owner, branch, where)
+            targets = self._targets(model, owner, branch, where, musubi)
             if not targets:
                 report.ignored.extend(f.keys)
                 continue
@@ -203,7 +205,7 @@ class LoRAAdapter:
             report.applied.extend(f.keys)
         for param_path, (delta, key) in self.deltas.items():
             owner, _, pname = param_path.rpartition(".")
-            targets = self._targets(model, owner, branch, where, param=pname)
+            targets = self._targets(model, owner, branch, where, musubi, param=pname)
             if not targets:
                 report.ignored.append(key)
                 continue
@@ -229,16 +231,17 @@ class LoRAAdapter:
         seen = {o.split(".", 1)[0] for o in owners}
         return "both" if len(seen) == 2 else seen.pop().removesuffix("_model")
 
-    def _targets(self, model: nn.Module, owner: str, branch: str, where: str, param: str | None = None) -> list[str]:
-        """The model paths (modules, or parameters when `param`) an owner names: one per branch, [] if none."""
+    def _targets(self, model: nn.Module, owner: str, branch: str, where: str, musubi: dict,
+                 param: str | None = None) -> list[str]:
+        """The model paths (modules, or parameters when `param`) an owner names: one per branch, [] if none.
+        `musubi`: per branch, underscore name -> module path (musubi keys are split against real names)."""
         if K.has_branch_prefix(owner):
             candidates = [owner]
         else:
             candidates = []
             for prefix in _BRANCH_MODULES[branch]:
                 backbone = model.get_submodule(prefix)
-                lookup = K.musubi_lookup(module_names(backbone)) if self.format == "musubi" else {}
-                mapped = K.owner_to_ovi(owner, self.format, lookup)
+                mapped = K.owner_to_ovi(owner, self.format, musubi.get(prefix, {}))
                 if mapped is None:
                     continue
                 index = K.block_index(mapped)

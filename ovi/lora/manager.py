@@ -25,6 +25,7 @@ base weights back bit-exactly.
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 import weakref
@@ -39,6 +40,7 @@ from ovi.errors import LoRAError
 from ovi.lora.adapter import LoRAAdapter, Resolved, base_module, get_param
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,12 @@ class LoRAManager:
     """Loaded adapters by name, and the set applied to each model (the seed fork's API, plus
     `set_adapters` for a whole set at once and `activate` for a GenerateRequest's `loras`)."""
 
-    def __init__(self):
+    def __init__(self, keep_loaded: int = 8):
         self.adapters: dict[str, LoRAAdapter] = {}
+        self.keep_loaded = keep_loaded  # adapters `activate` keeps in memory after they go out of use
         self._versions: dict[str, int] = {}
         self._counter = 0
+        self._by_request: list[str] = []  # adapters `activate` loaded, least recently used first
         self._states: "weakref.WeakKeyDictionary[nn.Module, _ModelState]" = weakref.WeakKeyDictionary()
 
     # ---- loading -------------------------------------------------------------------------------
@@ -92,6 +96,15 @@ class LoRAManager:
         self.adapters[name] = adapter
         self._versions[name] = self._counter
         return adapter
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget a loaded adapter (its tensors); refused while a model has it applied."""
+        if any(name in state.active for state in self._states.values()):
+            raise LoRAError(f"adapter '{name}' is applied to a model; remove it there first")
+        self.adapters.pop(name, None)
+        self._versions.pop(name, None)
+        if name in self._by_request:
+            self._by_request.remove(name)
 
     # ---- the seed fork's calls -----------------------------------------------------------------
     def apply_adapter(self, model: nn.Module, adapter_name: str, rank: int | None = None, alpha: float | None = None,
@@ -143,9 +156,17 @@ class LoRAManager:
                                 f"different name")
             seen[name] = str(item["path"])
             self.load_adapter(name, item["path"])
+            if name in self._by_request:
+                self._by_request.remove(name)
+            self._by_request.append(name)
             entries.append(ActiveAdapter(name, float(item.get("weight", 1.0)), bool(item.get("merge", True)),
                                          item.get("branch")))
-        return self.set_adapters(model, entries)
+        records = self.set_adapters(model, entries)
+        # A long-running engine sees many LoRAs: keep only the most recent few that are not in use.
+        idle = [n for n in self._by_request if not any(n in st.active for st in self._states.values())]
+        for name in idle[: max(0, len(idle) - self.keep_loaded)]:
+            self.unload_adapter(name)
+        return records
 
     # ---- the one way a set is applied ----------------------------------------------------------
     def set_adapters(self, model: nn.Module, entries) -> list[dict]:
@@ -183,6 +204,7 @@ class LoRAManager:
         key = self._identity(e)
         if key not in state.resolved:
             state.resolved[key] = self.adapters[e.name].resolve(model, branch=e.branch, rank=e.rank, alpha=e.alpha)
+            log.info("%s", state.resolved[key].report.summary())
         return state.resolved[key]
 
     def _plan(self, model, entries, resolved):

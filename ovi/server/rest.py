@@ -60,6 +60,7 @@ class GenerateBody(BaseModel):
     config: str | None = None
     set: dict[str, Any] | None = None
     loras: list[str | dict[str, Any]] | None = None
+    lightning: bool | None = None
     priority: int = 0
 
 

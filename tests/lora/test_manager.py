@@ -98,6 +98,17 @@ def test_switching_recomputes_only_what_changes(model, manager):
     assert set(state.merged) == set(state.pristine) == set(_deltas(manager, model, "b"))
 
 
+def test_activate_keeps_only_a_few_idle_adapters_loaded(model, tmp_path):
+    manager = LoRAManager(keep_loaded=1)
+    paths = [write_wan(tmp_path / f"l{i}.safetensors", random_factors(model.video_model, 2, seed=i, names=["head.head"]),
+                       2.0) for i in range(3)]
+    for path in paths:
+        manager.activate(model, [{"path": str(path)}])
+    assert sorted(manager.adapters) == ["l1", "l2"]  # l2 active, l1 the one idle adapter kept
+    with pytest.raises(LoRAError, match="applied to a model"):
+        manager.unload_adapter("l2")
+
+
 def test_presets_and_the_seed_calls(model, manager, tmp_path):
     assert get_lora_config("lightning") == {"rank": 4, "alpha": 4.0, "merge": True}
     assert get_lora_config("balanced") == {"rank": 8, "alpha": 8.0, "merge": True}
@@ -120,7 +131,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
 
 
-def test_fp8_weights_run_the_low_rank_update_unmerged(tiny_ckpt, manager):
+def test_fp8_weights_run_the_low_rank_update_unmerged(tiny_ckpt, manager, tmp_path):
     fp8 = load_tiny(tiny_ckpt, fp8=True)
     pristine = snapshot(fp8)
     record = manager.apply_adapter(fp8, "a", merge=True)
@@ -140,6 +151,13 @@ def test_fp8_weights_run_the_low_rank_update_unmerged(tiny_ckpt, manager):
     # layers, moves so little that bf16 noise is a larger share of it.
     for g, w, b, tolerance in zip(got, want, base, (0.05, 0.6)):
         assert (g - w).norm() < tolerance * (w - b).norm()
+    # A full delta on an fp8 matrix is merged into a bf16 copy of that one weight; removal puts the fp8 back.
+    manager.load_adapter("head", write_wan(tmp_path / "head.safetensors", {}, 1.0,
+                                           extra={"diffusion_model.head.head.diff": torch.full((192, 128), 0.01)}))
+    manager.apply_adapter(fp8, "head")
+    head = fp8.video_model.head.head.weight
+    assert head.dtype == torch.bfloat16
+    assert torch.equal(head, (pristine["video_model.head.head.weight"].float() + 0.01).to(torch.bfloat16))
     manager.remove_all(fp8)
     state = fp8.state_dict()
     assert list(state) == list(pristine)

@@ -1,0 +1,101 @@
+"""`ovi bench lora`: what a LoRA costs per denoising step, merged and unmerged, and what a switch costs.
+
+On the mid preset (random weights) two random LoRAs of the given rank target every Linear of the video
+branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. Generations of the three
+modes - base (no LoRA), merged, unmerged - are interleaved run by run (so drift in machine load hits all
+three alike) after one warm-up each; `step_seconds` is the median denoising time per step. Each record
+also carries `ratio_to_base` (from the same run) and `switch_seconds`: the median time to switch the
+model from one LoRA to the other in that mode (for base: from a merged LoRA back to the base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {"tiny": [128, 128], "mid": [256, 448]}
+MODES = ("base", "merged", "unmerged")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="mid", help="architecture preset: mid (default) or tiny")
+    parser.add_argument("--rank", default="16", help="comma list of LoRA ranks")
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps per timed generation")
+    parser.add_argument("--runs", type=int, default=5, help="timed generations per mode (interleaved)")
+    parser.add_argument("--switches", type=int, default=5, help="timed switches per mode")
+    parser.add_argument("--ckpt-root", default=None, help="where the random checkpoint is made (default: temp)")
+
+
+def _write_lora(path: Path, model, rank: int, seed: int) -> Path:
+    from ovi.lora import save_native_lora
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, module in model.video_model.blocks.named_modules():
+        if isinstance(module, torch.nn.Linear) and "fusion" not in name:  # Wan's layers; Ovi's fusion ones excluded
+            factors[f"video_model.blocks.{name}"] = (torch.randn(rank, module.in_features, generator=g) * 0.01,
+                                                     torch.randn(module.out_features, rank, generator=g) * 0.01)
+    return save_native_lora(path, factors, model, alpha=float(rank))
+
+
+def _lora_set(mode: str, path: Path) -> tuple:
+    return () if mode == "base" else ({"path": str(path), "weight": 1.0, "merge": mode == "merged"},)
+
+
+def measure(arch: str, rank: int, steps: int, runs: int, switches: int, root: Path) -> list[dict]:
+    import ovi
+    from ovi.pipeline.random_checkpoint import make_random_checkpoint
+    ckpt = root / arch
+    make_random_checkpoint(ckpt, arch)
+    cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt), sample_steps=steps,
+                          video_frame_height_width=SIZES[arch])
+    engine = ovi.Engine.from_config(cfg)
+    paths = [_write_lora(root / f"{name}_r{rank}.safetensors", engine.model, rank, seed)
+             for seed, name in enumerate(("a", "b"))]
+    request = lambda mode, path=paths[0]: ovi.GenerateRequest("a bench clip", seed=0, loras=_lora_set(mode, path))  # noqa: E731
+
+    for mode in MODES:
+        engine.generate(request(mode), steps=1)  # warm-up: allocations, adapter layers, pristine copies
+    per_step = {mode: [] for mode in MODES}
+    for _ in range(runs):
+        for mode in MODES:
+            clip = engine.generate(request(mode))
+            per_step[mode].append(clip.meta["timings"]["denoise"] / steps)
+
+    switch = {}
+    for mode in MODES:
+        seconds = []
+        for i in range(switches):
+            if mode == "base":
+                engine.loras.activate(engine.model, _lora_set("merged", paths[0]))
+                frm, to = _lora_set("merged", paths[0]), ()
+            else:
+                frm, to = _lora_set(mode, paths[i % 2]), _lora_set(mode, paths[(i + 1) % 2])
+                engine.loras.activate(engine.model, frm)
+            t0 = time.perf_counter()
+            engine.loras.activate(engine.model, to)
+            seconds.append(time.perf_counter() - t0)
+        switch[mode] = statistics.median(seconds)
+    engine.loras.remove_all(engine.model)
+
+    base = statistics.median(per_step["base"])
+    layers = engine.loras.adapters["a_r%d" % rank].resolve(engine.model).report.layers
+    c, f, h, w = engine.plan("x").video_latent_shape
+    # `rank` on a base row names the run it belongs to (its ratios are against that base); no LoRA is applied.
+    return [{"bench": "lora", "config": arch, "world_size": 1, "mode": mode, "rank": rank,
+             "step_seconds": statistics.median(per_step[mode]), "step_seconds_runs": per_step[mode],
+             "ratio_to_base": statistics.median(per_step[mode]) / base, "switch_seconds": switch[mode],
+             "switch_seconds_means": ("merged LoRA -> base" if mode == "base" else f"LoRA a <-> b, both {mode}"),
+             "lora_layers": layers, "steps": steps, "runs": runs, "video_tokens": f * h * w // 4,
+             "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+             "threads": torch.get_num_threads()} for mode in MODES]
+
+
+def run(args):
+    root = Path(args.ckpt_root or tempfile.mkdtemp(prefix="ovi-bench-lora-"))
+    for rank in (int(r) for r in str(args.rank).split(",")):
+        yield from measure(args.arch, rank, args.steps, args.runs, args.switches, root)
