@@ -25,6 +25,8 @@ import torch
 import ovi
 from ovi.lora import LightningProfile, get_lora_config
 from ovi.lora.training import TrainableLoRA, euler_trajectory, student_sigmas, train_distillation
+from run_bench import write_results  # experiments/ is on sys.path when a script here runs
+from train_lora import add_training_arguments
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = ["A red ball bounces on a wooden floor. <AUDCAP>thuds<ENDAUDCAP>",
@@ -35,17 +37,10 @@ PROMPTS = ["A red ball bounces on a wooden floor. <AUDCAP>thuds<ENDAUDCAP>",
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
     parser.add_argument("--substeps", type=int, default=8, help="teacher Euler steps per student interval")
     parser.add_argument("--train-seeds", type=int, default=4, help="seeds per prompt for teacher trajectories")
     parser.add_argument("--eval-seeds", type=int, default=2, help="held-out seeds per prompt")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--video-weight", type=float, default=1.0)
-    parser.add_argument("--audio-weight", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, default=HERE / "loras" / "lightning_4step.safetensors")
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "lightning_distill.jsonl")
+    add_training_arguments(parser, steps=300, out="lightning_4step.safetensors", results="lightning_distill.jsonl")
     args = parser.parse_args(argv)
 
     engine = ovi.Engine.from_config(ovi.load_config(args.config))
@@ -113,10 +108,7 @@ def main(argv=None) -> int:
     # The shipped file through the real pipeline: `lightning: true` must sample exactly on the trained grid.
     clip = engine.generate(PROMPTS[0], seed=1000, lightning=True, loras=[str(args.out)])
     lines[-1]["pipeline_sigmas"] = clip.meta["lightning"]["used"]["sigmas"]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-    tmp.replace(args.results)
+    write_results(args.results, [json.dumps(line, sort_keys=True) for line in lines])
     for line in lines:
         print(json.dumps(line, sort_keys=True))
     return 0

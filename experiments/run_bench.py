@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         line = json.dumps({**record, **stamp}, sort_keys=True)
         print(line, flush=True)
         lines.append(line)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_suffix(".jsonl.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(args.results)
+    write_results(args.results, lines)
     return 0
+
+
+def write_results(path: Path, lines: list[str]) -> None:
+    """Replace a results file with these JSON lines, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

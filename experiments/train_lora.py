@@ -26,6 +26,7 @@ import torch
 import ovi
 from ovi.lora import get_lora_config
 from ovi.lora.training import Example, TrainableLoRA, train_flow_matching
+from run_bench import write_results  # experiments/ is on sys.path when a script here runs
 
 HERE = Path(__file__).resolve().parent
 COLOURS = {"purple": (0.6, 0.1, 0.7), "orange": (1.0, 0.55, 0.0), "cyan": (0.0, 0.9, 0.9),
@@ -53,6 +54,18 @@ def prompt_for(colour, motion, tone_hz):
     return f"A {colour} square moves {motion}. <AUDCAP>a steady {int(tone_hz)} Hz tone<ENDAUDCAP>"
 
 
+def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, out: str, results: str) -> None:
+    """The flags both LoRA scripts share: budget, optimiser, loss weights, where the LoRA and results go."""
+    parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget for training")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--video-weight", type=float, default=1.0, help="weight of the video flow-matching loss")
+    parser.add_argument("--audio-weight", type=float, default=1.0, help="weight of the audio flow-matching loss")
+    parser.add_argument("--out", type=Path, default=HERE / "loras" / out, help="the LoRA file written")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / results)
+
+
 def clip_metrics(clip, target_video, colour, tone_hz) -> dict:
     frames = torch.from_numpy(clip.video).float() / 255.0            # [F, H, W, 3] in [0, 1]
     palette = torch.tensor([COLOURS[colour], BACKGROUND] + [c for n, c in COLOURS.items() if n != colour])
@@ -69,20 +82,13 @@ def clip_metrics(clip, target_video, colour, tone_hz) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
     parser.add_argument("--colour", default="purple", choices=sorted(COLOURS))
     parser.add_argument("--tone", type=float, default=625.0, help="Hz (the toy audio codec holds multiples of 31.25)")
     parser.add_argument("--preset", default="balanced", choices=("lightning", "balanced", "quality"),
                         help="rank / alpha of the LoRA (lightning 4, balanced 8, quality 16)")
     parser.add_argument("--rank", type=int, default=None, help="override the preset's rank (4-16)")
     parser.add_argument("--branch", default="both", choices=("video", "audio", "both"))
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget for training")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--video-weight", type=float, default=1.0)
-    parser.add_argument("--audio-weight", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, default=HERE / "loras" / "new_colour.safetensors")
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "lora_training.jsonl")
+    add_training_arguments(parser, steps=400, out="new_colour.safetensors", results="lora_training.jsonl")
     args = parser.parse_args(argv)
 
     cfg = ovi.load_config(args.config)
@@ -137,10 +143,7 @@ def main(argv=None) -> int:
                              "lora_bytes": args.out.stat().st_size}, sort_keys=True))
     print(lines[-1], flush=True)
     evaluate("after", loras=(str(args.out),))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(args.results)
+    write_results(args.results, lines)
     return 0
 
 

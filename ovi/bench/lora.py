@@ -3,9 +3,11 @@
 On the mid preset (random weights) two random LoRAs of the given rank target every Linear of the video
 branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. Generations of the three
 modes - base (no LoRA), merged, unmerged - are interleaved run by run (so drift in machine load hits all
-three alike) after one warm-up each; `step_seconds` is the median denoising time per step. Each record
-also carries `ratio_to_base` (from the same run) and `switch_seconds`: the median time to switch the
-model from one LoRA to the other in that mode (for base: from a merged LoRA back to the base).
+three alike) after one warm-up each; `step_seconds` is the median denoising time per step and
+`step_seconds_min` the fastest run (the least disturbed by other load on a shared machine). Each record
+also carries `ratio_to_base` and `ratio_to_base_min` (against the base of the same run) and
+`switch_seconds`: the median time to switch the model from one LoRA to the other in that mode (for base:
+from a merged LoRA back to the base).
 """
 
 from __future__ import annotations
@@ -82,13 +84,14 @@ def measure(arch: str, rank: int, steps: int, runs: int, switches: int, root: Pa
         switch[mode] = statistics.median(seconds)
     engine.loras.remove_all(engine.model)
 
-    base = statistics.median(per_step["base"])
+    base, base_min = statistics.median(per_step["base"]), min(per_step["base"])
     layers = engine.loras.adapters["a_r%d" % rank].resolve(engine.model).report.layers
     c, f, h, w = engine.plan("x").video_latent_shape
     # `rank` on a base row names the run it belongs to (its ratios are against that base); no LoRA is applied.
     return [{"bench": "lora", "config": arch, "world_size": 1, "mode": mode, "rank": rank,
              "step_seconds": statistics.median(per_step[mode]), "step_seconds_runs": per_step[mode],
-             "ratio_to_base": statistics.median(per_step[mode]) / base, "switch_seconds": switch[mode],
+             "step_seconds_min": min(per_step[mode]), "ratio_to_base": statistics.median(per_step[mode]) / base,
+             "ratio_to_base_min": min(per_step[mode]) / base_min, "switch_seconds": switch[mode],
              "switch_seconds_means": ("merged LoRA -> base" if mode == "base" else f"LoRA a <-> b, both {mode}"),
              "lora_layers": layers, "steps": steps, "runs": runs, "video_tokens": f * h * w // 4,
              "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),

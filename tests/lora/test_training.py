@@ -34,8 +34,8 @@ def _inputs(seed=0):
 def test_flow_matching_loss_falls_and_the_native_file_reproduces_the_trained_layers(model, tmp_path):
     base_weights = snapshot(model)
     video, audio, context, _ = _inputs()
-    example = Example(video=0.5 * torch.ones_like(video) + 0.1 * video, audio=-0.3 * torch.ones_like(audio),
-                      context=context)
+    # A clip far from what the random model makes (a strong constant "colour" and "tone").
+    example = Example(video=2.0 + 0.1 * video, audio=-1.5 + 0.0 * audio, context=context)
     g = torch.Generator().manual_seed(9)
     fixed = [(s, torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g)) for s in (0.3, 0.6, 0.9)]
 
@@ -45,22 +45,22 @@ def test_flow_matching_loss_falls_and_the_native_file_reproduces_the_trained_lay
                        for s, nv, na in fixed) / len(fixed)
 
     before = held_out_loss()
-    lora = TrainableLoRA(model, rank=4, branch="video")
+    lora = TrainableLoRA(model, rank=4, branch="both")
     assert held_out_loss() == pytest.approx(before, abs=1e-6)  # B starts at zero: the model is unchanged
-    history = train_flow_matching(lora, [example], steps=25, lr=1e-2, audio_weight=0.5)
+    history = train_flow_matching(lora, [example], steps=15, lr=2e-2, audio_weight=0.5)
     after = held_out_loss()
-    assert len(history.loss) == 25 and len(history.video) == len(history.audio) == 25
-    assert after < 0.8 * before, (before, after)
+    assert len(history.loss) == 15 and len(history.video) == len(history.audio) == 15
+    assert after < 0.85 * before, (before, after)
 
     with torch.no_grad():
         trained = model_velocity(model, video, audio, 0.5, context)
-    path = lora.save(tmp_path / "trained.safetensors", extra={"training": {"steps": 25}})
+    path = lora.save(tmp_path / "trained.safetensors", extra={"training": {"steps": 15}})
     lora.remove()
     assert all(torch.equal(v, base_weights[k]) for k, v in model.state_dict().items())
     manager = LoRAManager()
     manager.load_adapter("trained", path)
     record = manager.apply_adapter(model, "trained")
-    assert record["format"] == "native" and record["ranks"] == [4] and record["layers"] == 30
+    assert record["format"] == "native" and record["ranks"] == [4] and record["layers"] == 60
     with torch.no_grad():
         reloaded = model_velocity(model, video, audio, 0.5, context)
     for got, want in zip(reloaded, trained):
@@ -87,7 +87,8 @@ def test_distillation_brings_the_few_step_student_closer_to_the_teacher(model):
 
     before = gap()
     lora = TrainableLoRA(model, rank=4, branch="both")
-    history = train_distillation(lora, [(states, student)], sigmas, steps=12, lr=1e-2)
+    history = train_distillation(lora, [(states, student)], sigmas, steps=10, lr=1e-2)
     after = gap()
+    print("distill", before, after, history.loss)
     assert history.loss[-1] < history.loss[0]
     assert after < 0.8 * before, (before, after)
