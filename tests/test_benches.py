@@ -34,7 +34,7 @@ def test_bench_sp_fields_and_scheme_ordering(capsys, tmp_path):
 
 
 def test_bench_lora_fields(capsys, tmp_path):
-    assert main(["bench", "lora", "--json", "--arch", "tiny", "--rank", "4", "--steps", "1", "--runs", "1",
+    assert main(["bench", "lora", "--json", "--arch", "tiny", "--rank", "4", "--runs", "1",
                  "--switches", "2", "--ckpt-root", str(tmp_path)]) == 0
     recs = {r["mode"]: r for r in _records(capsys)}
     assert set(recs) == {"base", "merged", "unmerged"}

@@ -1,13 +1,13 @@
 """`ovi bench lora`: what a LoRA costs per denoising step, merged and unmerged, and what a switch costs.
 
 On the mid preset (random weights) two random LoRAs of the given rank target every Linear of the video
-branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. Generations of the three
-modes - base (no LoRA), merged, unmerged - are interleaved run by run (so drift in machine load hits all
-three alike) after one warm-up each; `step_seconds` is the median denoising time per step and
-`step_seconds_min` the fastest run (the least disturbed by other load on a shared machine). Each record
-also carries `ratio_to_base` and `ratio_to_base_min` (against the base of the same run) and
-`switch_seconds`: the median time to switch the model from one LoRA to the other in that mode (for base:
-from a merged LoRA back to the base).
+branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. One denoising step's model
+work (`Engine.predict`: the guided positive + negative pass) is timed for the three modes - base (no
+LoRA), merged, unmerged - interleaved step by step, so changes in machine load hit all three alike
+(the set is switched between timed steps, untimed). `step_seconds` is the median, `step_seconds_min` the
+fastest (the least disturbed on a shared machine); `ratio_to_base` / `ratio_to_base_min` compare them
+with the base of the same run. `switch_seconds` is the median time to switch the model from one LoRA to
+the other in that mode (for base: from a merged LoRA back to the base).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ MODES = ("base", "merged", "unmerged")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="mid", help="architecture preset: mid (default) or tiny")
     parser.add_argument("--rank", default="16", help="comma list of LoRA ranks")
-    parser.add_argument("--steps", type=int, default=3, help="denoising steps per timed generation")
-    parser.add_argument("--runs", type=int, default=5, help="timed generations per mode (interleaved)")
+    parser.add_argument("--runs", type=int, default=10, help="timed denoising steps per mode (interleaved)")
     parser.add_argument("--switches", type=int, default=5, help="timed switches per mode")
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoint is made (default: temp)")
 
@@ -48,25 +47,27 @@ def _lora_set(mode: str, path: Path) -> tuple:
     return () if mode == "base" else ({"path": str(path), "weight": 1.0, "merge": mode == "merged"},)
 
 
-def measure(arch: str, rank: int, steps: int, runs: int, switches: int, root: Path) -> list[dict]:
+def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[dict]:
     import ovi
     from ovi.pipeline.random_checkpoint import make_random_checkpoint
     ckpt = root / arch
     make_random_checkpoint(ckpt, arch)
-    cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt), sample_steps=steps,
-                          video_frame_height_width=SIZES[arch])
+    cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt), video_frame_height_width=SIZES[arch])
     engine = ovi.Engine.from_config(cfg)
     paths = [_write_lora(root / f"{name}_r{rank}.safetensors", engine.model, rank, seed)
              for seed, name in enumerate(("a", "b"))]
-    request = lambda mode, path=paths[0]: ovi.GenerateRequest("a bench clip", seed=0, loras=_lora_set(mode, path))  # noqa: E731
-
-    for mode in MODES:
-        engine.generate(request(mode), steps=1)  # warm-up: allocations, adapter layers, pristine copies
+    plan = engine.plan("a bench clip", seed=0)
+    contexts = engine.encode_text(plan)
+    video, audio = engine.initial_latents(plan)
     per_step = {mode: [] for mode in MODES}
-    for _ in range(runs):
-        for mode in MODES:
-            clip = engine.generate(request(mode))
-            per_step[mode].append(clip.meta["timings"]["denoise"] / steps)
+    with torch.no_grad():
+        for run in range(runs + 1):  # run 0 warms up (allocations, adapter layers, pristine copies)
+            for mode in MODES:
+                engine.loras.activate(engine.model, _lora_set(mode, paths[0]))
+                t0 = time.perf_counter()
+                engine.predict(plan, video, audio, 999, contexts, False)
+                if run:
+                    per_step[mode].append(time.perf_counter() - t0)
 
     switch = {}
     for mode in MODES:
@@ -86,14 +87,14 @@ def measure(arch: str, rank: int, steps: int, runs: int, switches: int, root: Pa
 
     base, base_min = statistics.median(per_step["base"]), min(per_step["base"])
     layers = engine.loras.adapters["a_r%d" % rank].resolve(engine.model).report.layers
-    c, f, h, w = engine.plan("x").video_latent_shape
+    c, f, h, w = plan.video_latent_shape
     # `rank` on a base row names the run it belongs to (its ratios are against that base); no LoRA is applied.
     return [{"bench": "lora", "config": arch, "world_size": 1, "mode": mode, "rank": rank,
              "step_seconds": statistics.median(per_step[mode]), "step_seconds_runs": per_step[mode],
              "step_seconds_min": min(per_step[mode]), "ratio_to_base": statistics.median(per_step[mode]) / base,
              "ratio_to_base_min": min(per_step[mode]) / base_min, "switch_seconds": switch[mode],
              "switch_seconds_means": ("merged LoRA -> base" if mode == "base" else f"LoRA a <-> b, both {mode}"),
-             "lora_layers": layers, "steps": steps, "runs": runs, "video_tokens": f * h * w // 4,
+             "lora_layers": layers, "runs": runs, "passes_per_step": 2, "video_tokens": f * h * w // 4,
              "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
              "threads": torch.get_num_threads()} for mode in MODES]
 
@@ -101,4 +102,4 @@ def measure(arch: str, rank: int, steps: int, runs: int, switches: int, root: Pa
 def run(args):
     root = Path(args.ckpt_root or tempfile.mkdtemp(prefix="ovi-bench-lora-"))
     for rank in (int(r) for r in str(args.rank).split(",")):
-        yield from measure(args.arch, rank, args.steps, args.runs, args.switches, root)
+        yield from measure(args.arch, rank, args.runs, args.switches, root)

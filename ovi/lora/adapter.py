@@ -241,13 +241,13 @@ class LoRAAdapter:
             candidates = []
             for prefix in _BRANCH_MODULES[branch]:
                 backbone = model.get_submodule(prefix)
-                mapped = K.owner_to_ovi(owner, self.format, musubi.get(prefix, {}))
-                if mapped is None:
-                    continue
-                index = K.block_index(mapped)
+                index = K.block_index(owner)  # checked on the style's own name: a musubi name past the end maps to nothing
                 if index is not None and index >= len(backbone.blocks):
                     raise LoRAError(f"{where}: names block {index} but the {prefix} branch has {len(backbone.blocks)} "
                                     f"blocks; this LoRA was made for a different base model")
+                mapped = K.owner_to_ovi(owner, self.format, musubi.get(prefix, {}))
+                if mapped is None:
+                    continue
                 if param is not None and self.format != "native":
                     mapped, _, param_name = wan_param_to_ovi(f"{mapped}.{param}").rpartition(".")
                     assert param_name == param

@@ -76,9 +76,14 @@ WAN_WIDTHS = {1536: "Wan2.1-T2V-1.3B", 3072: "Wan2.2-TI2V-5B (Ovi's video branch
 
 
 def strip_prefix(key: str) -> str:
-    for prefix in _PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
+    """Remove wrapper prefixes, nested ones too (peft's `base_model.model.` around `transformer.`)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+                break
     return key
 
 

@@ -141,6 +141,7 @@ def _lora(tmp_path, name, tensors, metadata=None):
     ("wide", r"lora_down.weight has shape \[4, 5120\] but video_model.blocks.0.self_attn.q .* needs \[4, 128\]; "
              r"this LoRA was made for a different base model \(a Wan 14B model, width 5120\)"),
     ("blocks", r"names block 29 but the video_model branch has 3 blocks; .*different base model"),
+    ("musubi_blocks", r"names block 30 but the video_model branch has 3 blocks"),
     ("pair", r"has no matching lora_up/lora_B tensor"),
     ("rank_pair", r"rank mismatch in blocks.0.self_attn.q"),
     ("dora", r"DoRA / LoHa / LoKr .* not supported.*dora_scale"),
@@ -156,6 +157,8 @@ def test_bad_loras_are_refused_naming_the_problem(model, tmp_path, case, message
         "wide": {f"{q}.lora_down.weight": r(4, 5120), f"{q}.lora_up.weight": r(5120, 4)},
         "blocks": {"diffusion_model.blocks.29.ffn.0.lora_down.weight": r(4, 128),
                    "diffusion_model.blocks.29.ffn.0.lora_up.weight": r(256, 4)},
+        "musubi_blocks": {"lora_unet_blocks_30_ffn_0.lora_down.weight": r(4, 128),
+                          "lora_unet_blocks_30_ffn_0.lora_up.weight": r(256, 4)},
         "pair": {f"{q}.lora_down.weight": r(4, 128)},
         "rank_pair": {f"{q}.lora_down.weight": r(4, 128), f"{q}.lora_up.weight": r(128, 8)},
         "dora": {f"{q}.lora_down.weight": r(4, 128), f"{q}.lora_up.weight": r(128, 4), f"{q}.dora_scale": r(1, 128)},

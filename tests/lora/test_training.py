@@ -68,6 +68,9 @@ def test_flow_matching_loss_falls_and_the_native_file_reproduces_the_trained_lay
 
 
 def test_distillation_brings_the_few_step_student_closer_to_the_teacher(model):
+    with torch.no_grad():  # random heads are near zero (std 0.02); give the velocities a trained model's scale
+        for branch in (model.video_model, model.audio_model):
+            branch.head.head.weight.mul_(30)
     video, audio, positive, negative = _inputs(1)
 
     def teacher(v, a, sigma):  # guided, two passes per step
@@ -79,7 +82,7 @@ def test_distillation_brings_the_few_step_student_closer_to_the_teacher(model):
         return model_velocity(model, v, a, sigma, positive)
 
     sigmas = student_sigmas((1.0, 0.75, 0.5, 0.25), shift=5.0)
-    states = euler_trajectory(teacher, video, audio, sigmas, substeps=4)  # 16-step teacher
+    states = euler_trajectory(teacher, video, audio, sigmas, substeps=2)  # an 8-step guided teacher
 
     def gap():
         sample = euler_trajectory(student, video, audio, sigmas)[-1]
@@ -87,8 +90,7 @@ def test_distillation_brings_the_few_step_student_closer_to_the_teacher(model):
 
     before = gap()
     lora = TrainableLoRA(model, rank=4, branch="both")
-    history = train_distillation(lora, [(states, student)], sigmas, steps=10, lr=1e-2)
+    history = train_distillation(lora, [(states, student)], sigmas, steps=8, lr=5e-3)
     after = gap()
-    print("distill", before, after, history.loss)
-    assert history.loss[-1] < history.loss[0]
-    assert after < 0.8 * before, (before, after)
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert after < 0.7 * before, (before, after)
