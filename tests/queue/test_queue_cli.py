@@ -111,3 +111,29 @@ def test_config_and_overrides_are_checked_at_submit(db, tmp_path, capsys):
     assert first["request"]["steps"] == 3  # typed like `ovi generate --set`, mapped to the request field
     assert second["request"]["config"] == str(yaml_path.resolve())
     q.close()
+
+
+def _foreign_sqlite(path):
+    import sqlite3
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.write_text("name,age\nann,3\n"),
+    lambda p: p.write_bytes(bytes(range(256)) * 16),
+    _foreign_sqlite,
+], ids=["csv", "binary", "other-sqlite"])
+@pytest.mark.parametrize("command", [["list"], ["submit", "--prompt", "x"], ["run", "--until-empty"]])
+def test_a_file_that_is_not_a_queue_database_is_refused_untouched(tmp_path, capsys, make, command):
+    path = tmp_path / "data.db"
+    make(path)
+    before = path.read_bytes()
+    assert ovi_queue(*command, "--db", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a queue database" in err[0] and str(path) in err[0]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.db"]  # no -wal / -shm left
