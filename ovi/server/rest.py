@@ -106,6 +106,11 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
 
     @app.post("/api/generate", status_code=202, dependencies=guarded)
     def generate(payload: Any = Body(...)) -> dict:
+        if isinstance(payload, (bytes, str)):  # sent without Content-Type: application/json (curl -d)
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                raise Refused(422, "the body is not valid JSON", loc=[], kind="json_invalid") from None
         return service.submit(payload)
 
     @app.post("/api/uploads", status_code=201, dependencies=guarded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from ovi.server.intake import Refused, ServerLimits, check_image, decode_data_ur
 # Only clip files are served; the output folder also holds the queue database, which must not leak.
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
 EVENT_EXTRAS = ("step", "total", "attempt", "priority")
+log = logging.getLogger("ovi.server")
 
 
 class ApiService:
@@ -48,6 +50,7 @@ class ApiService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        self.stopping.clear()
         if self.run:
             self.runner = Runner(self.queue, engine_factory=self.engine_factory, out_dir=self.out_root,
                                  folders=self.folders).start()
@@ -63,9 +66,12 @@ class ApiService:
         """End the Runner (handing its job back) and release its engine; blocks up to `timeout`."""
         self.begin_shutdown()
         runner, self.runner = self.runner, None
-        if runner is not None:
-            runner.stop(interrupt=True, timeout=timeout)
+        if runner is None:
+            return
+        if runner.stop(interrupt=True, timeout=timeout):
             runner.close()
+        else:  # stuck outside a step (e.g. loading weights): it dies with the process
+            log.warning("the runner is still busy %ss after the stop; leaving it", timeout)
 
     # -- the token rule --------------------------------------------------------------------------
     def authorized(self, *, authorization: str | None = None, token: str | None = None) -> bool:

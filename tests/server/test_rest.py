@@ -155,6 +155,16 @@ def test_uploads_by_multipart_and_base64(q, folders):
     assert len(q.list()) == 2
 
 
+def test_n_clips_become_n_jobs_and_a_plain_body_is_json(q, folders):
+    with _client(q) as client:
+        r = client.post("/api/generate", content=b'{"prompt": "a cat", "n": 2, "seed": 4}')
+        assert r.status_code == 202, r.text
+        assert [q.get(i)["request"]["seed"] for i in r.json()["job_ids"]] == [4, 5]
+        r = client.post("/api/generate", json={"id": "one", "prompt": "a cat", "n": 2})
+        assert r.status_code == 422 and _loc(r) == ["body", "n"]
+        assert client.post("/api/generate", content=b"{nope").status_code == 422
+
+
 def test_pause_resume_move_and_retry_routes(q, folders):
     with _client(q) as client:
         ids = [client.post("/api/generate", json={"prompt": p}).json()["id"] for p in "abc"]
