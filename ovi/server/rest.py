@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -244,22 +245,19 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                 if event is not None:
                     await websocket.send_json(event)
 
-        async def until_client_leaves():
+        async def until_client_leaves(scope: anyio.CancelScope):
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass  # the stream is one-way; anything a client sends is ignored
+            scope.cancel()
 
-        sender = asyncio.create_task(send_events())
-        watcher = asyncio.create_task(until_client_leaves())
-        done, pending = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if sender in done:
-            try:
-                sender.result()
-                await websocket.close()
-            except (WebSocketDisconnect, RuntimeError):
-                pass  # the client went away while we were sending
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(until_client_leaves, tasks.cancel_scope)
+                await send_events()
+                tasks.cancel_scope.cancel()
+            await websocket.close()
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away while we were sending
 
     app.mount(SOCKETIO_PATH, socket_io.asgi_app())
     return app
