@@ -1,5 +1,8 @@
 """`ovi queue ...`: submit, inspect and run jobs in a queue database (default outputs/queue.db).
 
+The web stack (FastAPI, uvicorn, Socket.IO) is imported when `serve` runs, not when the parser is
+built: every `ovi` command builds all parsers.
+
 Each handler returns an exit code; bad input raises InputError (`ovi` maps it to exit 2).
 Paths given on the command line (image, config, out) are made absolute before they are stored,
 so a runner started from another folder finds them.
@@ -24,9 +27,7 @@ from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
 from ovi.queue.requests import check_engine_settings, validate_request
 from ovi.runtime.runner import Runner, load_engine_factory
 from ovi.runtime.shutdown import GracefulShutdown, interrupt_runner
-from ovi.server.intake import ServerLimits
-from ovi.server.rest import create_app
-from ovi.server.serve import serve
+from ovi.server.limits import ServerLimits
 
 TOKEN_ENV = "OVI_QUEUE_TOKEN"
 
@@ -201,6 +202,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from ovi.server.rest import create_app
+    from ovi.server.serve import serve
+
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {args.host} without a token; anyone who can reach it can "

@@ -41,6 +41,7 @@ from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
 from ovi.queue.folders import ServerFolders, is_name
 from ovi.request import ALIASES, GenerateRequest, RequestError
+from ovi.server.limits import ServerLimits
 from ovi.specs import MODEL_SPECS
 
 RESERVED_KEYS = ("id", "priority", "options")
@@ -48,23 +49,6 @@ RESERVED_KEYS = ("id", "priority", "options")
 SEED_RESOLUTIONS = {"16:9": [512, 992], "9:16": [992, 512]}  # upstream's default frame size, both ways
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,(?P<data>.*)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Per-request bounds a server enforces (`ovi queue serve --max-steps ...`)."""
-
-    max_steps: int = 100
-    max_pixels: int = 960 * 960          # frame height x width
-    max_frames: int = 241                # frames per clip (upstream's 10 s model)
-    max_prompt_chars: int = 2000         # each of prompt and the negative prompts
-    max_clips: int = 8                   # n (clips per request)
-    max_upload_bytes: int = 10 * 2**20   # one image
-
-    @property
-    def max_body_bytes(self) -> int:
-        # An image may come base64-encoded inside a JSON body: 4/3 of its size, plus the rest.
-        return self.max_upload_bytes * 4 // 3 + 64 * 1024
 
 
 class Refused(Exception):

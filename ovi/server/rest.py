@@ -43,7 +43,8 @@ import ovi
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import STATES, JobQueue, default_out_dir
 from ovi.runtime.shutdown import SHUTDOWN_GRACE_SECONDS
-from ovi.server.intake import BodySizeLimit, Refused, ServerLimits
+from ovi.server.intake import BodySizeLimit, Refused
+from ovi.server.limits import ServerLimits
 from ovi.server.service import ApiService
 from ovi.server.sio import SOCKETIO_PATH, SocketIOBridge
 

@@ -22,7 +22,8 @@ from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
 from ovi.request import RequestError
 from ovi.runtime.runner import Runner
-from ovi.server.intake import Refused, ServerLimits, check_image, decode_data_url, parse_submission
+from ovi.server.intake import Refused, check_image, decode_data_url, parse_submission
+from ovi.server.limits import ServerLimits
 
 # Only clip files are served; the output folder also holds the queue database, which must not leak.
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ovi.queue import JobQueue
 from ovi.runtime import Runner
-from ovi.server.intake import ServerLimits
+from ovi.server.limits import ServerLimits
 from ovi.server.rest import create_app
 from tests.launcher import wait_until
 from tests.queue import fakes
