@@ -39,7 +39,8 @@ from starlette.responses import JSONResponse
 
 from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
-from ovi.queue.folders import ServerFolders, is_name
+from ovi.queue.folders import ServerFolders
+from ovi.queue.jobqueue import check_client_id
 from ovi.request import ALIASES, GenerateRequest, RequestError
 from ovi.server.limits import ServerLimits
 from ovi.specs import MODEL_SPECS
@@ -215,6 +216,11 @@ def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> S
         raise Refused(422, exc.reason, loc=loc(exc.field) if exc.field else []) from None
     if isinstance(priority, bool) or not isinstance(priority, (int, type(None))):
         raise Refused(422, f"priority {priority!r} must be an integer", loc=["priority"])
+    if client_id is not None:
+        try:
+            client_id = check_client_id(client_id)
+        except RequestError as exc:
+            raise Refused(422, exc.reason, loc=["id"]) from None
     given = {ALIASES.get(k, k): k for k in body}  # field -> the key the client used
 
     def field_loc(name: str) -> list:

@@ -122,6 +122,8 @@ class ApiService:
         """Check and queue one request body (see ovi.server.intake); the job as JSON. With n > 1
         the first job, plus `job_ids` of all."""
         submission = parse_submission(payload, self.folders, self.limits)
+        if submission.client_id is not None and self.queue.find(submission.client_id) is not None:
+            raise Refused(409, f"a job with id {submission.client_id!r} already exists; choose another id")
         if submission.image is not None:
             submission.image.store(self.folders.uploads)
         requests = submission.request.expand(default_seed=submission.default_seed)

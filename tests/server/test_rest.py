@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.websockets import WebSocketDisconnect
 
-from ovi.queue import JobQueue
 from ovi.runtime import Runner
 from ovi.server.limits import ServerLimits
 from ovi.server.rest import create_app
@@ -28,13 +27,6 @@ def _data_url(data: bytes) -> str:
 
 
 @pytest.fixture
-def q(tmp_path):
-    queue = JobQueue(tmp_path / "queue.db")
-    yield queue
-    queue.close()
-
-
-@pytest.fixture
 def folders(tmp_path):
     """The server's folders beside the database, with one named config and one LoRA."""
     (tmp_path / "configs").mkdir()
@@ -44,8 +36,8 @@ def folders(tmp_path):
     return tmp_path
 
 
-def _client(q, **kwargs):
-    return TestClient(create_app(q, **kwargs))
+def _client(queue, **kwargs):
+    return TestClient(create_app(queue, **kwargs))
 
 
 def _loc(response):
@@ -68,21 +60,21 @@ def _loc(response):
     (lambda t: {"options": {"ckpt_dir": str(t / "ckpt")}}, ["options", "ckpt_dir"]),
     (lambda t: {"options": {"duration": "10s"}}, ["options", "duration"]),
 ])
-def test_server_settings_and_paths_are_422_and_nothing_is_written(q, folders, make_body, loc):
+def test_server_settings_and_paths_are_422_and_nothing_is_written(queue, folders, make_body, loc):
     (folders / "cat.png").write_bytes(_png())
     before = sorted(p.relative_to(folders) for p in folders.rglob("*") if "queue.db" not in p.name)
-    with _client(q) as client:
+    with _client(queue) as client:
         r = client.post("/api/generate", json={"prompt": "a cat", **make_body(folders)})
     assert r.status_code == 422, r.text
     assert _loc(r) == ["body", *loc], r.json()
     assert "root:" not in r.text  # /etc/passwd is never read
-    assert q.list() == []
+    assert queue.list() == []
     after = sorted(p.relative_to(folders) for p in folders.rglob("*") if "queue.db" not in p.name)
     assert after == before  # no checkpoint tree, output folder or upload appeared
 
 
-def test_names_from_the_servers_folders_are_accepted(q, folders):
-    with _client(q) as client:
+def test_names_from_the_servers_folders_are_accepted(queue, folders):
+    with _client(queue) as client:
         assert client.get("/api/configs").json()["configs"][0] == "quick"
         assert client.get("/api/loras").json() == {"loras": ["style"]}
         r = client.post("/api/generate", json={"prompt": "a cat", "config": "quick",
@@ -100,27 +92,27 @@ def test_names_from_the_servers_folders_are_accepted(q, folders):
     ({"n": 3}, "n", "max_clips"),
     ({"config": "slow"}, "steps", "max_steps"),  # the config's default steps count too
 ])
-def test_limits_are_422_naming_the_limit(q, folders, body, loc, limit):
+def test_limits_are_422_naming_the_limit(queue, folders, body, loc, limit):
     (folders / "configs" / "slow.yaml").write_text("model_name: tiny\nsample_steps: 50\n")
     limits = ServerLimits(max_steps=10, max_pixels=128 * 128, max_prompt_chars=40, max_clips=2)
-    with _client(q, limits=limits) as client:
+    with _client(queue, limits=limits) as client:
         r = client.post("/api/generate", json={"prompt": "a cat", **body})
         assert r.status_code == 422, r.text
         detail = r.json()["detail"][0]
         assert detail["loc"][-1] == loc and limit in detail["msg"] and detail["type"] == "limit_exceeded"
         assert client.get("/api/health").json()["limits"]["max_steps"] == 10
-    assert q.list() == []
+    assert queue.list() == []
 
 
-def test_frames_over_the_limit_are_422(q, folders):
-    with _client(q, limits=ServerLimits(max_frames=16)) as client:  # tiny clips have 17 frames
+def test_frames_over_the_limit_are_422(queue, folders):
+    with _client(queue, limits=ServerLimits(max_frames=16)) as client:  # tiny clips have 17 frames
         r = client.post("/api/generate", json={"prompt": "a cat", "config": "quick"})
     assert r.status_code == 422 and _loc(r) == ["body", "config"] and "max_frames" in r.text
 
 
-def test_uploads_by_multipart_and_base64(q, folders):
+def test_uploads_by_multipart_and_base64(queue, folders):
     png = _png()
-    with _client(q, limits=ServerLimits(max_upload_bytes=4096)) as client:
+    with _client(queue, limits=ServerLimits(max_upload_bytes=4096)) as client:
         r = client.post("/api/uploads", files={"file": ("cat.png", png, "image/png")})
         assert r.status_code == 201, r.text
         name = r.json()["name"]
@@ -152,31 +144,31 @@ def test_uploads_by_multipart_and_base64(q, folders):
                                                "image": "data:image/png;base64,AAAA"})
         assert r.status_code == 422 and _loc(r) == ["body", "image"]
     assert sorted(p.name for p in (folders / "uploads").iterdir()) == uploads
-    assert len(q.list()) == 2
+    assert len(queue.list()) == 2
 
 
-def test_n_clips_become_n_jobs_and_a_plain_body_is_json(q, folders):
-    with _client(q) as client:
+def test_n_clips_become_n_jobs_and_a_plain_body_is_json(queue, folders):
+    with _client(queue) as client:
         r = client.post("/api/generate", content=b'{"prompt": "a cat", "n": 2, "seed": 4}')
         assert r.status_code == 202, r.text
-        assert [q.get(i)["request"]["seed"] for i in r.json()["job_ids"]] == [4, 5]
+        assert [queue.get(i)["request"]["seed"] for i in r.json()["job_ids"]] == [4, 5]
         r = client.post("/api/generate", json={"id": "one", "prompt": "a cat", "n": 2})
         assert r.status_code == 422 and _loc(r) == ["body", "n"]
         assert client.post("/api/generate", content=b"{nope").status_code == 422
 
 
-def test_pause_resume_move_and_retry_routes(q, folders):
-    with _client(q) as client:
+def test_pause_resume_move_and_retry_routes(queue, folders):
+    with _client(queue) as client:
         ids = [client.post("/api/generate", json={"prompt": p}).json()["id"] for p in "abc"]
-        assert client.post("/api/pause").json() == {"paused": True} and q.paused
+        assert client.post("/api/pause").json() == {"paused": True} and queue.paused
         assert client.get("/api/health").json()["paused"] is True
         r = client.post(f"/api/jobs/{ids[2]}/move", json={"before": ids[0]})
-        assert r.status_code == 200 and [j["id"] for j in q.list("queued")] == [ids[2], ids[0], ids[1]]
+        assert r.status_code == 200 and [j["id"] for j in queue.list("queued")] == [ids[2], ids[0], ids[1]]
         r = client.post(f"/api/jobs/{ids[1]}/move", json={"priority": 5})
-        assert r.json()["priority"] == 5 and q.list("queued")[0]["id"] == ids[1]
+        assert r.json()["priority"] == 5 and queue.list("queued")[0]["id"] == ids[1]
         assert client.post(f"/api/jobs/{ids[0]}/move", json={"before": 1, "after": 2}).status_code == 422
         assert client.post(f"/api/jobs/{ids[0]}/move", json={"before": 999}).status_code == 404
-        assert client.post("/api/resume").json() == {"paused": False} and not q.paused
+        assert client.post("/api/resume").json() == {"paused": False} and not queue.paused
         assert client.post(f"/api/jobs/{ids[0]}/retry").status_code == 409  # queued: nothing to retry
         client.delete(f"/api/jobs/{ids[0]}")
         r = client.post(f"/api/jobs/{ids[0]}/retry")
@@ -187,11 +179,11 @@ def test_pause_resume_move_and_retry_routes(q, folders):
         assert client.post("/api/jobs/999/retry").status_code == 404
 
 
-def test_the_seed_body_shape_with_a_client_id(q, folders):
+def test_the_seed_body_shape_with_a_client_id(queue, folders):
     body = {"id": "unique-id", "mode": "t2v", "prompt": "A cat sings",
             "options": {"videoGuidanceScale": 4.5, "sampleSteps": 3, "resolution": "64x96",
                         "seed": 7, "solverName": "euler"}}
-    with _client(q) as client:
+    with _client(queue) as client:
         r = client.post("/api/generate", json=body)
         assert r.status_code == 202, r.text
         job = r.json()
@@ -203,7 +195,14 @@ def test_the_seed_body_shape_with_a_client_id(q, folders):
         assert r.status_code == 422 and _loc(r) == ["body", "options", "frobnicate"]
         r = client.post("/api/generate", json={**body, "id": "x", "options": {"prompt": "again"}})
         assert r.status_code == 422 and _loc(r) == ["body", "options", "prompt"]
-        Runner(q, engine_factory=fakes.factory).run(until_empty=True)
+        r = client.post("/api/generate", json={**body, "id": "a/b"})
+        assert r.status_code == 422 and _loc(r) == ["body", "id"]
+        # A refused id stores nothing, not even the image that came with the request.
+        image = {"mode": "i2v", "image": _data_url(_png())}
+        assert client.post("/api/generate", json={**body, **image, "id": "a b"}).status_code == 422
+        assert client.post("/api/generate", json={**body, **image}).status_code == 409
+        assert not (folders / "uploads").exists()
+        Runner(queue, engine_factory=fakes.factory).run(until_empty=True)
         done = client.get("/api/jobs/unique-id").json()
         assert done["status"] == "done" and done["videoUrl"].endswith(f"_{job['job_id']}.mp4")
         assert client.get(f"/api/jobs/{job['job_id']}").json()["id"] == "unique-id"
@@ -214,10 +213,10 @@ def test_the_seed_body_shape_with_a_client_id(q, folders):
         assert client.get("/api/jobs/nope").status_code == 404
 
 
-def test_websocket_streams_a_jobs_events(q, folders):
-    with _client(q) as client:
+def test_websocket_streams_a_jobs_events(queue, folders):
+    with _client(queue) as client:
         job_id = client.post("/api/generate", json={"prompt": "A cat", "steps": 3}).json()["id"]
-        runner = Runner(q, engine_factory=fakes.factory, poll_interval=0.05).start()
+        runner = Runner(queue, engine_factory=fakes.factory, poll_interval=0.05).start()
         try:
             with client.websocket_connect(f"/api/ws?job={job_id}&since=0") as ws:
                 events = [ws.receive_json()]
@@ -232,8 +231,8 @@ def test_websocket_streams_a_jobs_events(q, folders):
     assert events[-1]["videoUrl"] == f"/api/videos/a_cat_job{job_id}.mp4"
 
 
-def test_token_holds_on_websocket_and_new_routes(q, folders):
-    with _client(q, token="s3cret") as client:
+def test_token_holds_on_websocket_and_new_routes(queue, folders):
+    with _client(queue, token="s3cret") as client:
         with pytest.raises(WebSocketDisconnect) as refused:
             with client.websocket_connect("/api/ws"):
                 pass
