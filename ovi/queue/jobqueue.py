@@ -154,8 +154,12 @@ class Subscription:
             self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
             if self._buffer:
                 break
-            # Idle: the job's last event has been handed out; stop if it has settled.
+            # Idle: stop once the job has settled, after one more read for the events written
+            # between the read above and the check.
             if self._until_finished and self._job_settled():
+                self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
+                if self._buffer:
+                    break
                 raise StopIteration
             if self._deadline is not None:
                 left = self._deadline - time.monotonic()

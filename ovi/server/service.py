@@ -182,7 +182,7 @@ class ApiService:
         `timeout` seconds, or, following one job, once that job has settled."""
         cursor = since if since is not None else await asyncio.to_thread(self.queue.last_event_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        wait = 0.05
+        wait, settled = 0.05, False
         while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
             events = await asyncio.to_thread(self.queue.events, cursor, job_id=job_id)
             for event in events:
@@ -191,10 +191,14 @@ class ApiService:
             if events:
                 wait = 0.05
                 continue
+            if settled:
+                return
             if job_id is not None:
                 state = ((await asyncio.to_thread(self.queue.get, job_id)) or {}).get("state")
-                if state in FINISHED or state == "lost":
-                    return
+                # Settled: read once more, for events written between the read above and now.
+                settled = state in FINISHED or state == "lost"
+                if settled:
+                    continue
             yield None
             await asyncio.sleep(wait)
             wait = min(wait * 2, 0.5)

@@ -226,7 +226,7 @@ def test_websocket_streams_a_jobs_events(queue, folders):
             assert runner.stop(timeout=30)
     assert events[0]["kind"] == "snapshot"
     assert [e["kind"] for e in events[1:]] == ["submitted", "running", "progress", "progress",
-                                               "progress", "done"]
+                                               "progress", "done"], events
     assert all({"id", "status", "progress", "videoUrl", "error"} <= set(e) for e in events)
     assert events[-1]["videoUrl"] == f"/api/videos/a_cat_job{job_id}.mp4"
 
