@@ -109,7 +109,7 @@ class OviConfig:
         """The config's per-clip keys as a GenerateRequest: the values every unset request field takes."""
         values = {name: getattr(self, key) for name, key in CONFIG_KEYS.items() if name not in ("prompt", "out")}
         values["loras"] = tuple(self.lora)
-        return GenerateRequest(prompt=prompt or self.text_prompt or " ", **values)
+        return GenerateRequest(prompt=prompt or self.text_prompt or "(config defaults)", **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every resolved setting (what the clip sidecar records)."""

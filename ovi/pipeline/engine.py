@@ -413,5 +413,4 @@ def _request_record(request: GenerateRequest) -> dict:
     """The submitted request as JSON (an in-memory image is recorded by its kind, not its pixels)."""
     if request.image is None or isinstance(request.image, str):
         return request.to_dict()
-    record = dataclasses.replace(request, image=None).to_dict()
-    return {**record, "image": f"<in-memory {type(request.image).__name__}>"}
+    return dataclasses.replace(request, image=f"<in-memory {type(request.image).__name__}>").to_dict()
