@@ -5,6 +5,7 @@ import torch
 
 import ovi
 from ovi.runtime import WorkerGroup
+from tests.launcher import run_ranks
 from tests.lora.files import random_factors, write_diffusers, write_wan
 
 PROMPT = "A red ball bounces. <AUDCAP>thuds<ENDAUDCAP>"
@@ -28,3 +29,34 @@ def test_two_rank_sp_with_loras_equals_one_rank(tiny_ckpt, tmp_path):
             assert [(r["name"], r["merged"]) for r in got.meta["loras"]] == \
                    [(r["name"], r["merged"]) for r in want.meta["loras"]]
     assert [r["name"] for r in want.meta["loras"]] == []
+
+
+def _sharded_switch(rank, world_size, ckpt_dir, lora):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from ovi.errors import LoRAError
+    from ovi.lora import LoRAManager
+    from tests.lora.files import load_tiny
+
+    model, manager = load_tiny(ckpt_dir), LoRAManager()
+    manager.load_adapter("a", lora)
+    manager.apply_adapter(model, "a")  # merged while the weights are whole (what the runtime does at load)
+    mesh = init_device_mesh("cpu", (world_size,))
+    q = model.video_model.blocks[0].self_attn.q
+    q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach(), mesh, [Shard(0)]))  # as FSDP2 leaves it
+    manager.apply_adapter(model, "a")  # the same set: nothing changes, nothing to refuse
+    try:
+        manager.remove_adapter(model, "a")
+    except LoRAError as exc:
+        return str(exc)
+    return None
+
+
+def test_a_set_change_on_sharded_weights_is_refused(tiny_ckpt, tmp_path):
+    """The hook FSDP builds on: the config's set is merged before sharding; changing it on DTensor
+    weights is refused with a message saying so, never applied to a shard."""
+    lora = write_wan(tmp_path / "a.safetensors", {"blocks.0.self_attn.q": (torch.randn(2, 128), torch.randn(128, 2))},
+                     2.0)
+    (message,) = run_ranks(_sharded_switch, 1, str(tiny_ckpt), str(lora), timeout=120)
+    assert message is not None and "is sharded (FSDP)" in message and "config key `lora`" in message
