@@ -3,8 +3,9 @@
 On the mid preset (random weights) two random LoRAs of the given rank target every Linear of the video
 branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. One denoising step's model
 work (`Engine.predict`: the guided positive + negative pass) is timed for the three modes - base (no
-LoRA), merged, unmerged - interleaved step by step, so changes in machine load hit all three alike
-(the set is switched between timed steps, untimed). `step_seconds` is the median, `step_seconds_min` the
+LoRA), merged, unmerged - interleaved mode by mode, so changes in machine load hit all three alike: each
+turn switches the set and runs one untimed step (as the first step of a request after a switch), then
+times one. `step_seconds` is the median, `step_seconds_min` the
 fastest (the least disturbed on a shared machine); `ratio_to_base` / `ratio_to_base_min` compare them
 with the base of the same run. `switch_seconds` is the median time to switch the model from one LoRA to
 the other in that mode (for base: from a merged LoRA back to the base).
@@ -61,13 +62,13 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
     video, audio = engine.initial_latents(plan)
     per_step = {mode: [] for mode in MODES}
     with torch.no_grad():
-        for run in range(runs + 1):  # run 0 warms up (allocations, adapter layers, pristine copies)
+        for run in range(runs):
             for mode in MODES:
                 engine.loras.activate(engine.model, _lora_set(mode, paths[0]))
+                engine.predict(plan, video, audio, 999, contexts, False)  # untimed: the first step after a switch
                 t0 = time.perf_counter()
                 engine.predict(plan, video, audio, 999, contexts, False)
-                if run:
-                    per_step[mode].append(time.perf_counter() - t0)
+                per_step[mode].append(time.perf_counter() - t0)
 
     switch = {}
     for mode in MODES:
