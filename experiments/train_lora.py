@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 
     def report(step, parts):
         if step % 25 == 0:
-            print(f"step {step} loss {float(parts.total):.4f} (video {parts.video:.4f}, audio {parts.audio:.4f})",
+            print(f"step {step} loss {float(parts.total.detach()):.4f} (video {parts.video:.4f}, audio {parts.audio:.4f})",
                   flush=True)
     history = train_flow_matching(lora, examples, steps=args.steps, lr=args.lr, video_weight=args.video_weight,
                                   audio_weight=args.audio_weight, time_limit=args.minutes * 60, on_step=report)
