@@ -43,3 +43,6 @@ def test_bench_lora_fields(capsys, tmp_path):
             assert key in rec, key
         assert rec["step_seconds"] > 0 and rec["switch_seconds"] > 0
     assert recs["merged"]["lora_layers"] == 3 * 10  # every Linear of the tiny video branch's 3 blocks
+    # Counted, not timed: merged costs exactly the base's FLOPs, unmerged adds the low-rank products.
+    assert recs["merged"]["flops_per_step"] == recs["base"]["flops_per_step"]
+    assert 1.0 < recs["unmerged"]["flops_ratio_to_base"] < 1.2

@@ -5,9 +5,11 @@ branch's blocks (attention q/k/v/o, cross-attention, FFN), as a Wan LoRA does. O
 work (`Engine.predict`: the guided positive + negative pass) is timed for the three modes - base (no
 LoRA), merged, unmerged - interleaved mode by mode, so changes in machine load hit all three alike: each
 turn switches the set and runs one untimed step (as the first step of a request after a switch), then
-times one. `step_seconds` is the median, `step_seconds_min` the
-fastest (the least disturbed on a shared machine); `ratio_to_base` / `ratio_to_base_min` compare them
-with the base of the same run. `switch_seconds` is the median time to switch the model from one LoRA to
+times one. `step_seconds` is the median wall time, `step_seconds_min` the
+fastest, `step_cpu_seconds` the median CPU time of this process (with `--threads 1` the measure least
+disturbed by other load on a shared machine); `ratio_to_base`, `ratio_to_base_min` and `cpu_ratio_to_base`
+compare them with the base of the same run. `flops_per_step` (torch.utils.flop_counter on the real
+step) gives the cost without any timing noise. `switch_seconds` is the median time to switch the model from one LoRA to
 the other in that mode (for base: from a merged LoRA back to the base).
 """
 
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 SIZES = {"tiny": [128, 128], "mid": [256, 448]}
 MODES = ("base", "merged", "unmerged")
@@ -30,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", default="16", help="comma list of LoRA ranks")
     parser.add_argument("--runs", type=int, default=10, help="timed denoising steps per mode (interleaved)")
     parser.add_argument("--switches", type=int, default=5, help="timed switches per mode")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoint is made (default: temp)")
 
 
@@ -60,15 +64,21 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
     plan = engine.plan("a bench clip", seed=0)
     contexts = engine.encode_text(plan)
     video, audio = engine.initial_latents(plan)
-    per_step = {mode: [] for mode in MODES}
+    per_step, cpu, flops = {mode: [] for mode in MODES}, {mode: [] for mode in MODES}, {}
+    step = lambda: engine.predict(plan, video, audio, 999, contexts, False)  # noqa: E731
     with torch.no_grad():
         for run in range(runs):
             for mode in MODES:
                 engine.loras.activate(engine.model, _lora_set(mode, paths[0]))
-                engine.predict(plan, video, audio, 999, contexts, False)  # untimed: the first step after a switch
-                t0 = time.perf_counter()
-                engine.predict(plan, video, audio, 999, contexts, False)
+                if run == 0:
+                    with FlopCounterMode(display=False) as counter:
+                        step()
+                    flops[mode] = int(counter.get_total_flops())
+                step()  # untimed: the first step after a switch
+                t0, c0 = time.perf_counter(), time.process_time()
+                step()
                 per_step[mode].append(time.perf_counter() - t0)
+                cpu[mode].append(time.process_time() - c0)
 
     switch = {}
     for mode in MODES:
@@ -87,13 +97,16 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
     engine.loras.remove_all(engine.model)
 
     base, base_min = statistics.median(per_step["base"]), min(per_step["base"])
+    base_cpu = statistics.median(cpu["base"])
     layers = engine.loras.adapters["a_r%d" % rank].resolve(engine.model).report.layers
     c, f, h, w = plan.video_latent_shape
     # `rank` on a base row names the run it belongs to (its ratios are against that base); no LoRA is applied.
     return [{"bench": "lora", "config": arch, "world_size": 1, "mode": mode, "rank": rank,
              "step_seconds": statistics.median(per_step[mode]), "step_seconds_runs": per_step[mode],
              "step_seconds_min": min(per_step[mode]), "ratio_to_base": statistics.median(per_step[mode]) / base,
-             "ratio_to_base_min": min(per_step[mode]) / base_min, "switch_seconds": switch[mode],
+             "ratio_to_base_min": min(per_step[mode]) / base_min, "step_cpu_seconds": statistics.median(cpu[mode]),
+             "cpu_ratio_to_base": statistics.median(cpu[mode]) / base_cpu, "flops_per_step": flops[mode],
+             "flops_ratio_to_base": flops[mode] / flops["base"], "switch_seconds": switch[mode],
              "switch_seconds_means": ("merged LoRA -> base" if mode == "base" else f"LoRA a <-> b, both {mode}"),
              "lora_layers": layers, "runs": runs, "passes_per_step": 2, "video_tokens": f * h * w // 4,
              "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
@@ -101,6 +114,8 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
 
 
 def run(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = Path(args.ckpt_root or tempfile.mkdtemp(prefix="ovi-bench-lora-"))
     for rank in (int(r) for r in str(args.rank).split(",")):
         yield from measure(args.arch, rank, args.runs, args.switches, root)

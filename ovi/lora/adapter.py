@@ -127,8 +127,8 @@ class LoRAAdapter:
             if part.startswith("delta:"):
                 param = part.split(":", 1)[1]
                 # A Wan raw parameter (`blocks.N.modulation`) may come as `<param>.diff`: the owner is the parameter.
-                path_ = owner if (param == "weight" and owner.rsplit(".", 1)[-1] == "modulation") else f"{owner}.{param}"
-                deltas[path_] = (tensor, key)
+                raw = param == "weight" and owner.rsplit(".", 1)[-1] == "modulation"
+                deltas[owner if raw else f"{owner}.{param}"] = (tensor, key)
             else:
                 parts.setdefault(owner, {})[part] = (tensor, key)
         if unsupported:
@@ -239,18 +239,17 @@ class LoRAAdapter:
             candidates = [owner]
         else:
             candidates = []
+            index = K.block_index(owner)  # on the style's own name: a musubi name past the end maps to nothing
             for prefix in _BRANCH_MODULES[branch]:
-                backbone = model.get_submodule(prefix)
-                index = K.block_index(owner)  # checked on the style's own name: a musubi name past the end maps to nothing
-                if index is not None and index >= len(backbone.blocks):
-                    raise LoRAError(f"{where}: names block {index} but the {prefix} branch has {len(backbone.blocks)} "
-                                    f"blocks; this LoRA was made for a different base model")
+                blocks = len(model.get_submodule(prefix).blocks)
+                if index is not None and index >= blocks:
+                    raise LoRAError(f"{where}: names block {index} but the {prefix} branch has {blocks} blocks; "
+                                    f"this LoRA was made for a different base model")
                 mapped = K.owner_to_ovi(owner, self.format, musubi.get(prefix, {}))
                 if mapped is None:
                     continue
-                if param is not None and self.format != "native":
-                    mapped, _, param_name = wan_param_to_ovi(f"{mapped}.{param}").rpartition(".")
-                    assert param_name == param
+                if param is not None and self.format != "native":  # Wan's raw block modulation sits one level deeper
+                    mapped = wan_param_to_ovi(f"{mapped}.{param}").rpartition(".")[0]
                 candidates.append(f"{prefix}.{mapped}")
         found = []
         for path in candidates:

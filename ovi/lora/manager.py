@@ -182,7 +182,7 @@ class LoRAManager:
                 raise LoRAError(f"adapter '{name}' is not loaded (loaded: {loaded}); call load_adapter(name, path) first")
         state = self._states.setdefault(model, _ModelState())
         resolved = {e.name: self._resolve(model, state, e) for e in entries}
-        recipes, terms, unmerged, fp8_layers = self._plan(model, entries, resolved)
+        recipes, terms, unmerged, fp8_layers = self._plan(model, state, entries, resolved)
         changing = [p for p in set(recipes) | set(state.merged) if recipes.get(p) != state.merged.get(p)]
         for module in set(unmerged) | set(state.unmerged):
             want = {name: item[0] for name, item in unmerged.get(module, {}).items()}
@@ -207,7 +207,7 @@ class LoRAManager:
             log.info("%s", state.resolved[key].report.summary())
         return state.resolved[key]
 
-    def _plan(self, model, entries, resolved):
+    def _plan(self, model, state: _ModelState, entries, resolved):
         recipes, terms = defaultdict(list), defaultdict(list)
         unmerged = defaultdict(dict)
         fp8_layers = Counter()
@@ -216,7 +216,8 @@ class LoRAManager:
             for module, (down, up, scale) in r.factors.items():
                 param = f"{module}.weight"
                 coeff = e.weight * scale
-                fp8 = get_param(model, param).dtype in FP8_DTYPES
+                stored = state.pristine.get(param, get_param(model, param))  # the base dtype, even while merged
+                fp8 = stored.dtype in FP8_DTYPES
                 if e.merge and not fp8:
                     recipes[param].append((ident, e.weight))
                     terms[param].append((up, down, coeff))
