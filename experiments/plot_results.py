@@ -73,7 +73,7 @@ def plot_lora(records: list[dict]) -> None:
     labels = [r["mode"] for r in records if r["rank"] == ranks[0]]
     for ax, title in zip(axes, ("seconds / denoising step (ratio to base)", "switch seconds")):
         ax.set_xticks([j + width * (len(ranks) - 1) / 2 for j in range(len(labels))], labels)
-        ax.set_title(f"{records[0]['config']}: {title} ({records[0]['device']})")
+        ax.set_title(f"{records[0]['config']}: {title} ({records[0]['device']}, {records[0]['threads']} thread)", fontsize=9)
         ax.legend()
     fig.tight_layout()
     fig.savefig(PLOTS / "lora.png", dpi=110)
