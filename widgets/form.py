@@ -129,8 +129,9 @@ class GenerateForm:
             self.prompt.value, mode=self.mode.value, image=image, seed=int(self.seed.value),
             negative_prompt=self.negative_prompt.value, audio_negative_prompt=self.audio_negative_prompt.value,
             steps=int(self.steps.value), solver=self.solver.value,
-            video_guidance_scale=float(self.video_guidance.value),
-            audio_guidance_scale=float(self.audio_guidance.value), height_width=tuple(self.resolution.value),
+            # a slider moved in the browser reports e.g. 3.9999999999999996: keep its step's precision
+            video_guidance_scale=round(float(self.video_guidance.value), 6),
+            audio_guidance_scale=round(float(self.audio_guidance.value), 6), height_width=tuple(self.resolution.value),
             loras=tuple({"path": p, "weight": wt} for _, (p, wt) in self.lora_list.options),
             lightning=bool(self.lightning.value), config=self.config_name, engine=engine)
 
