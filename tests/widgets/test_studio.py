@@ -143,7 +143,9 @@ def test_watcher_follows_the_runner_and_engine_panel_starts_and_stops(studio):
     studio.refresh = watched
     studio.form.prompt.value = "a quick one"
     studio.form.steps.value = 2
-    job_id = studio.form.generate_now.click() or studio.queue.list()[0]["id"]
+    studio.form.generate_now.click()
+    [job] = studio.queue.list()
+    job_id = job["id"]
     assert studio.engine_panel.running
     assert seen.wait(30), "the watcher never saw the job finish"
     assert "done" in studio.queue_panel.rows[job_id].state.value
