@@ -90,6 +90,11 @@ def latest_records(out: str | Path) -> list[dict]:
     return list(latest.values())
 
 
+def sp_normalise(point: dict) -> dict:
+    """One rank has no SP scheme: sp=1 points differing only in scheme are one point."""
+    return {**point, "scheme": "optimized"} if int(point.get("sp", 1)) == 1 and "scheme" in point else point
+
+
 def sp_point(point: dict, *, ckpt_root: Path, profile: str | None) -> dict:
     """The sp bench at one point; axes arch, sp, scheme, steps, plus fsdp (off | a strategy) and lora
     (base | merged | unmerged), which are refused until those features are on this build."""
@@ -111,6 +116,7 @@ def sp_point(point: dict, *, ckpt_root: Path, profile: str | None) -> dict:
 
 
 POINT_RUNNERS = {"sp": sp_point}
+NORMALISERS = {"sp": sp_normalise}
 
 
 def run_sweep(spec: dict, *, ckpt_root: str | Path | None = None, log=print):
@@ -120,8 +126,9 @@ def run_sweep(spec: dict, *, ckpt_root: str | Path | None = None, log=print):
     root = Path(ckpt_root or tempfile.mkdtemp(prefix="ovi-sweep-"))
     done = finished_points(out)
     measure = POINT_RUNNERS[spec["bench"]]
+    normalise = NORMALISERS.get(spec["bench"], dict)
     for point in points(spec["grid"]):
-        point = {**spec["fixed"], **point}
+        point = normalise({**spec["fixed"], **point})
         if point_key(point) in done:
             log(f"skip (done): {point_key(point)}")
             continue
@@ -134,6 +141,8 @@ def run_sweep(spec: dict, *, ckpt_root: str | Path | None = None, log=print):
         record.update(sweep=spec["name"], point=point, point_seconds=time.perf_counter() - t0)
         with out.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        if record["status"] == "ok":
+            done.add(point_key(point))  # a duplicate point later in the grid is not run twice
         yield record
 
 

@@ -29,8 +29,7 @@ def generation_profiler(profile_dir: str | None, worker: str, device: torch.devi
     if profile_dir:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         handler = tensorboard_trace_handler(str(profile_dir), worker_name=worker)
-    with profile(activities=activities, on_trace_ready=handler, profile_memory=bool(profile_dir),
-                 record_shapes=bool(profile_dir)) as prof:
+    with profile(activities=activities, on_trace_ready=handler, profile_memory=bool(profile_dir)) as prof:
         yield prof
 
 
