@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoint is made (default: temp)")
 
 
+def random_lora(path: Path, arch: str, rank: int = 16, seed: int = 0) -> Path:
+    """A random native LoRA on the video blocks of an architecture preset (shapes from a meta-device model)."""
+    from ovi.model import FusionModel
+    from ovi.model.configs import architecture
+    with torch.device("meta"):
+        model = FusionModel(*architecture(arch))
+    return _write_lora(path, model, rank, seed)
+
+
 def _write_lora(path: Path, model, rank: int, seed: int) -> Path:
     from ovi.lora import save_native_lora
     g = torch.Generator().manual_seed(seed)
@@ -59,8 +68,7 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
     make_random_checkpoint(ckpt, arch)
     cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt), video_frame_height_width=SIZES[arch])
     engine = ovi.Engine.from_config(cfg)
-    paths = [_write_lora(root / f"{name}_r{rank}.safetensors", engine.model, rank, seed)
-             for seed, name in enumerate(("a", "b"))]
+    paths = [random_lora(root / f"{name}_r{rank}.safetensors", arch, rank, seed) for seed, name in enumerate(("a", "b"))]
     plan = engine.plan("a bench clip", seed=0)
     contexts = engine.encode_text(plan)
     video, audio = engine.initial_latents(plan)

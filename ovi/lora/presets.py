@@ -8,7 +8,8 @@ cost). `alpha` equals the rank (scale 1), the convention our training writes; pa
 The Lightning profile is few-step sampling for distilled LoRAs: an explicit sigma grid (before the
 time shift), guidance off (scale 1: one model forward per step), Euler steps, and the shift the LoRA
 was distilled for. Defaults follow the 4-step Wan2.2 Lightning recipe (timesteps 1000/750/500/250,
-shift 5); a native LoRA may carry its own profile in its header (`lightning`), which then wins.
+shift 5); a native LoRA may carry its own profile in its header (`lightning`), which then wins. The
+engine always uses the profile's solver and guidance; a request's own steps or shift still apply.
 """
 
 from __future__ import annotations

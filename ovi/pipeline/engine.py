@@ -8,8 +8,8 @@ decodes. A request's unset fields take the config's values (`GenerateRequest.fil
 
 LoRAs are per request: `generate` makes the request's `loras` the model's active set (ovi.lora; only
 layers whose adapters change are touched, the base is never reloaded), so every rank of a group
-applies the same set. `lightning` switches to the few-step Lightning profile (explicit sigma grid,
-guidance off, the LoRA's shift); request fields given explicitly still win over the profile.
+applies the same set. `lightning` switches to the few-step Lightning profile (Euler on an explicit sigma
+grid, guidance off, the LoRA's shift); a step count or shift the request sets still applies.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.profiler import record_function
 
 from ovi import __version__
 from ovi.config import OviConfig, load_config
@@ -44,6 +45,7 @@ from ovi.pipeline.images import (
     to_uint8_frames,
 )
 from ovi.pipeline.output import Clip
+from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text, format_prompt
 from ovi.pipeline.solvers import make_solver
 from ovi.request import GenerateRequest
@@ -146,6 +148,8 @@ class Engine:
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
+        self.trace_worker = "engine"  # trace file name under profile_dir (the runtime sets rank<N>)
+        self.last_profile = None      # the profiler of the last generate() when it was profiled
 
     @property
     def world_size(self) -> int:
@@ -200,18 +204,21 @@ class Engine:
         steps, solver, shift = r.steps, r.solver, r.shift
         video_scale, audio_scale, sigmas, profile = r.video_guidance_scale, r.audio_guidance_scale, None, None
         if r.lightning:
-            # The profile replaces the config's sampling defaults; what the request itself sets still wins.
+            # The profile is Euler on its sigma grid with guidance off (one forward per step): it replaces the
+            # solver and guidance scales whatever the request says (recorded); a step count or shift the request
+            # itself sets still applies (another step count gets a uniform grid).
             light = lightning_profile([entry["path"] for entry in loras])
-            given = lambda name: getattr(request, name) is not None  # noqa: E731
-            steps = request.steps if given("steps") else light.steps
-            solver = request.solver if given("solver") else light.solver
-            shift = request.shift if given("shift") else light.shift
-            video_scale = request.video_guidance_scale if given("video_guidance_scale") else light.guidance
-            audio_scale = request.audio_guidance_scale if given("audio_guidance_scale") else light.guidance
+            steps = request.steps if request.steps is not None else light.steps
+            shift = request.shift if request.shift is not None else light.shift
+            fixed = {"solver": light.solver, "video_guidance_scale": light.guidance,
+                     "audio_guidance_scale": light.guidance}
+            replaced = {k: getattr(request, k) for k, v in fixed.items() if getattr(request, k) not in (None, v)}
+            solver, video_scale, audio_scale = fixed.values()
             sigmas = light.grid(steps)
             profile = {**light.to_dict(), "used": {"steps": steps, "solver": solver, "shift": shift,
                                                    "sigmas": list(sigmas), "video_guidance_scale": video_scale,
-                                                   "audio_guidance_scale": audio_scale}}
+                                                   "audio_guidance_scale": audio_scale},
+                       "replaced": replaced}
         mode, image = r.mode, r.image
         if mode == "i2v" and image is None:
             raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
@@ -261,7 +268,7 @@ class Engine:
     # ---- stages --------------------------------------------------------------------------------
     def encode_text(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder = self.components.text_encoder
-        with self.on_device(encoder.model):
+        with self.on_device(encoder.model), record_function("text_encoder"):
             pos, vneg, aneg = encoder.encode(
                 [plan.formatted_prompt, plan.video_negative_prompt, plan.audio_negative_prompt])
         return pos.to(self.device), vneg.to(self.device), aneg.to(self.device)
@@ -269,7 +276,8 @@ class Engine:
     def first_frame_latent(self, plan: Plan, image: torch.Tensor) -> torch.Tensor:
         """Encode an image as a one-frame video -> [48, 1, h, w] latent."""
         codec = self.components.video_codec
-        with self.on_device(getattr(codec, "module", None)):  # toy codecs have no weights to move
+        # toy codecs have no weights to move (no `module`)
+        with self.on_device(getattr(codec, "module", None)), record_function("codec/video_encode"):
             return codec.encode(image[:, None].to(self.device)).float()
 
     def initial_latents(self, plan: Plan):
@@ -311,11 +319,12 @@ class Engine:
         timesteps = video_solver.timesteps
         with self.on_device(self.model):
             for i, t in enumerate(timesteps):
-                if is_i2v:
-                    video[:, :1] = image_latent
-                v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
-                video = video_solver.step(v[None], t, video[None])[0]
-                audio = audio_solver.step(a[None], t, audio[None])[0]
+                with record_function(f"denoise_step/{i}"):
+                    if is_i2v:
+                        video[:, :1] = image_latent
+                    v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
+                    video = video_solver.step(v[None], t, video[None])[0]
+                    audio = audio_solver.step(a[None], t, audio[None])[0]
                 if progress is not None:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
@@ -327,9 +336,9 @@ class Engine:
         if not self.decodes:
             return None, None  # a non-output rank of a parallel group
         video_codec, audio_codec = self.components.video_codec, self.components.audio_codec
-        with self.on_device(getattr(video_codec, "module", None)):
+        with self.on_device(getattr(video_codec, "module", None)), record_function("codec/video_decode"):
             video = video_codec.decode(video_latent)
-        with self.on_device(getattr(audio_codec, "module", None)):
+        with self.on_device(getattr(audio_codec, "module", None)), record_function("codec/audio_decode"):
             audio = audio_codec.decode(audio_latent)
         return to_uint8_frames(video), audio.float().cpu().numpy()
 
@@ -338,8 +347,17 @@ class Engine:
     def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields) -> Clip | None:
         """One clip: `generate(GenerateRequest(...))`, or the keyword form `generate("prompt", seed=1, ...)`.
         `progress(step, total, info)` is called after every denoising step. Returns the Clip (None on a
-        rank that does not decode)."""
+        rank that does not decode). With `profile_dir` (or `profile_comms`) set, it runs under
+        torch.profiler (ovi.pipeline.profiling) and `last_profile` holds the profiler."""
         request = GenerateRequest.coerce(request, **fields)
+        self.last_profile = None
+        with generation_profiler(self.config.profile_dir, self.trace_worker, self.device,
+                                 enabled=self.config.profile_comms) as prof:
+            clip = self._generate(request, progress)
+        self.last_profile = prof
+        return clip
+
+    def _generate(self, request: GenerateRequest, progress) -> Clip | None:
         timings = {}
         t0 = time.perf_counter()
         plan = self.plan(request)

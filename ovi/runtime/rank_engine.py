@@ -51,7 +51,7 @@ class CfgParallelPredictor(GuidedPredictor):
 
 class RankEngine:
     """One rank's Engine plus its communication accounting: `generate()` ends a comm-stats step after
-    every denoising step (and profiles collectives with `profile_comms`); `stats()` reports them."""
+    every denoising step (and counts profiled collective time with `profile_comms`); `stats()` reports them."""
 
     def __init__(self, engine: Engine, rank: int, comm_stats: CommStats, sp_comm: GroupComm | None, scheme: str):
         self.engine, self.rank, self.comm_stats, self.sp_comm = engine, rank, comm_stats, sp_comm
@@ -77,14 +77,9 @@ class RankEngine:
             if progress is not None:
                 progress(step, total, info)
 
-        if not self.config.profile_comms:
-            clip = self.engine.generate(request, progress=step_done, **fields)
-        else:
-            from torch.profiler import ProfilerActivity, profile
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.engine.device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                clip = self.engine.generate(request, progress=step_done, **fields)
-            self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
+        clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
+        if self.config.profile_comms and self.engine.last_profile is not None:
+            self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(self.engine.last_profile)))
         if clip is not None:
             clip.meta["comm"] = self.comm_stats.summary()
         return clip
@@ -126,6 +121,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
         apply_sequence_parallel(components.model, sp_comm, scheme=scheme, overlap=cfg.enable_async_comms)
     predictor = CfgParallelPredictor(cfg_comm, dims.cfg_rank(rank)) if dims.cfg == 2 else None
     engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0, loras=loras)
+    engine.trace_worker = f"rank{rank}"
     engine.parallel_info = {"sp_scheme": scheme if dims.sp > 1 else None,
                             "async_comms": bool(cfg.enable_async_comms and dims.sp > 1)}
     return RankEngine(engine, rank, stats, sp_comm, scheme)

@@ -35,21 +35,36 @@ log = logging.getLogger("ovi.runtime.runner")
 EngineFactory = Callable[[dict], object]
 
 
+def make_engine_factory(*, world_size: int | None = None, backend: str | None = None,
+                        overrides: dict | None = None) -> EngineFactory:
+    """An engine factory with engine settings chosen by the caller (the Studio's engine panel):
+    `overrides` (config keys) go under each job's own `engine` overrides; `world_size` / `backend`
+    are the WorkerGroup's. Several ranks, or a backend named, -> a WorkerGroup (rank processes); else
+    a single-process Engine."""
+    chosen = dict(overrides or {})
+
+    def factory(key: dict):
+        # Lazy: a Runner driving a fake engine must not need torch.
+        from ovi.config import load_config
+        from ovi.parallel.dims import ParallelDims
+
+        cfg = load_config(key.get("config"), **{**chosen, **dict(key.get("engine") or {})})
+        dims = ParallelDims.from_config(cfg, world_size)
+        if dims.world_size > 1 or backend is not None:
+            from ovi.runtime.worker_group import WorkerGroup
+
+            return WorkerGroup(cfg, world_size=dims.world_size, backend=backend)
+        from ovi.pipeline.engine import Engine
+
+        return Engine.from_config(cfg)
+
+    return factory
+
+
 def default_engine_factory(key: dict):
     """Build the engine for an engine key {config, engine}: a WorkerGroup when the config asks for
-    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported lazily: a
-    Runner driving a fake engine must not need torch."""
-    from ovi.config import load_config
-    from ovi.parallel.dims import ParallelDims
-
-    cfg = load_config(key.get("config"), **dict(key.get("engine") or {}))
-    if ParallelDims.from_config(cfg).world_size > 1:
-        from ovi.runtime.worker_group import WorkerGroup
-
-        return WorkerGroup(cfg)  # world size follows from the config (sp x cfg)
-    from ovi.pipeline.engine import Engine
-
-    return Engine.from_config(cfg)
+    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine."""
+    return make_engine_factory()(key)
 
 
 def load_engine_factory(spec: str) -> EngineFactory:
@@ -172,6 +187,11 @@ class Runner:
     @property
     def current_job(self) -> dict | None:
         return self._current
+
+    @property
+    def engine(self):
+        """The engine loaded for the last job (an Engine or a WorkerGroup), or None."""
+        return self._engine
 
     def close(self) -> None:
         """Stop, and release the engine (its weights) and a queue this runner opened."""

@@ -98,7 +98,7 @@ def test_lightning_makes_exactly_four_forwards(engine, loras, tmp_path):
         engine.generate(PROMPT, seed=3, steps=2)
         assert len(calls) == 4
 
-        calls.clear()  # a distilled LoRA carries its own profile; explicit request fields still win
+        calls.clear()  # a distilled LoRA carries its own profile
         own = save_native_lora(tmp_path / "distilled.safetensors",
                                {f"video_model.{n}": ab for n, ab in random_factors(engine.model.video_model, 4).items()},
                                engine.model, alpha=4.0,
@@ -107,8 +107,11 @@ def test_lightning_makes_exactly_four_forwards(engine, loras, tmp_path):
         assert len(calls) == 3 and clip.meta["shift"] == 3.0
         assert clip.meta["lightning"]["used"]["sigmas"] == [1.0, 0.6, 0.3]
         calls.clear()
-        clip = engine.generate(PROMPT, seed=3, lightning=True, steps=2, video_guidance_scale=2.0)
-        assert len(calls) == 4 and clip.meta["lightning"]["used"]["sigmas"] == [1.0, 0.5]
+        # A step count the request sets applies (uniform grid); its guidance and solver give way to the profile
+        # (a form that always sends them, like the Studio's, still gets one forward per step) and are recorded.
+        clip = engine.generate(PROMPT, seed=3, lightning=True, steps=2, video_guidance_scale=2.0, solver="unipc")
+        assert len(calls) == 2 and clip.meta["lightning"]["used"]["sigmas"] == [1.0, 0.5]
+        assert clip.meta["lightning"]["replaced"] == {"solver": "unipc", "video_guidance_scale": 2.0}
     finally:
         handle.remove()
 
