@@ -82,12 +82,12 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
     for key in ("image", "out"):
         if isinstance(fields.get(key), str) and fields[key]:
             fields[key] = str(Path(fields[key]).expanduser().resolve())
-    if fields.get("loras"):  # stored absolute: a runner started from another folder finds them
+    if fields.get("loras"):
         try:
             loras = check_loras("lora", fields["loras"])
         except FieldError as exc:
             raise InputError(f"--lora: {exc.problem}") from None
-        fields["loras"] = [{**entry, "path": str(Path(entry["path"]).expanduser().resolve())} for entry in loras]
+        fields["loras"] = [{**entry, "path": lora_ref(entry["path"])} for entry in loras]
     if args.sp is not None:
         engine["sp_size"] = args.sp
     if args.fsdp:
@@ -100,6 +100,13 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
     if unknown:
         raise InputError(f"--set {unknown[0]}: not a config key")  # parse_set_option names the nearest first
     return fields, engine
+
+
+def lora_ref(path: str) -> str:
+    """A LoRA file here is stored absolute (a runner started elsewhere finds it); anything else stays as
+    given: a name from the queue server's LoRA folder (ovi.queue.folders) is resolved when the job runs."""
+    candidate = Path(path).expanduser()
+    return str(candidate.resolve()) if candidate.is_file() else path
 
 
 def config_ref(config: str | None) -> str | None:
