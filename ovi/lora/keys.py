@@ -27,7 +27,6 @@ import re
 
 from ovi.errors import LoRAError
 
-FORMATS = ("native", "wan", "musubi", "diffusers")
 NATIVE_TAG = "ovi_lora"  # safetensors metadata key that marks a native file (its value: format version)
 
 # Key prefixes that wrap the model's own names (tools and trainers add them).
