@@ -121,13 +121,16 @@ class Engine:
     `predictor` and `decodes` flag (only the output rank decodes and returns the Clip)."""
 
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
-                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True):
+                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True, model_scope=None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
         self.dims = dims or ParallelDims(world_size=1)
         self.predictor = predictor or GuidedPredictor()
         self.decodes = decodes
+        # The denoising loop runs inside model_scope(): by default cpu_offload moves the DiT on and off the
+        # device; an FSDP-sharded DiT brings its own (ovi.parallel.fsdp: frees gathered units after).
+        self.model_scope = model_scope or (lambda: self.on_device(self.model))
         self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
@@ -152,6 +155,10 @@ class Engine:
             raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
                              "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
                              "Engine")
+        if dims.needs_process_group:
+            raise InputError(f"fsdp_sharding_strategy {cfg.fsdp_sharding_strategy} shards the model through a process "
+                             "group: run it with ovi.runtime.WorkerGroup(cfg, world_size=1) (or `ovi generate "
+                             "--fsdp ...`), not a single-process Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
@@ -279,7 +286,7 @@ class Engine:
         audio_solver = make_solver(plan.solver, plan.steps, plan.shift)
         is_i2v = image_latent is not None
         timesteps = video_solver.timesteps
-        with self.on_device(self.model):
+        with self.model_scope():
             for i, t in enumerate(timesteps):
                 if is_i2v:
                     video[:, :1] = image_latent

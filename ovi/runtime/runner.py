@@ -36,13 +36,13 @@ EngineFactory = Callable[[dict], object]
 
 def default_engine_factory(key: dict):
     """Build the engine for an engine key {config, engine}: a WorkerGroup when the config asks for
-    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported lazily: a
-    Runner driving a fake engine must not need torch."""
+    several ranks (sp_size > 1 or cfg_parallel) or FSDP sharding, else a single-process Engine.
+    Imported lazily: a Runner driving a fake engine must not need torch."""
     from ovi.config import load_config
     from ovi.parallel.dims import ParallelDims
 
     cfg = load_config(key.get("config"), **dict(key.get("engine") or {}))
-    if ParallelDims.from_config(cfg).world_size > 1:
+    if ParallelDims.from_config(cfg).needs_process_group:
         from ovi.runtime.worker_group import WorkerGroup
 
         return WorkerGroup(cfg)  # world size follows from the config (sp x cfg)
