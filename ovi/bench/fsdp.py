@@ -6,7 +6,8 @@ makes one clip. A record per point carries the pinned fields (strategy, param_by
 total_param_bytes, largest_block_bytes, peak_bytes_per_rank: the largest over the ranks) plus the
 load-time accounting (bytes each rank read from the checkpoint), the memory model's estimate and the
 measured/estimated ratio, the largest difference of the final latents from the reference, and the
-step time. Layouts: "sp" runs sequence parallelism over all ranks (FSDP shards over them too);
+step time. The measured clip follows a 1-step warm-up clip, whose peak (first-use allocations
+included) is reported as first_generation_peak_bytes_per_rank. Layouts: "sp" runs sequence parallelism over all ranks (FSDP shards over them too);
 "replicas" runs FSDP alone (sp 1: every rank computes the whole clip and holds a shard).
 peak_bytes_per_rank is what torch's allocator held at most: on a GPU max_memory_allocated, on a CPU the
 same from torch.profiler's allocation events (profile_memory); on a CPU the record also carries the
@@ -43,6 +44,8 @@ def measure(arch: str, world: int, strategy: str, layout: str, steps: int, ckpt_
     cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt_dir), sample_steps=steps, profile_memory=True,
                           video_frame_height_width=SIZES[arch], sp_size=world if layout == "sp" else 1, **fsdp)
     with WorkerGroup(cfg, world_size=world) as group:
+        group.generate("a bench clip", steps=1)  # warm-up: first-use allocations (reported apart)
+        first = [s["memory"]["peak_bytes_per_rank"] for s in group.stats()]
         clip = group.generate("a bench clip")
         ranks = [s["memory"] for s in group.stats()]
     top = lambda key: max(r[key] for r in ranks)  # noqa: E731
@@ -56,6 +59,7 @@ def measure(arch: str, world: int, strategy: str, layout: str, steps: int, ckpt_
               "estimated_peak_bytes": ranks[0]["estimated_peak_bytes"],
               "measured_over_estimate": top("peak_bytes_per_rank") / ranks[0]["estimated_peak_bytes"],
               "per_rank_peak_bytes": [r["peak_bytes_per_rank"] for r in ranks],
+              "first_generation_peak_bytes_per_rank": max(first),
               "peak_rss_bytes_per_rank": max(r["peak_rss_bytes_per_rank"] or 0 for r in ranks) or None,
               "peak_param_gathered_bytes": top("peak_param_bytes_per_rank") - top("param_bytes_per_rank"),
               "step_seconds": clip.meta["timings"]["denoise"] / steps, "steps": steps,

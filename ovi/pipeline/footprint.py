@@ -1,11 +1,11 @@
 """What the memory model (ovi.parallel.memory) needs to know about a config besides the DiT: the clip's
 token counts and the other components' parameter bytes, counted on the meta device (nothing loaded).
 
-The real codecs' working memory while decoding is a rough figure: the decoded clip held three times
-(the decoder's growing output, its float copy, the uint8 frames) plus the Wan2.2 decoder's per-frame
-working set, taken as 64 bytes per output pixel per decoded frame chunk (fp32 activations of its
-256-channel full-resolution stage, several alive at once). It is not measured; `experiments/gpu_check.py`
-records the real peak on a GPU.
+Decoding holds the clip three times in fp32 (decoder output, clamped copy, the uint8 conversion's
+intermediate) plus the uint8 frames (measured on the toy codecs). For the real Wan2.2 VAE its working
+set is added as a rough figure, 64 bytes per output pixel of one 4-frame chunk (activations of its
+256-channel full-resolution stage, several alive at once): not measured here;
+experiments/gpu_check_fsdp.py records the real peak on a GPU.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from ovi.specs import MODEL_SPECS
 WAN_DECODER_BYTES_PER_PIXEL = 64  # per output pixel of one 4-frame chunk (see the module docstring)
 
 
-def sequence_lengths(model_name: str, height_width) -> tuple[int, int]:
-    """(video tokens, audio tokens) of a t2v clip of `model_name` at `height_width`, as Engine.plan makes
-    it (snapped to the model's area; every codec shares the 16x spatial / 4x temporal geometry)."""
+def latent_shape(model_name: str, height_width) -> tuple[int, int, int, int]:
+    """The video latent shape of a t2v clip of `model_name` at `height_width`, as Engine.plan makes it
+    (snapped to the model's area; every codec shares the 16x spatial / 4x temporal geometry)."""
     spec = MODEL_SPECS[model_name]
-    height, width = snap_to_area(*height_width, spec.area)
-    _, f, h, w = ToyVideoCodec().latent_shape(spec.num_frames, height, width)
-    return f * h * w // 4, spec.audio_latent_length
+    return ToyVideoCodec().latent_shape(spec.num_frames, *snap_to_area(*height_width, spec.area))
 
 
-def _param_bytes(module: torch.nn.Module, dtype: torch.dtype) -> int:
-    return sum(p.numel() for p in module.parameters()) * dtype.itemsize
+def sequence_lengths(model_name: str, height_width) -> tuple[int, int]:
+    """(video tokens, audio tokens) of that clip: 1x2x2 patches of its latent, and its audio latents."""
+    _, f, h, w = latent_shape(model_name, height_width)
+    return f * h * w // 4, MODEL_SPECS[model_name].audio_latent_length
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +59,7 @@ def workload(cfg, dtype: torch.dtype, height_width=None) -> Workload:
     spec = MODEL_SPECS[cfg.model_name]
     height, width = snap_to_area(*height_width, spec.area)
     clip = 3 * spec.num_frames * height * width
-    decode = 3 * clip * 4 + clip  # the float clip as decoder output, float copy, plus uint8 frames
+    decode = 3 * clip * 4 + clip
     if cfg.model not in RANDOM_ARCHITECTURES:
         decode += WAN_DECODER_BYTES_PER_PIXEL * 4 * height * width
     return Workload(video_tokens=video_tokens, audio_tokens=audio_tokens, text_encoder_bytes=text * dtype.itemsize,
