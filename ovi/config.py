@@ -90,6 +90,7 @@ class OviConfig:
     device: str = "auto"
     save_latents: bool = False
     profile_comms: bool = False             # multi-rank: time collectives with torch.profiler too
+    profile_dir: str | None = None          # write a torch.profiler trace of each generation here (TensorBoard)
     profile_memory: bool = False            # CPU ranks: measure allocated bytes with torch.profiler
     device_memory_gb: float | None = None   # memory per device the FSDP `auto` strategy plans for (null: measured)
 
@@ -112,7 +113,7 @@ class OviConfig:
         """The config's per-clip keys as a GenerateRequest: the values every unset request field takes."""
         values = {name: getattr(self, key) for name, key in CONFIG_KEYS.items() if name not in ("prompt", "out")}
         values["loras"] = tuple(self.lora)
-        return GenerateRequest(prompt=prompt or self.text_prompt or " ", **values)
+        return GenerateRequest(prompt=prompt or self.text_prompt or "(config defaults)", **values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every resolved setting (what the clip sidecar records)."""
@@ -317,6 +318,10 @@ def _validate(cfg: OviConfig) -> None:
         raise _fail("model", cfg.model, f"unknown architecture preset; choose one of {', '.join(architectures)} "
                                         f"(or leave it out to follow model_name)")
 
+    if isinstance(cfg.profile_dir, Path):
+        cfg.profile_dir = str(cfg.profile_dir)
+    if cfg.profile_dir is not None and (not isinstance(cfg.profile_dir, str) or not cfg.profile_dir):
+        raise _fail("profile_dir", cfg.profile_dir, "must be a folder path (or null for no traces)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")
     if cfg.sp_size is not None and (isinstance(cfg.sp_size, bool) or not isinstance(cfg.sp_size, int)

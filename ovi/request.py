@@ -265,40 +265,36 @@ class GenerateRequest:
     out: str | None = _field(check_text, "output_dir", "output folder", default=None)
 
     def __post_init__(self):
-        # Normalise the containers so equal requests compare equal whatever form they came in.
-        if self.height_width is not None:
-            object.__setattr__(self, "height_width", tuple(self.height_width))
-        if not isinstance(self.loras, tuple):
-            object.__setattr__(self, "loras", tuple(self.loras) if isinstance(self.loras, list) else self.loras)
-
-    # ---- checking ------------------------------------------------------------------------------
-    def validate(self) -> "GenerateRequest":
-        """Raise RequestError naming the first bad field; return a normalised copy when all is fine."""
-        values = {}
+        """Every request is checked and normalised when it is made (RequestError names the first bad
+        field), so equal requests compare equal whatever form their values came in."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "loras" and value == ()):
-                values[f.name] = value
+            if value is None or (f.name in ("loras", "engine") and not value):
                 continue
             try:
-                values[f.name] = f.metadata["check"](f.name, value)
+                object.__setattr__(self, f.name, f.metadata["check"](f.name, value))
             except FieldError as exc:
                 # "steps 0 (config key sample_steps): must be ..." names both vocabularies.
                 key = f.metadata["config_key"]
                 also = f" (config key {key})" if key and key != f.name else ""
                 raise RequestError(f.name, f"{show(exc.value)}{also}: {exc.problem}", sep=" ") from None
-        request = GenerateRequest(**values)
+        if isinstance(self.loras, list):
+            object.__setattr__(self, "loras", tuple(self.loras))
         per_clip = {key: name for name, key in CONFIG_KEYS.items()}
-        for key in request.engine:
+        for key in self.engine:
             if key in per_clip or key in FIELDS:
                 raise RequestError("engine", f"{key} is a per-clip setting, not an engine setting; give it as the "
                                              f"request field '{per_clip.get(key, key)}'")
-        if request.mode == "i2v" and request.image is None:
+        if self.mode == "i2v" and self.image is None:
             raise RequestError("image", "mode i2v needs an image: pass image=... (--image PATH)")
-        if request.mode not in (None, "i2v") and request.image is not None:
-            raise RequestError("image", f"an image was given but mode is {request.mode}; use mode i2v to "
+        if self.mode not in (None, "i2v") and self.image is not None:
+            raise RequestError("image", f"an image was given but mode is {self.mode}; use mode i2v to "
                                         f"condition on it")
-        return request
+
+    # ---- checking ------------------------------------------------------------------------------
+    def validate(self) -> "GenerateRequest":
+        """The request itself: it was checked when it was made (kept for callers that say so)."""
+        return self
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -27,6 +27,7 @@ from ovi.checkpoint.adapter import (
 )
 from ovi.errors import CheckpointError
 from ovi.model import FusionModel
+from ovi.model.configs import ARCHITECTURES
 from ovi.model.configs import architecture as architecture_configs
 from ovi.specs import FUSION_DIR
 
@@ -147,7 +148,6 @@ def compare(path, found: dict[str, tuple[tuple, torch.dtype]], architecture: str
 
 def inspect_checkpoint(path: str | Path, architecture: str | None = None) -> KeyReport:
     """Compare a file against an architecture (or the closest known one when None)."""
-    from ovi.model.configs import ARCHITECTURES
     found = read_shapes(path)
     names = [architecture] if architecture else list(ARCHITECTURES)
     reports = [compare(path, found, name) for name in names]

@@ -1,4 +1,8 @@
-"""`ovi generate`: run the pipeline for one prompt, or a whole upstream prompt csv."""
+"""`ovi generate`: run the pipeline for one prompt, or a whole upstream prompt csv.
+
+torch-side modules (engine, ranks) are imported when the command runs, not when the parser is built:
+every `ovi` command builds all parsers, and `ovi queue list` must start in a blink.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,8 @@ from pathlib import Path
 from ovi.commands.request_args import add_request_arguments, request_fields_from_args
 from ovi.config import load_config
 from ovi.errors import InputError
-from ovi.parallel.dims import ParallelDims
-from ovi.pipeline.images import load_image
 from ovi.pipeline.prompts import clip_stem, expand_prompts
 from ovi.request import CONFIG_KEYS, GenerateRequest
-from ovi.runtime.launch import torchrun_env
 
 
 def add_generate_parser(subparsers) -> None:
@@ -22,6 +23,9 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--prompt", help="prompt text, or a .csv/.tsv prompt file (overrides text_prompt)")
     add_request_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="write a torch.profiler trace of each clip (per rank) into DIR; open it with "
+                        "`tensorboard --logdir DIR` (torch-tb-profiler)")
     p.set_defaults(func=run_generate)
 
 
@@ -30,6 +34,8 @@ def config_from_args(args):
     _, engine = request_fields_from_args(args)
     if args.config and args.config_opt:
         raise InputError("give the config once: as the positional CONFIG or as --config")
+    if getattr(args, "profile", None):
+        engine["profile_dir"] = args.profile
     return load_config(args.config or args.config_opt, **engine)
 
 
@@ -50,6 +56,9 @@ def requests_from_args(args, cfg) -> list[GenerateRequest]:
 
 
 def run_generate(args) -> int:
+    from ovi.pipeline.images import load_image
+    from ovi.runtime.launch import torchrun_env
+
     cfg = config_from_args(args)
     requests = requests_from_args(args, cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir)
@@ -78,19 +87,23 @@ def run_generate(args) -> int:
 def _open_engine(cfg):
     """One process for one rank; a WorkerGroup of sp_size x (2 with cfg_parallel) ranks otherwise, or
     when FSDP shards the model (gloo ranks on the CPU, one rank per GPU with nccl)."""
+    from ovi.parallel.dims import ParallelDims
+    from ovi.pipeline.engine import Engine
+    from ovi.runtime.worker_group import WorkerGroup
+
     dims = ParallelDims.from_config(cfg)
     if not dims.needs_process_group:
-        from ovi.pipeline.engine import Engine
         yield Engine.from_config(cfg)
         return
-    from ovi.runtime.worker_group import WorkerGroup
     with WorkerGroup(cfg, world_size=dims.world_size) as group:
         yield group
 
 
 def _generate_under_torchrun(cfg, requests, out_dir, args) -> int:
     """Every torchrun process runs this; rank 0 drives the requests, shows progress and saves."""
+    from ovi.runtime.launch import torchrun_env
     from ovi.runtime.torchrun import serve_torchrun
+
     lead = torchrun_env()["rank"] == 0
     bars = []
 

@@ -51,7 +51,6 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather  # the type set_custom_all_gather takes
 from torch.distributed.tensor import DTensor
-from torch.profiler import record_function
 
 from ovi.checkpoint.loading import RowReads, meta_fusion_model, read_rows
 from ovi.model.fusion import FusionModel
@@ -175,18 +174,17 @@ class FusedBlockSchedule:
             self.gathers += 1
 
     def __call__(self, i: int, *args):
-        with record_function(f"ovi::fused_block {i}"):  # shows in torch.profiler traces
-            if i not in self.pending and not self.gathered(f"block.{i}"):
-                self.gathers += 1
-            self.blocks[i].unshard()                    # waits for the prefetch when there was one
-            self.pending.pop(i, None)
-            if i in self.next_block:
-                self._prefetch(self.next_block[i])
-            self.sample()
-            out = self.run_block(i, *args)
-            if not self.keep:
-                self.blocks[i].reshard()
-            return out
+        if i not in self.pending and not self.gathered(f"block.{i}"):
+            self.gathers += 1
+        self.blocks[i].unshard()                    # waits for the prefetch when there was one
+        self.pending.pop(i, None)
+        if i in self.next_block:
+            self._prefetch(self.next_block[i])
+        self.sample()
+        out = self.run_block(i, *args)
+        if not self.keep:
+            self.blocks[i].reshard()
+        return out
 
     def sample(self) -> None:
         """Record the parameter bytes gathered now (units materialised, or with a gather in flight)."""

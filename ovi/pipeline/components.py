@@ -20,8 +20,10 @@ import torch
 
 from ovi.checkpoint.loading import FP8, fusion_checkpoint_path, load_fusion_model
 from ovi.codecs.base import AudioCodec, VideoCodec
+from ovi.codecs.mmaudio import MMAudioCodec
 from ovi.codecs.text import T5TextEncoder
 from ovi.codecs.toy import ToyAudioCodec, ToyVideoCodec
+from ovi.codecs.wan_vae import WanVideoCodec
 from ovi.errors import CheckpointError
 from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.pipeline.random_checkpoint import ensure_random_checkpoint
@@ -99,8 +101,6 @@ def real_codec_paths(ckpt_dir: str | Path) -> dict[str, Path]:
 
 def load_real_codecs(files: dict[str, Path], *, dtype: torch.dtype, device) -> tuple[VideoCodec, AudioCodec]:
     """Wan2.2 VAE + MMAudio (VAE, BigVGAN) in `dtype` on `device` (upstream runs both in bf16)."""
-    from ovi.codecs.mmaudio import MMAudioCodec
-    from ovi.codecs.wan_vae import WanVideoCodec
     video_vae, audio_vae, vocoder = files.values()
     return (WanVideoCodec.from_checkpoint(video_vae, dtype=dtype, device=device),
             MMAudioCodec.from_checkpoint(audio_vae, vocoder, dtype=dtype, device=device))

@@ -20,6 +20,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.profiler import record_function
 
 from ovi import __version__
 from ovi.config import OviConfig, load_config
@@ -37,6 +38,7 @@ from ovi.pipeline.images import (
     to_uint8_frames,
 )
 from ovi.pipeline.output import Clip
+from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text, format_prompt
 from ovi.pipeline.solvers import make_solver
 from ovi.request import GenerateRequest
@@ -137,6 +139,8 @@ class Engine:
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
+        self.trace_worker = "engine"  # trace file name under profile_dir (the runtime sets rank<N>)
+        self.last_profile = None      # the profiler of the last generate() when it was profiled
 
     @property
     def world_size(self) -> int:
@@ -238,7 +242,7 @@ class Engine:
     # ---- stages --------------------------------------------------------------------------------
     def encode_text(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder = self.components.text_encoder
-        with self.on_device(encoder.model):
+        with self.on_device(encoder.model), record_function("text_encoder"):
             pos, vneg, aneg = encoder.encode(
                 [plan.formatted_prompt, plan.video_negative_prompt, plan.audio_negative_prompt])
         return pos.to(self.device), vneg.to(self.device), aneg.to(self.device)
@@ -246,7 +250,8 @@ class Engine:
     def first_frame_latent(self, plan: Plan, image: torch.Tensor) -> torch.Tensor:
         """Encode an image as a one-frame video -> [48, 1, h, w] latent."""
         codec = self.components.video_codec
-        with self.on_device(getattr(codec, "module", None)):  # toy codecs have no weights to move
+        # toy codecs have no weights to move (no `module`)
+        with self.on_device(getattr(codec, "module", None)), record_function("codec/video_encode"):
             return codec.encode(image[:, None].to(self.device)).float()
 
     def initial_latents(self, plan: Plan):
@@ -288,11 +293,12 @@ class Engine:
         timesteps = video_solver.timesteps
         with self.model_scope():
             for i, t in enumerate(timesteps):
-                if is_i2v:
-                    video[:, :1] = image_latent
-                v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
-                video = video_solver.step(v[None], t, video[None])[0]
-                audio = audio_solver.step(a[None], t, audio[None])[0]
+                with record_function(f"denoise_step/{i}"):
+                    if is_i2v:
+                        video[:, :1] = image_latent
+                    v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
+                    video = video_solver.step(v[None], t, video[None])[0]
+                    audio = audio_solver.step(a[None], t, audio[None])[0]
                 if progress is not None:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
@@ -304,9 +310,9 @@ class Engine:
         if not self.decodes:
             return None, None  # a non-output rank of a parallel group
         video_codec, audio_codec = self.components.video_codec, self.components.audio_codec
-        with self.on_device(getattr(video_codec, "module", None)):
+        with self.on_device(getattr(video_codec, "module", None)), record_function("codec/video_decode"):
             video = video_codec.decode(video_latent)
-        with self.on_device(getattr(audio_codec, "module", None)):
+        with self.on_device(getattr(audio_codec, "module", None)), record_function("codec/audio_decode"):
             audio = audio_codec.decode(audio_latent)
         return to_uint8_frames(video), audio.float().cpu().numpy()
 
@@ -315,8 +321,18 @@ class Engine:
     def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields) -> Clip | None:
         """One clip: `generate(GenerateRequest(...))`, or the keyword form `generate("prompt", seed=1, ...)`.
         `progress(step, total, info)` is called after every denoising step. Returns the Clip (None on a
-        rank that does not decode)."""
+        rank that does not decode). With `profile_dir` (or `profile_comms`, or `profile_memory` on a CPU)
+        set, it runs under torch.profiler (ovi.pipeline.profiling) and `last_profile` holds the profiler."""
         request = GenerateRequest.coerce(request, **fields)
+        self.last_profile = None
+        with generation_profiler(self.config.profile_dir, self.trace_worker, self.device,
+                                 enabled=self.config.profile_comms,
+                                 memory=self.config.profile_memory and self.device.type == "cpu") as prof:
+            clip = self._generate(request, progress)
+        self.last_profile = prof
+        return clip
+
+    def _generate(self, request: GenerateRequest, progress) -> Clip | None:
         timings = {}
         t0 = time.perf_counter()
         plan = self.plan(request)
@@ -377,5 +393,4 @@ def _request_record(request: GenerateRequest) -> dict:
     """The submitted request as JSON (an in-memory image is recorded by its kind, not its pixels)."""
     if request.image is None or isinstance(request.image, str):
         return request.to_dict()
-    record = dataclasses.replace(request, image=None).to_dict()
-    return {**record, "image": f"<in-memory {type(request.image).__name__}>"}
+    return dataclasses.replace(request, image=f"<in-memory {type(request.image).__name__}>").to_dict()

@@ -69,8 +69,8 @@ class CfgParallelPredictor(GuidedPredictor):
 
 class RankEngine:
     """One rank's Engine plus its communication and memory accounting: `generate()` ends a comm-stats
-    step after every denoising step (and profiles collectives with `profile_comms`) and measures the
-    generation's peak memory; `stats()` reports them."""
+    step after every denoising step (and counts profiled collective time with `profile_comms`) and
+    measures the generation's peak memory; `stats()` reports them."""
 
     def __init__(self, engine: Engine, rank: int, comm_stats: CommStats, sp_comm: GroupComm | None, scheme: str,
                  *, meter: PeakMeter | None = None, sharded=None, memory: dict | None = None):
@@ -102,21 +102,14 @@ class RankEngine:
             if progress is not None:
                 progress(step, total, info)
 
-        cpu = self.engine.device.type == "cpu"
-        profile_memory = self.config.profile_memory and cpu
+        resident = resident_tensor_bytes(self.engine)
         self.meter.reset()
-        if not (self.config.profile_comms or profile_memory):
-            clip = self.engine.generate(request, progress=step_done, **fields)
-        else:
-            from torch.profiler import ProfilerActivity, profile
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if not cpu else [])
-            resident = resident_tensor_bytes(self.engine)
-            with profile(activities=activities, profile_memory=profile_memory) as prof:
-                clip = self.engine.generate(request, progress=step_done, **fields)
-            if self.config.profile_comms:
-                self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
-            if profile_memory:
-                self.allocated_peaks.append(resident + allocated_peak(prof))
+        clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
+        prof = self.engine.last_profile
+        if self.config.profile_comms and prof is not None:
+            self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
+        if self.config.profile_memory and self.engine.device.type == "cpu" and prof is not None:
+            self.allocated_peaks.append(resident + allocated_peak(prof))
         self.generation_peaks.append(self.meter.peak())
         if clip is not None:
             clip.meta["comm"] = self.comm_stats.summary()
@@ -245,6 +238,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
     sharded = loader.sharded if loader is not None else None
     engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0,
                     model_scope=sharded.in_use if sharded is not None else None)
+    engine.trace_worker = f"rank{rank}"
     memory["estimated_peak_bytes"] = estimate(cfg.model, workload(cfg, dtype), memory_setting(cfg, dims),
                                               compute=dtype, device=device.type).peak
     engine.parallel_info = {"sp_scheme": scheme if dims.sp > 1 else None,

@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 
+from ovi.errors import InputError
 from ovi.runtime.launch import rank_device
 
 PARENT_GONE_EXIT = 3   # exit code of a rank whose parent process disappeared
@@ -50,7 +51,6 @@ def start_parent_watchdog(parent_pid: int, interval: float = PARENT_POLL_SECONDS
 
 
 def error_message(req_id: int, exc: BaseException) -> tuple:
-    from ovi.errors import InputError
     kind = "input" if isinstance(exc, InputError) else "crash"
     try:
         pickled = pickle.dumps(exc)
@@ -122,7 +122,6 @@ def _serve(engine, rank, device, requests, replies: _Replies, load_seconds: floa
     import torch
     import torch.distributed as dist
 
-    from ovi.errors import InputError
 
     served = 0
     while True:
