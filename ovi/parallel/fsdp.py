@@ -102,11 +102,22 @@ def unit_param_bytes(model: FusionModel) -> dict[str, int]:
     return {unit: _nbytes(p for _, p in params) for unit, params in unit_parameters(model).items()}
 
 
+def storage_bytes(tensors) -> int:
+    """Bytes of the storages behind `tensors` on this rank (a DTensor's local shard), each counted once."""
+    seen, total = set(), 0
+    for tensor in tensors:
+        storage = (tensor.to_local() if isinstance(tensor, DTensor) else tensor).untyped_storage()
+        if storage.data_ptr() and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
 def mixed_precision(storage: torch.dtype, compute: torch.dtype) -> MixedPrecisionPolicy:
     """Gather (and compute) in `compute` only when parameters are stored wider: fp32 weights in a bf16 run.
     fp8 shards stay fp8 (half the all-gather bytes; the layers upcast them one at a time)."""
     if storage.is_floating_point and storage.itemsize > compute.itemsize:
-        return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy(param_dtype=compute)
     return MixedPrecisionPolicy()
 
 
@@ -216,14 +227,7 @@ class ShardedFusionModel:
 
     def local_param_bytes(self) -> int:
         """Bytes of this rank's shard storage (FSDP pads each tensor's dim 0 to a multiple of the degree)."""
-        seen, total = set(), 0
-        for param in self.model.parameters():
-            local = param.to_local() if isinstance(param, DTensor) else param
-            storage = local.untyped_storage()
-            if storage.data_ptr() and storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        return total
+        return storage_bytes(self.model.parameters())
 
     @contextlib.contextmanager
     def in_use(self):

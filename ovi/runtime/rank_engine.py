@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
 from ovi.parallel.dims import SHARDING_STRATEGIES, ParallelDims
-from ovi.parallel.fsdp import FsdpLoader, unit_param_bytes
+from ovi.parallel.fsdp import FsdpLoader, storage_bytes, unit_param_bytes
 from ovi.parallel.memory import (
     GB,
     PeakMeter,
@@ -142,7 +142,8 @@ class RankEngine:
             out["peak_bytes_per_rank"], out["measured_peak"] = rss, "process resident high-water mark"
             out["peak_rss_bytes_per_rank"] = rss
         estimated = out.get("estimated_peak_bytes")
-        if estimated and out["peak_bytes_per_rank"]:
+        if estimated and out["peak_bytes_per_rank"] and out["measured_peak"] != "process resident high-water mark":
+            # the estimate counts tensors: compare it with allocator peaks, not with a process's RSS
             out["measured_over_estimate"] = out["peak_bytes_per_rank"] / estimated
         return out
 
@@ -163,19 +164,10 @@ class RankEngine:
 def resident_tensor_bytes(engine: Engine) -> int:
     """Bytes of the tensors a rank holds between generations: every component's parameters and buffers
     (this rank's shards of an FSDP model), each storage counted once."""
-    from torch.distributed.tensor import DTensor
     components = engine.components
     modules = [components.model, components.text_encoder.model,
                getattr(components.video_codec, "module", None), getattr(components.audio_codec, "module", None)]
-    seen, total = set(), 0
-    for module in filter(None, modules):
-        for tensor in (*module.parameters(), *module.buffers()):
-            local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
-            storage = local.untyped_storage()
-            if storage.data_ptr() and storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-    return total
+    return storage_bytes(t for module in filter(None, modules) for t in (*module.parameters(), *module.buffers()))
 
 
 def memory_setting(cfg, dims: ParallelDims) -> MemorySetting:
