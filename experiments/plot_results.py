@@ -65,7 +65,7 @@ def plot_fsdp(records: list[dict]) -> None:
     fig, axes = plt.subplots(len(archs), 1, figsize=(13, 4.2 * len(archs)), squeeze=False)
     for (ax,), arch in zip(axes, archs):
         recs = [r for r in records if r["config"] == arch]
-        labels = [f"{r['strategy'].replace('+offload', '+off')}\n{r['world_size']}r {r['layout']}" for r in recs]
+        labels = [f"{r['strategy']} {r['world_size']}r {r['layout']}" for r in recs]
         x = range(len(recs))
         width = 0.27
         mb = lambda key: [r[key] / 1e6 for r in recs]  # noqa: E731
@@ -74,7 +74,7 @@ def plot_fsdp(records: list[dict]) -> None:
         ax.bar([i + width for i in x], mb("estimated_peak_bytes"), width, label="memory-model estimate")
         total = recs[0]["total_param_bytes"] / 1e6
         ax.axhline(total, color="grey", linestyle="--", linewidth=1, label=f"whole model ({total:.0f} MB)")
-        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_xticks(list(x), labels, fontsize=7, rotation=30, ha="right")
         ax.set_ylabel("MB")
         ax.set_title(f"{arch}: memory per rank vs FSDP strategy and world size ({recs[0]['device']}, gloo)")
         ax.legend(fontsize=8)
