@@ -23,9 +23,6 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--prompt", help="prompt text, or a .csv/.tsv prompt file (overrides text_prompt)")
     add_request_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="write a torch.profiler trace of each clip (per rank) into DIR; open it with "
-                        "`tensorboard --logdir DIR` (torch-tb-profiler)")
     p.set_defaults(func=run_generate)
 
 
@@ -34,8 +31,6 @@ def config_from_args(args):
     _, engine = request_fields_from_args(args)
     if args.config and args.config_opt:
         raise InputError("give the config once: as the positional CONFIG or as --config")
-    if getattr(args, "profile", None):
-        engine["profile_dir"] = args.profile
     return load_config(args.config or args.config_opt, **engine)
 
 

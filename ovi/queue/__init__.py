@@ -3,8 +3,8 @@
 from ovi.queue.jobqueue import (
     DEFAULT_DB,
     FINISHED,
-    DuplicateJobError,
     STATES,
+    DuplicateJobError,
     JobCancelled,
     JobQueue,
     QueuePolicy,
