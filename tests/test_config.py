@@ -122,6 +122,8 @@ def test_unknown_key_names_the_nearest_valid_key():
     ("each_example_n_times", 0, "each_example_n_times 0: must be at least 1"),
     ("slg_layer", True, "slg_layer true: must be a block index"),
     ("fp8", "yes", "fp8 'yes': must be true or false"),
+    ("device_memory_gb", 0, "device_memory_gb 0: must be a positive number of GB"),
+    ("device_memory_gb", "lots", "device_memory_gb 'lots': must be a positive number"),
     ("model", "giant", "model 'giant': unknown architecture preset; choose one of mid, ovi, tiny"),
     ("model_name", "1080p", "model_name '1080p': unknown model; choose one of 720x720_5s, 960x960_5s, "
                             "960x960_10s, tiny"),
@@ -194,7 +196,7 @@ def test_replace_model_name_rederives_the_architecture_unless_set():
 
 
 @pytest.mark.parametrize("key,value,feature", [
-    ("use_fsdp", True, "FSDP"), ("qint8", True, "qint8"),
+    ("qint8", True, "qint8"),
 ])
 def test_pending_features_load_but_refuse_to_run(key, value, feature):
     cfg = load_config(None, **{key: value})  # loading is fine
@@ -210,9 +212,10 @@ def test_require_available_allows_sp_and_refuses_shard_text_model():
     with pytest.raises(NotAvailableError, match="shard_text_model: true is not supported.*upstream"):
         load_config(None, shard_text_model=True).require_available()
     load_config(None, lora=["a.safetensors:0.5"], lightning=True).require_available()  # LoRA has landed
-    both = load_config(None, use_fsdp=True, qint8=True)
-    with pytest.raises(NotAvailableError, match="use_fsdp: true.*; qint8: true"):
+    both = load_config(None, qint8=True, shard_text_model=True)
+    with pytest.raises(NotAvailableError, match="qint8: true.*; shard_text_model: true"):
         both.require_available()
+    load_config(None, use_fsdp=True, fsdp_sharding_strategy="auto").require_available()  # FSDP has landed
 
 
 def test_parse_set_option():
@@ -237,4 +240,4 @@ def test_parse_set_option():
 def test_every_field_is_a_known_key():
     assert set(UPSTREAM_KEYS) | set(SEED_KEYS) | {
         "model", "attention_backend", "cfg_parallel", "lora", "lightning", "dtype", "device",
-        "save_latents", "profile_comms", "profile_dir"} == set(FIELDS)
+        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb"} == set(FIELDS)

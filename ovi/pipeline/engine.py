@@ -133,7 +133,7 @@ class Engine:
     `predictor` and `decodes` flag (only the output rank decodes and returns the Clip)."""
 
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
-                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True,
+                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True, model_scope=None,
                  loras: LoRAManager | None = None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
@@ -142,6 +142,9 @@ class Engine:
         self.predictor = predictor or GuidedPredictor()
         self.decodes = decodes
         self.loras = loras or LoRAManager()
+        # The denoising loop runs inside model_scope(): by default cpu_offload moves the DiT on and off the
+        # device; an FSDP-sharded DiT brings its own (ovi.parallel.fsdp: frees gathered units after).
+        self.model_scope = model_scope or (lambda: self.on_device(self.model))
         self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
@@ -168,6 +171,10 @@ class Engine:
             raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
                              "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
                              "Engine")
+        if dims.needs_process_group:
+            raise InputError(f"fsdp_sharding_strategy {cfg.fsdp_sharding_strategy} shards the model through a process "
+                             "group: run it with ovi.runtime.WorkerGroup(cfg, world_size=1) (or `ovi generate "
+                             "--fsdp ...`), not a single-process Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
@@ -317,7 +324,7 @@ class Engine:
         audio_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
         is_i2v = image_latent is not None
         timesteps = video_solver.timesteps
-        with self.on_device(self.model):
+        with self.model_scope():
             for i, t in enumerate(timesteps):
                 with record_function(f"denoise_step/{i}"):
                     if is_i2v:
@@ -347,12 +354,13 @@ class Engine:
     def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields) -> Clip | None:
         """One clip: `generate(GenerateRequest(...))`, or the keyword form `generate("prompt", seed=1, ...)`.
         `progress(step, total, info)` is called after every denoising step. Returns the Clip (None on a
-        rank that does not decode). With `profile_dir` (or `profile_comms`) set, it runs under
-        torch.profiler (ovi.pipeline.profiling) and `last_profile` holds the profiler."""
+        rank that does not decode). With `profile_dir` (or `profile_comms`, or `profile_memory` on a CPU)
+        set, it runs under torch.profiler (ovi.pipeline.profiling) and `last_profile` holds the profiler."""
         request = GenerateRequest.coerce(request, **fields)
         self.last_profile = None
         with generation_profiler(self.config.profile_dir, self.trace_worker, self.device,
-                                 enabled=self.config.profile_comms) as prof:
+                                 enabled=self.config.profile_comms,
+                                 memory=self.config.profile_memory and self.device.type == "cpu") as prof:
             clip = self._generate(request, progress)
         self.last_profile = prof
         return clip

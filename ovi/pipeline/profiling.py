@@ -17,11 +17,13 @@ from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
 
 
 @contextlib.contextmanager
-def generation_profiler(profile_dir: str | None, worker: str, device: torch.device, *, enabled: bool = False):
+def generation_profiler(profile_dir: str | None, worker: str, device: torch.device, *, enabled: bool = False,
+                        memory: bool = False):
     """Profile the enclosed work when `profile_dir` is given (the trace is written there as
-    `<worker>.<timestamp>.pt.trace.json`) or `enabled` (kept in memory, e.g. to count collectives);
-    yields the profiler, or None when neither."""
-    if not profile_dir and not enabled:
+    `<worker>.<timestamp>.pt.trace.json`) or `enabled` or `memory` (kept in memory, e.g. to count
+    collectives, or with allocation events to measure a CPU's allocator peak); yields the profiler, or
+    None when none of them."""
+    if not profile_dir and not enabled and not memory:
         yield None
         return
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -29,7 +31,7 @@ def generation_profiler(profile_dir: str | None, worker: str, device: torch.devi
     if profile_dir:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         handler = tensorboard_trace_handler(str(profile_dir), worker_name=worker)
-    with profile(activities=activities, on_trace_ready=handler, profile_memory=bool(profile_dir)) as prof:
+    with profile(activities=activities, on_trace_ready=handler, profile_memory=bool(profile_dir) or memory) as prof:
         yield prof
 
 

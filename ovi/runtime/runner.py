@@ -39,8 +39,8 @@ def make_engine_factory(*, world_size: int | None = None, backend: str | None = 
                         overrides: dict | None = None) -> EngineFactory:
     """An engine factory with engine settings chosen by the caller (the Studio's engine panel):
     `overrides` (config keys) go under each job's own `engine` overrides; `world_size` / `backend`
-    are the WorkerGroup's. Several ranks, or a backend named, -> a WorkerGroup (rank processes); else
-    a single-process Engine."""
+    are the WorkerGroup's. Several ranks, FSDP sharding (a process group even on one rank) or a backend
+    named -> a WorkerGroup (rank processes); else a single-process Engine."""
     chosen = dict(overrides or {})
 
     def factory(key: dict):
@@ -50,7 +50,7 @@ def make_engine_factory(*, world_size: int | None = None, backend: str | None = 
 
         cfg = load_config(key.get("config"), **{**chosen, **dict(key.get("engine") or {})})
         dims = ParallelDims.from_config(cfg, world_size)
-        if dims.world_size > 1 or backend is not None:
+        if dims.needs_process_group or backend is not None:
             from ovi.runtime.worker_group import WorkerGroup
 
             return WorkerGroup(cfg, world_size=dims.world_size, backend=backend)
@@ -63,7 +63,7 @@ def make_engine_factory(*, world_size: int | None = None, backend: str | None = 
 
 def default_engine_factory(key: dict):
     """Build the engine for an engine key {config, engine}: a WorkerGroup when the config asks for
-    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine."""
+    several ranks (sp_size > 1 or cfg_parallel) or FSDP sharding, else a single-process Engine."""
     return make_engine_factory()(key)
 
 

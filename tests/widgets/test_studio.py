@@ -155,15 +155,17 @@ def test_watcher_follows_the_runner_and_engine_panel_starts_and_stops(studio):
 
 
 def test_engine_panel_settings_become_engine_overrides(studio, tiny_ckpt):
-    from ovi.errors import NotAvailableError
+    from ovi.runtime import WorkerGroup
     panel = studio.engine_panel
     panel.sp.value, panel.scheme.value, panel.cfg_parallel.value = 2, "upstream", True
     assert panel.overrides() == {"cfg_parallel": True, "attention_backend": "auto", "sp_size": 2,
                                  "use_optimized_comms": False, "enable_async_comms": False}
     panel.sp.value, panel.cfg_parallel.value, panel.fsdp.value = None, False, "FULL_SHARD"
     panel.fixed_factory = None
-    with pytest.raises(NotAvailableError, match="use_fsdp"):  # until FSDP lands; refused before any load
-        panel.engine_factory()({"config": None, "engine": {"ckpt_dir": str(tiny_ckpt)}})
+    # FSDP shards through a process group even on one rank: the panel's factory starts a WorkerGroup.
+    with panel.engine_factory()({"config": None, "engine": {"ckpt_dir": str(tiny_ckpt)}}) as group:
+        assert isinstance(group, WorkerGroup) and group.world_size == 1
+        assert group.stats()[0]["memory"]["strategy"] == "FULL_SHARD"
 
 
 def test_real_tiny_generation_reaches_the_gallery_and_a_missing_lora_fails_its_job(tmp_path, tiny_ckpt):
