@@ -11,6 +11,7 @@ for, or a native file made for another architecture.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +273,7 @@ class LoRAAdapter:
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
             raise LoRAError(f"{where}: {f.keys[0]} is a low-rank update but {target} ({type(module).__name__}) "
                             f"has no weight matrix")
-        fan_in = weight[0].numel()
+        fan_in = math.prod(weight.shape[1:])  # from the shape: indexing a sharded (DTensor) weight would gather it
         checks = ((f.down, (f.rank, fan_in), f.keys[0], "A / lora_down"),
                   (f.up, (weight.shape[0], f.rank), f.keys[1], "B / lora_up"))
         for tensor, expected, key, what in checks:

@@ -18,9 +18,10 @@ base weights back bit-exactly.
   only). Every later change recomputes from it, and removal copies it back, so switching and removal
   restore the base bit-exactly, never by subtraction. The copy is dropped once the parameter is
   restored.
-- **Sharded weights**: merging works on whole weights, so the runtime applies the config's LoRA set
-  before it wraps the model (ovi.runtime.rank_engine); a set change on DTensor (FSDP) weights is
-  refused with a message saying so.
+- **Sharded weights** (FSDP2 DTensors, dim-0 shards): each rank merges into the rows it holds, from a
+  pristine copy of its own shard, using its rows of B (or of a full delta); the same rows of the whole
+  merged weight, with no communication. Unmerged adapter layers wrap a sharded Linear as they wrap a
+  whole one; their small A/B factors are replicated on every rank, not sharded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ovi.errors import LoRAError
 from ovi.lora.adapter import LoRAAdapter, Resolved, base_module, get_param
@@ -183,12 +185,11 @@ class LoRAManager:
         state = self._states.setdefault(model, _ModelState())
         resolved = {e.name: self._resolve(model, state, e) for e in entries}
         recipes, terms, unmerged, fp8_layers = self._plan(model, state, entries, resolved)
-        changing = [p for p in set(recipes) | set(state.merged) if recipes.get(p) != state.merged.get(p)]
-        for module in set(unmerged) | set(state.unmerged):
-            want = {name: item[0] for name, item in unmerged.get(module, {}).items()}
-            if want != {name: item[0] for name, item in state.unmerged.get(module, {}).items()}:
-                changing.append(f"{module}.weight")
-        _refuse_sharded(model, changing)
+        for param in recipes:
+            p = get_param(model, param)
+            if isinstance(p, DTensor) and state.pristine.get(param, p).dtype in FP8_DTYPES:
+                raise LoRAError(f"{param}: a full delta on an fp8-stored FSDP shard would change the shard's dtype; "
+                                f"run this LoRA without fp8 or without FSDP")
         with torch.no_grad():
             self._sync_merged(model, state, recipes, terms)
             self._sync_unmerged(model, state, unmerged)
@@ -247,14 +248,15 @@ class LoRAManager:
                 continue
             p = get_param(model, param)
             if param not in state.pristine:
-                state.pristine[param] = p.detach().to("cpu", copy=True)
+                state.pristine[param] = _local(p).detach().to("cpu", copy=True)
             pristine = state.pristine[param]
-            acc = pristine.to(p.device, torch.float32, copy=True)
+            acc = pristine.to(_local(p).device, torch.float32, copy=True)
             for big, down, coeff in terms[param]:
+                big = _rows_held(p, big).to(acc.device, torch.float32)  # B's rows (or a delta's) this rank holds
                 if down is None:
-                    acc.add_(big.to(acc.device, torch.float32), alpha=coeff)
+                    acc.add_(big, alpha=coeff)
                 else:
-                    acc.addmm_(big.to(acc.device, torch.float32), down.to(acc.device, torch.float32), alpha=coeff)
+                    acc.addmm_(big, down.to(acc.device, torch.float32), alpha=coeff)
             dtype = _compute_dtype(model, param) if pristine.dtype in FP8_DTYPES else pristine.dtype
             _assign(p, acc.to(dtype))
             state.merged[param] = recipe
@@ -310,11 +312,26 @@ class LoRAManager:
             state.unmerged.setdefault(module, {})[name] = (ident, peft_name)
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """What this rank stores of a parameter: its local shard for a DTensor (FSDP), else the tensor."""
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
+def _rows_held(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of `full` (a tensor with `p`'s dim 0), laid out as DTensor `p` is sharded; each rank
+    takes its own chunk, no communication. `full` itself for an unsharded `p`."""
+    if not isinstance(p, DTensor):
+        return full
+    return distribute_tensor(full.to(p.device), p.device_mesh, p.placements, src_data_rank=None).to_local()
+
+
 def _assign(p: nn.Parameter, value: torch.Tensor) -> None:
-    """Set a parameter's value: in place when the dtype is unchanged (storage kept), else rebind its data."""
-    if p.dtype == value.dtype and p.shape == value.shape:
-        p.data.copy_(value)
-    else:
+    """Set a parameter's value (this rank's shard of a DTensor): in place when the dtype is unchanged
+    (storage kept, so FSDP gathers the new rows), else rebind its data."""
+    local = _local(p)
+    if local.dtype == value.dtype and local.shape == value.shape:
+        local.copy_(value)
+    else:  # an fp8 weight gets (or gives back) a merged bf16 copy; set_adapters refuses this for shards
         p.data = value.to(p.device)
 
 
@@ -329,20 +346,3 @@ def _compute_dtype(model: nn.Module, param: str) -> torch.dtype:
     branch = model.get_submodule(param.split(".", 1)[0]) if "." in param else model
     resolve = getattr(branch, "resolve_compute_dtype", None)
     return resolve() if resolve is not None else torch.bfloat16
-
-
-def _refuse_sharded(model: nn.Module, params) -> None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch build without distributed: nothing can be sharded
-        return
-    for path in params:
-        owner, _, name = path.rpartition(".")
-        try:
-            p = getattr(base_module(model, owner), name)
-        except AttributeError:
-            continue
-        if isinstance(p, DTensor):
-            raise LoRAError(f"{path} is sharded (FSDP): this build merges LoRAs into whole weights, so an FSDP "
-                            f"engine's LoRA set is fixed when it loads (config key `lora`, applied before sharding); "
-                            f"submit requests with that set, or run without use_fsdp")

@@ -31,32 +31,43 @@ def test_two_rank_sp_with_loras_equals_one_rank(tiny_ckpt, tmp_path):
     assert [r["name"] for r in want.meta["loras"]] == []
 
 
-def _sharded_switch(rank, world_size, ckpt_dir, lora):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    from ovi.errors import LoRAError
-    from ovi.lora import LoRAManager
-    from tests.lora.files import load_tiny
-
-    model, manager = load_tiny(ckpt_dir), LoRAManager()
-    manager.load_adapter("a", lora)
-    manager.apply_adapter(model, "a")  # merged while the weights are whole (what the runtime does at load)
-    mesh = init_device_mesh("cpu", (world_size,))
-    q = model.video_model.blocks[0].self_attn.q
-    q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach(), mesh, [Shard(0)]))  # as FSDP2 leaves it
-    manager.apply_adapter(model, "a")  # the same set: nothing changes, nothing to refuse
-    try:
-        manager.remove_adapter(model, "a")
-    except LoRAError as exc:
-        return str(exc)
-    return None
+FSDP_SETTINGS = dict(sample_steps=2, video_frame_height_width=[96, 160])
 
 
-def test_a_set_change_on_sharded_weights_is_refused(tiny_ckpt, tmp_path):
-    """The hook FSDP builds on: the config's set is merged before sharding; changing it on DTensor
-    weights is refused with a message saying so, never applied to a shard."""
-    lora = write_wan(tmp_path / "a.safetensors", {"blocks.0.self_attn.q": (torch.randn(2, 128), torch.randn(128, 2))},
-                     2.0)
-    (message,) = run_ranks(_sharded_switch, 1, str(tiny_ckpt), str(lora), timeout=120)
-    assert message is not None and "is sharded (FSDP)" in message and "config key `lora`" in message
+def _fsdp_generations(rank, world_size, ckpt_dir, config_lora, requests):
+    from ovi.runtime.rank_engine import build_rank_engine
+
+    cfg = ovi.load_config(ckpt_dir=ckpt_dir, **FSDP_SETTINGS, use_fsdp=True, fsdp_sharding_strategy="FULL_SHARD",
+                          sp_size=1, lora=[config_lora])
+    engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
+    sharded = type(engine.engine.model.video_model.blocks[0].self_attn.q.weight).__name__
+    out = []
+    for request in requests:
+        clip = engine.generate(request)
+        out.append(None if clip is None else
+                   (clip.latents, [(r["name"], r["merged"]) for r in clip.meta["loras"]], clip.meta["fsdp"]))
+    return sharded, out
+
+
+def test_fsdp_sharded_weights_take_merged_and_unmerged_loras(tiny_ckpt, tmp_path):
+    """FULL_SHARD over 2 ranks: the config's LoRA is merged into each rank's rows at load; requests then
+    switch to a mixed merged + unmerged set and to weight 0 (the base), all equal to one unsharded rank
+    with the same config."""
+    probe = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **FSDP_SETTINGS)).model.video_model
+    a = write_wan(tmp_path / "a.safetensors", random_factors(probe, 4, seed=1, scale=0.2), 4.0)
+    b = write_diffusers(tmp_path / "b.safetensors", random_factors(probe, 8, seed=2, scale=0.2), 8.0)
+    single = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **FSDP_SETTINGS, lora=[f"{a}:1.0"]))
+    requests = [ovi.GenerateRequest(PROMPT, seed=4),  # no loras: the config's set
+                ovi.GenerateRequest(PROMPT, seed=4, loras=({"path": str(a), "weight": 0.7},
+                                                           {"path": str(b), "weight": 0.3, "merge": False})),
+                ovi.GenerateRequest(PROMPT, seed=4, loras=({"path": str(a), "weight": 0.0},))]
+    (sharded, got), (_, none) = run_ranks(_fsdp_generations, 2, str(tiny_ckpt), f"{a}:1.0", requests, timeout=300)
+    assert sharded == "DTensor" and none == [None] * len(requests)  # rank 1 does not decode
+    results = [single.generate(request) for request in requests]
+    for want, (latents, loras, fsdp) in zip(results, got):
+        assert fsdp == "FULL_SHARD"
+        assert loras == [(r["name"], r["merged"]) for r in want.meta["loras"]]
+        for key in ("video", "audio"):
+            torch.testing.assert_close(latents[key], want.latents[key], atol=1e-4, rtol=1e-4)
+    assert [loras for _, loras, _ in got] == [[("a", True)], [("a", True), ("b", False)], [("a", True)]]
+    assert not torch.equal(results[0].latents["video"], results[2].latents["video"])  # the LoRA changed the clip
