@@ -16,6 +16,11 @@
 
 Velocity functions are passed in, so the pipeline's guidance and sequence lengths stay in one place
 (ovi.pipeline.Engine.predict / model_pass); `model_velocity` is the plain single-pass call.
+
+Codecs that fix some latent entries (the trained tiny model's coordinate channels: a codec's
+`fixed_latents` -> (bool mask, values)) are handled as the engine and the base model's training handle
+them: those entries are written into every model input, kept clean, and left out of every loss
+(`Example.video_fixed` / `audio_fixed`; `pinned` for velocity functions).
 """
 
 from __future__ import annotations
@@ -36,13 +41,48 @@ from ovi.lora.adapter import BRANCHES, save_native_lora
 Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
+Fixed = tuple[torch.Tensor, torch.Tensor] | None  # a codec's fixed latent entries: (bool mask, values)
+
+
 @dataclass
 class Example:
     """One training clip in latent space: clean video [C, F, H, W] and audio [L, C] latents and its text
-    context [tokens, text_dim] (Ovi feeds the same context to both branches)."""
+    context [tokens, text_dim] (Ovi feeds the same context to both branches), plus the entries its codecs
+    fix, if any (pinned in every input, out of the loss)."""
     video: torch.Tensor
     audio: torch.Tensor
     context: torch.Tensor
+    video_fixed: Fixed = None
+    audio_fixed: Fixed = None
+
+
+def pin(latent: torch.Tensor, fixed: Fixed) -> torch.Tensor:
+    """`latent` with a codec's fixed entries written in."""
+    return latent if fixed is None else torch.where(fixed[0], fixed[1], latent)
+
+
+def pinned(velocity: Velocity, video_fixed: Fixed, audio_fixed: Fixed) -> Velocity:
+    """A velocity function that sees pinned inputs and moves no fixed entry (its velocity is 0 there), so an
+    Euler trajectory from pinned latents stays pinned and fixed entries add nothing to a loss."""
+    if video_fixed is None and audio_fixed is None:
+        return velocity
+
+    def wrapped(video, audio, sigma):
+        v, a = velocity(pin(video, video_fixed), pin(audio, audio_fixed), sigma)
+        return pin(v, _zeros(video_fixed)), pin(a, _zeros(audio_fixed))
+    return wrapped
+
+
+def _zeros(fixed: Fixed) -> Fixed:
+    return None if fixed is None else (fixed[0], torch.zeros_like(fixed[1]))
+
+
+def _mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed) -> torch.Tensor:
+    """Mean squared error over the entries a codec does not fix."""
+    if fixed is None:
+        return F.mse_loss(pred.float(), target.float())
+    free = ~fixed[0]
+    return F.mse_loss(pred.float()[free], target.float()[free])
 
 
 def model_velocity(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, sigma: float,
@@ -115,11 +155,11 @@ class LossParts:
 
 def flow_matching_loss(model: nn.Module, example: Example, sigma: float, video_noise: torch.Tensor,
                        audio_noise: torch.Tensor, *, video_weight: float = 1.0, audio_weight: float = 1.0) -> LossParts:
-    xv = (1 - sigma) * example.video + sigma * video_noise
-    xa = (1 - sigma) * example.audio + sigma * audio_noise
+    xv = pin((1 - sigma) * example.video + sigma * video_noise, example.video_fixed)
+    xa = pin((1 - sigma) * example.audio + sigma * audio_noise, example.audio_fixed)
     pv, pa = model_velocity(model, xv, xa, sigma, example.context)
-    lv = F.mse_loss(pv.float(), (video_noise - example.video).float())
-    la = F.mse_loss(pa.float(), (audio_noise - example.audio).float())
+    lv = _mse(pv, video_noise - example.video, example.video_fixed)
+    la = _mse(pa, audio_noise - example.audio, example.audio_fixed)
     return LossParts(video_weight * lv + audio_weight * la, float(lv.detach()), float(la.detach()))
 
 

@@ -12,6 +12,7 @@ from ovi.lora.training import (
     euler_trajectory,
     flow_matching_loss,
     model_velocity,
+    pinned,
     student_sigmas,
     train_distillation,
     train_flow_matching,
@@ -94,3 +95,23 @@ def test_distillation_brings_the_few_step_student_closer_to_the_teacher(model):
     after = gap()
     assert history.loss[-1] < 0.5 * history.loss[0]
     assert after < 0.7 * before, (before, after)
+
+
+def test_fixed_latent_entries_are_pinned_in_inputs_and_left_out_of_losses(model):
+    """A codec's fixed entries (the trained tiny model's coordinate channels): the model always sees their
+    values, whatever the noise there, and they count in no loss; a pinned trajectory keeps them."""
+    video, audio, context, _ = _inputs(2)
+    mask = torch.zeros_like(video, dtype=torch.bool)
+    mask[12:] = True
+    values = torch.linspace(-1, 1, video.numel()).view(video.shape)
+    example = Example(video=video, audio=audio, context=context, video_fixed=(mask, values))
+    g = torch.Generator().manual_seed(3)
+    noise_v, noise_a = torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g)
+    other = torch.where(mask, 100 * torch.randn(video.shape, generator=g), noise_v)  # differs only where fixed
+    with torch.no_grad():
+        first = flow_matching_loss(model, example, 0.6, noise_v, noise_a)
+        second = flow_matching_loss(model, example, 0.6, other, noise_a)
+    assert first.video == second.video and first.audio == second.audio
+    velocity = pinned(lambda v, a, s: model_velocity(model, v, a, s, context), (mask, values), None)
+    end_video, _ = euler_trajectory(velocity, torch.where(mask, values, noise_v), noise_a, [0.9, 0.5, 0.0])[-1]
+    assert torch.equal(end_video[mask], values[mask]) and not torch.equal(end_video[~mask], noise_v[~mask])
