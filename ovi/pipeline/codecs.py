@@ -23,6 +23,12 @@ class VideoCodec(ABC):
         return (self.latent_channels, 1 + (num_frames - 1) // self.temporal_factor,
                 height // self.spatial_factor, width // self.spatial_factor)
 
+    def fixed_latents(self, shape) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Latent entries the codec fixes rather than the model generating them: (bool mask, values), both
+        broadcastable to `shape`, or None (real VAEs). Training keeps them clean and out of the loss; the
+        engine writes them before every model call, as it does with i2v's clean first frame."""
+        return None
+
     @abstractmethod
     def encode(self, video: torch.Tensor) -> torch.Tensor:  # [3,F,H,W] in [-1,1] -> latent
         ...
@@ -36,6 +42,10 @@ class AudioCodec(ABC):
     latent_channels = 20
     samples_per_latent = 512
     sample_rate = 16000
+
+    def fixed_latents(self, shape) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """As VideoCodec.fixed_latents, for [L, C] audio latents."""
+        return None
 
     @abstractmethod
     def encode(self, wave: torch.Tensor) -> torch.Tensor:  # [N] -> [L,20]

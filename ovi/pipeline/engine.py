@@ -86,6 +86,14 @@ class Plan:
         return self.audio_latent_shape[0]
 
 
+def pin_fixed(latent: torch.Tensor, fixed) -> torch.Tensor:
+    """Overwrite a codec's fixed latent entries (see VideoCodec.fixed_latents); training does the same."""
+    if fixed is None:
+        return latent
+    mask, values = fixed
+    return torch.where(mask, values, latent)
+
+
 class Engine:
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
@@ -226,10 +234,13 @@ class Engine:
         audio_solver = make_solver(plan.solver, plan.steps, plan.shift)
         is_i2v = image_latent is not None
         timesteps = video_solver.timesteps
+        video_fixed = self.fixed_latents(self.components.video_codec, video)
+        audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
         with self.on_device(self.model):
             for i, t in enumerate(timesteps):
                 if is_i2v:
                     video[:, :1] = image_latent
+                video, audio = pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
                 v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
                 video = video_solver.step(v[None], t, video[None])[0]
                 audio = audio_solver.step(a[None], t, audio[None])[0]
@@ -237,7 +248,15 @@ class Engine:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
             video[:, :1] = image_latent
-        return video, audio
+        return pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
+
+    def fixed_latents(self, codec, latent: torch.Tensor):
+        """The codec's fixed latent entries (e.g. coordinate channels) on this latent's device, or None."""
+        fixed = codec.fixed_latents(tuple(latent.shape))
+        if fixed is None:
+            return None
+        mask, values = fixed
+        return mask.to(latent.device), values.to(latent.device, latent.dtype)
 
     @torch.no_grad()
     def decode(self, plan: Plan, video_latent, audio_latent):
