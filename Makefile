@@ -18,6 +18,7 @@ demo: install
 	$(VENV)/bin/ovi generate --out outputs/demo
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --nbmake tests notebooks
 
 clean:

@@ -37,8 +37,8 @@ def timed(fn, repeat=5):
 def main(path: str) -> int:
     import ovi
     from ovi.checkpoint.loading import FP8, load_fusion_model
-    from ovi.checkpoint.tiny import make_random_checkpoint
     from ovi.model.attention import attention, resolve_backend
+    from ovi.pipeline.random_checkpoint import make_random_checkpoint
 
     assert torch.cuda.is_available(), "no CUDA device"
     dev = torch.device("cuda")

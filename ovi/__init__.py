@@ -11,6 +11,9 @@ def __getattr__(name):
     if name == "OviConfig":
         from ovi.config import OviConfig
         return OviConfig
+    if name == "GenerateRequest":
+        from ovi.request import GenerateRequest
+        return GenerateRequest
     if name == "Engine":
         from ovi.pipeline.engine import Engine
         return Engine

@@ -19,19 +19,23 @@ from typing import Any
 import yaml
 
 from ovi.errors import ConfigError, NotAvailableError
-from ovi.pipeline.specs import MODEL_SPECS
+from ovi.request import (
+    CONFIG_KEYS,
+    FieldError,
+    GenerateRequest,
+    config_field_check,
+    show,
+)
+from ovi.specs import MODEL_SPECS
 
 # Shipped yaml files live inside the package so they exist in a wheel too; configs/*.yaml at the repo
 # root are identical copies for people browsing the repo (a test keeps them in sync).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "tiny"
 
-MODES = ("t2v", "i2v", "t2i2v")
-SOLVERS = ("unipc", "dpm++", "euler")
 FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
 ATTENTION_BACKENDS = ("auto", "flash3", "flash2", "sdpa", "math")
 DTYPES = ("auto", "bf16", "fp32")
-LORA_KEYS = ("path", "weight", "name", "merge")
 
 # Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
 # feature lands; `require_available()` then stops refusing it.
@@ -55,7 +59,7 @@ class OviConfig:
     sample_steps: int = 50
     solver_name: str = "unipc"
     shift: float = 5.0
-    sp_size: int = 1
+    sp_size: int | None = None              # None: filled from the number of ranks (1 in one process)
     audio_guidance_scale: float = 3.0
     video_guidance_scale: float = 4.0
     slg_layer: int | bool = 11              # 0, -1 or False disable skip-layer guidance
@@ -103,6 +107,12 @@ class OviConfig:
             return None
         return int(self.slg_layer)
 
+    def request_defaults(self, prompt: str | None = None) -> GenerateRequest:
+        """The config's per-clip keys as a GenerateRequest: the values every unset request field takes."""
+        values = {name: getattr(self, key) for name, key in CONFIG_KEYS.items() if name not in ("prompt", "out")}
+        values["loras"] = tuple(self.lora)
+        return GenerateRequest(prompt=prompt or self.text_prompt or "(config defaults)", **values)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every resolved setting (what the clip sidecar records)."""
         return dataclasses.asdict(self)
@@ -124,7 +134,7 @@ class OviConfig:
         for key, feature in PENDING_FEATURES.items():
             if getattr(self, key):
                 off = "[]" if key == "lora" else "false"
-                problems.append(f"{key}: {_show(getattr(self, key))} is not available until the {feature} "
+                problems.append(f"{key}: {show(getattr(self, key))} is not available until the {feature} "
                                 f"feature lands; set {key}: {off}")
         if self.shard_text_model:
             problems.append("shard_text_model: true is not supported (upstream Ovi refuses it too); "
@@ -134,6 +144,9 @@ class OviConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(OviConfig))
+# Config keys that are per-clip defaults (a GenerateRequest field each); the rest are engine settings.
+PER_CLIP_KEYS = tuple(CONFIG_KEYS.values())
+ENGINE_KEYS = tuple(k for k in FIELDS if k not in PER_CLIP_KEYS)
 _TEXT_FIELDS = ("ckpt_dir", "output_dir", "text_prompt", "image_path", "video_negative_prompt",
                 "audio_negative_prompt")
 _NOT_YAML = object()
@@ -232,19 +245,16 @@ def _unknown_key_message(key: str) -> str:
 # validation
 
 
-def _show(value) -> str:
-    """A value as it would be written in yaml (for messages)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
 def _fail(key: str, value, problem: str) -> ConfigError:
-    return ConfigError(f"{key} {_show(value)}: {problem}")
+    return ConfigError(f"{key} {show(value)}: {problem}")
+
+
+def _check_request_key(cfg: OviConfig, key: str) -> None:
+    """Per-clip keys are checked (and normalised) by the same checkers GenerateRequest uses."""
+    try:
+        setattr(cfg, key, config_field_check(key)(key, getattr(cfg, key)))
+    except FieldError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _choice(cfg: OviConfig, key: str, choices: tuple[str, ...], *, fold_case: bool = False) -> None:
@@ -266,7 +276,7 @@ def _check_types(cfg: OviConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in ("slg_layer", "model", "image_path", "lora", "video_frame_height_width"):
+        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size"):
             continue  # checked on their own below
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -285,45 +295,16 @@ def _check_types(cfg: OviConfig) -> None:
                 raise _fail(f.name, value, "must be a string")
 
 
-def _normalize_lora(value) -> list[dict]:
-    """Accept a list (or one item) of {path, weight, name?, merge?} dicts or "path[:weight]" strings."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, (str, Path)):
-            path, weight = str(item), 1.0
-            head, sep, tail = path.rpartition(":")
-            if sep and head:
-                try:
-                    weight, path = float(tail), head
-                except ValueError:
-                    pass  # a ':' that is part of the path (e.g. C:\...)
-            item = {"path": path, "weight": weight}
-        if not isinstance(item, dict):
-            raise _fail("lora", value, 'each entry must be "path:weight" or {path: ..., weight: ...}')
-        extra = [k for k in item if k not in LORA_KEYS]
-        if extra:
-            raise _fail("lora", value, f"unknown entry key {extra[0]!r}; allowed: {', '.join(LORA_KEYS)}")
-        if not item.get("path"):
-            raise _fail("lora", value, "every entry needs a path")
-        weight = item.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise _fail("lora", value, f"weight {_show(weight)} of {item['path']!r} must be a number")
-        merge = item.get("merge", True)
-        if not isinstance(merge, bool):
-            raise _fail("lora", value, f"merge of {item['path']!r} must be true or false")
-        path = str(item["path"])
-        name = str(item.get("name") or Path(path).stem)
-        out.append({"path": path, "weight": float(weight), "name": name, "merge": merge})
-    return out
-
-
 def _validate(cfg: OviConfig) -> None:
     _check_types(cfg)
+    for key in PER_CLIP_KEYS:
+        if key == "text_prompt" or (key == "image_path" and cfg.image_path is None):
+            continue  # a config may leave them empty: the request gives them
+        _check_request_key(cfg, key)
+    if not isinstance(cfg.text_prompt, str):
+        raise _fail("text_prompt", cfg.text_prompt, "must be a string (a prompt, or a .csv/.tsv prompt file)")
     if cfg.model_name not in MODEL_SPECS:
         raise _fail("model_name", cfg.model_name, f"unknown model; choose one of {', '.join(MODEL_SPECS)}")
-    _choice(cfg, "mode", MODES)
-    _choice(cfg, "solver_name", SOLVERS)
     _choice(cfg, "fsdp_sharding_strategy", FSDP_STRATEGIES, fold_case=True)
     _choice(cfg, "attention_backend", ATTENTION_BACKENDS)
     _choice(cfg, "dtype", DTYPES)
@@ -337,38 +318,9 @@ def _validate(cfg: OviConfig) -> None:
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")
-    if cfg.sample_steps < 1:
-        raise _fail("sample_steps", cfg.sample_steps, "must be at least 1 (upstream uses 50)")
-    if cfg.shift <= 0:
-        raise _fail("shift", cfg.shift, "must be > 0 (upstream uses 5.0)")
-    for key in ("audio_guidance_scale", "video_guidance_scale"):
-        if getattr(cfg, key) < 0:
-            raise _fail(key, getattr(cfg, key), "must be >= 0 (1.0 turns guidance off)")
-    if cfg.sp_size < 1:
-        raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism)")
-    if cfg.each_example_n_times < 1:
-        raise _fail("each_example_n_times", cfg.each_example_n_times, "must be at least 1")
-    if cfg.seed < 0:
-        raise _fail("seed", cfg.seed, "must be a non-negative integer")
-
-    slg = cfg.slg_layer
-    if slg is True or not isinstance(slg, int) or slg < -1:
-        raise _fail("slg_layer", slg, "must be a block index (e.g. 11), or 0 / -1 / false to disable SLG")
-
-    if cfg.image_path is not None:
-        if not isinstance(cfg.image_path, (str, Path)):
-            raise _fail("image_path", cfg.image_path, "must be a file path or null")
-        cfg.image_path = str(cfg.image_path) or None
-
-    hw = cfg.video_frame_height_width
-    ok = (isinstance(hw, (list, tuple)) and len(hw) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0 for v in hw))
-    if not ok:
-        example = [704, 1280]
-        if isinstance(hw, (list, tuple)) and len(hw) == 2 and all(isinstance(v, (int, float)) for v in hw):
-            example = [max(32, int(round(v / 32)) * 32) for v in hw]
-        raise ConfigError(f"video_frame_height_width {_show(list(hw) if isinstance(hw, tuple) else hw)}: "
-                          f"each side must be a positive multiple of 32, e.g. {example}")
-    cfg.video_frame_height_width = list(hw)
-
-    cfg.lora = _normalize_lora(cfg.lora) if cfg.lora else []
+    if cfg.sp_size is not None and (isinstance(cfg.sp_size, bool) or not isinstance(cfg.sp_size, int)
+                                    or cfg.sp_size < 1):
+        raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism), or null to "
+                                            "use every rank")
+    cfg.video_frame_height_width = list(cfg.video_frame_height_width)
+    cfg.lora = [dict(item) for item in cfg.lora]

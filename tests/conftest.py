@@ -5,7 +5,7 @@ import torch
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A tiny checkpoint in upstream's layout, made once per test session (with its fp8 twin)."""
-    from ovi.checkpoint.tiny import make_tiny
+    from ovi.pipeline.random_checkpoint import make_tiny
     return make_tiny(tmp_path_factory.mktemp("tiny_ckpt"), fp8=True)
 
 

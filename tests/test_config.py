@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ovi.config import (CONFIG_DIR, FIELDS, OviConfig, load_config, parse_set_option, shipped_configs)
+from ovi.config import (
+    CONFIG_DIR,
+    FIELDS,
+    OviConfig,
+    load_config,
+    parse_set_option,
+    shipped_configs,
+)
 from ovi.errors import ConfigError, InputError, NotAvailableError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -33,7 +40,7 @@ def test_no_argument_gives_the_embedded_tiny_default():
         "tiny", "tiny", "./outputs/tiny_ckpt", "./outputs")
     assert (cfg.sample_steps, cfg.mode, cfg.video_frame_height_width, cfg.seed, cfg.dtype) == (
         8, "t2v", [128, 128], 103, "fp32")
-    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (1, 1, "unipc")
+    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (1, None, "unipc")  # sp fills from the ranks
     assert cfg.text_prompt  # the default run has something to generate
     cfg.require_available()
 

@@ -14,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
@@ -25,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def flops_per_step(engine, plan) -> int:
     """FLOPs of one denoising step (positive + negative pass), counted on the real forward."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from ovi.pipeline.solvers import make_solver
@@ -37,6 +36,8 @@ def flops_per_step(engine, plan) -> int:
 
 
 def run(args):
+    import torch  # here, not at import: `ovi` builds every bench's parser on each call
+
     import ovi
     from ovi.config import parse_set_option
     cfg = ovi.load_config(args.config, **dict(parse_set_option(s) for s in args.set))

@@ -20,7 +20,7 @@ from pathlib import Path
 from ovi.queue import JobQueue
 
 REQUEST = {"prompt": "A cat plays the piano. <S>Hello there.<E> <AUDCAP>Piano music.<ENDAUDCAP>",
-           "mode": "t2v", "seed": 100, "steps": 50, "set": {"sample_steps": 50}}
+           "mode": "t2v", "seed": 100, "steps": 50, "engine": {"fp8": False}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

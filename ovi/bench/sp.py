@@ -59,7 +59,7 @@ def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile
 
 
 def run(args):
-    from ovi.checkpoint.tiny import make_random_checkpoint
+    from ovi.pipeline.random_checkpoint import make_random_checkpoint
     root = Path(args.ckpt_root or tempfile.mkdtemp(prefix="ovi-bench-sp-"))
     for arch in args.arch.split(","):
         ckpt = root / arch

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import torch
 
-from ovi.checkpoint.adapter import describe_foreign_keys, fusion_keys_from_upstream, unwrap_container
+from ovi.checkpoint.adapter import (
+    describe_foreign_keys,
+    fusion_keys_from_upstream,
+    unwrap_container,
+)
 from ovi.errors import CheckpointError
 from ovi.model import FusionModel
+from ovi.model.configs import ARCHITECTURES
 from ovi.model.configs import architecture as architecture_configs
+from ovi.specs import FUSION_DIR
 
 FP8 = torch.float8_e4m3fn
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -138,7 +144,6 @@ def compare(path, found: dict[str, tuple[tuple, torch.dtype]], architecture: str
 
 def inspect_checkpoint(path: str | Path, architecture: str | None = None) -> KeyReport:
     """Compare a file against an architecture (or the closest known one when None)."""
-    from ovi.model.configs import ARCHITECTURES
     found = read_shapes(path)
     names = [architecture] if architecture else list(ARCHITECTURES)
     reports = [compare(path, found, name) for name in names]
@@ -179,7 +184,7 @@ def load_fusion_model(path: str | Path, architecture: str, *, storage: torch.dty
 
 
 def fusion_checkpoint_path(ckpt_dir: str | Path, checkpoint_file: str) -> Path:
-    path = Path(ckpt_dir) / "Ovi" / checkpoint_file
+    path = Path(ckpt_dir) / FUSION_DIR / checkpoint_file
     if not path.is_file():
         raise CheckpointError(
             f"Ovi checkpoint not found at {path}; expected the upstream layout <ckpt_dir>/Ovi/{checkpoint_file} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from ovi.errors import ConfigError
+
 OVI_VIDEO_CONFIG = {
     "patch_size": [1, 2, 2], "model_type": "ti2v", "dim": 3072, "ffn_dim": 14336, "freq_dim": 256,
     "num_heads": 24, "num_layers": 30, "in_dim": 48, "out_dim": 48, "text_len": 512,
@@ -43,7 +45,6 @@ RANDOM_ARCHITECTURES = ("tiny", "mid")  # made on demand from a seed; no downloa
 
 def architecture(name: str) -> tuple[dict, dict]:
     """Deep copies of (video_config, audio_config) for an architecture preset."""
-    from ovi.errors import ConfigError
     if name not in ARCHITECTURES:
         raise ConfigError(f"unknown model architecture '{name}'; use one of {', '.join(ARCHITECTURES)}")
     video, audio = ARCHITECTURES[name]

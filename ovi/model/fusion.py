@@ -1,8 +1,9 @@
 """Ovi's FusionModel: a video and an audio WanModel fused block by block.
 
 Per block i: both branches run self-attention; then each branch's cross-attention reads the *other*
-branch's post-self-attention state (audio first, video reads audio's state saved before audio's
-cross-attention), so the two updates are symmetric. `slg_layer` skips block i entirely.
+branch's post-self-attention state, so the two updates are symmetric. `slg_layer` skips block i
+entirely. Where tokens live between embedding and head is the `token_layout`'s business (identity
+here; ovi.parallel installs a sequence-sharding layout), so the model never communicates.
 Signature and return value follow upstream's FusionModel.forward; see DESIGN.md §4 for the one
 deliberate difference (dtype follows the weights).
 """
@@ -14,7 +15,19 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ovi.errors import ConfigError
-from ovi.model.wan import WanModel
+from ovi.model.wan import Attend, CrossAttend, WanModel
+
+
+class TokenLayout:
+    """Identity layout: every token of both modalities on this process."""
+
+    fused_only = False  # a sharding layout cannot run the single-modality paths
+
+    def scatter(self, modality, x, e, e0, info):
+        return x, e, e0, info
+
+    def gather(self, modality, out):
+        return out
 
 
 def _all_none(x) -> bool:
@@ -34,6 +47,7 @@ class FusionModel(nn.Module):
             raise ConfigError("video_config must describe a video backbone (model_type ti2v/t2v) and "
                               "audio_config an audio one (model_type t2a)")
         self.gradient_checkpointing = False
+        self.token_layout = TokenLayout()  # a plain attribute: not a module, not in the state_dict
 
     @property
     def num_blocks(self) -> int:
@@ -44,9 +58,8 @@ class FusionModel(nn.Module):
         self.audio_model.compute_dtype = dtype
 
     def set_attention_backend(self, backend: str) -> None:
-        from ovi.model.wan import Attend
         for m in self.modules():
-            if isinstance(m, Attend):
+            if isinstance(m, (Attend, CrossAttend)):
                 m.backend = backend
 
     def fused_block(self, i, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
@@ -54,15 +67,20 @@ class FusionModel(nn.Module):
         v_mods, a_mods = vb.modulate(v_e0), ab.modulate(a_e0)
         audio = ab.self_attn_residual(audio, a_mods, a_info)
         vid = vb.self_attn_residual(vid, v_mods, v_info)
-        og_audio = audio
-        audio = ab.cross_ffn_residual(audio, a_mods, a_ctx, a_info, target=vid, tgt=v_info)
-        vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=og_audio, tgt=a_info)
+        # Both cross-attentions read the other branch's post-self-attention state. Audio's is started
+        # first and finished last: a parallel kernel's communication can run under the video branch.
+        audio_cross = ab.cross_attn.start(ab.norm3(audio), a_ctx, a_info, target=vid, tgt=v_info)
+        vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=audio, tgt=a_info)
+        audio = ab.ffn_residual(audio + ab.cross_attn.finish(audio_cross), a_mods)
         return vid, audio
 
     def forward(self, vid, audio, t, vid_context, audio_context, vid_seq_len, audio_seq_len,
                 clip_fea=None, clip_fea_audio=None, y=None, first_frame_is_clean=False, slg_layer=False):
         if clip_fea is not None or clip_fea_audio is not None or y is not None:
             raise ValueError("FusionModel takes no clip_fea/clip_fea_audio/y (Ovi's backbones are not CLIP-conditioned)")
+        if self.token_layout.fused_only and (_all_none(vid) or _all_none(audio)):
+            raise ValueError("this model's tokens are sharded across ranks (sequence parallelism), which runs "
+                             "the fused model only; pass both video and audio")
         if _all_none(vid):
             # Upstream ignores slg_layer on the single-modality paths; so do we.
             return None, self.audio_model(audio, t, audio_context, audio_seq_len)
@@ -72,8 +90,8 @@ class FusionModel(nn.Module):
         vid, v_e, v_e0, v_ctx, v_info = self.video_model.prepare(
             vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean)
         audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len)
-        vid, v_e, v_e0, v_info = self.scatter_tokens("video", vid, v_e, v_e0, v_info)
-        audio, a_e, a_e0, a_info = self.scatter_tokens("audio", audio, a_e, a_e0, a_info)
+        vid, v_e, v_e0, v_info = self.token_layout.scatter("video", vid, v_e, v_e0, v_info)
+        audio, a_e, a_e0, a_info = self.token_layout.scatter("audio", audio, a_e, a_e0, a_info)
         for i in range(self.num_blocks):
             if slg_layer and slg_layer > 0 and i == slg_layer:
                 continue
@@ -82,18 +100,10 @@ class FusionModel(nn.Module):
                 vid, audio = checkpoint(self.fused_block, i, *args, use_reentrant=False)
             else:
                 vid, audio = self.fused_block(i, *args)
-        vid = self.gather_tokens("video", self.video_model.head(vid, v_e))
-        audio = self.gather_tokens("audio", self.audio_model.head(audio, a_e))
+        vid = self.token_layout.gather("video", self.video_model.head(vid, v_e))
+        audio = self.token_layout.gather("audio", self.audio_model.head(audio, a_e))
         return (self.video_model.unpatchify(vid, v_info.grid_sizes),
                 self.audio_model.unpatchify(audio, a_info.grid_sizes))
-
-    # Token-layout hooks: identity here; ovi.parallel overrides them to shard the sequence across
-    # ranks after embedding and to gather the head outputs (the model itself never communicates).
-    def scatter_tokens(self, modality, x, e, e0, info):
-        return x, e, e0, info
-
-    def gather_tokens(self, modality, out):
-        return out
 
     @torch.no_grad()
     def init_weights(self):

@@ -1,8 +1,9 @@
 """One Wan2.2-style backbone (video or audio) with upstream Ovi's structure and parameter names.
 
 Read top to bottom in data-flow order: attention layers, block, model. The model holds no process
-state; sequence parallelism and sharding are applied from outside (ovi.parallel) by swapping the
-`attend` callable of the attention modules or wrapping the model.
+state; sequence parallelism and sharding are applied from outside (ovi.parallel) by replacing the
+`attend` kernels of the attention modules (parameter-free modules, so state_dict keys never change)
+or wrapping the model. The block math exists once, here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from torch.utils.checkpoint import checkpoint
 from ovi.errors import ConfigError
 from ovi.model.attention import attention
 from ovi.model.layers import (
-    ChannelLastConv1d, Conv3d, ConvMLP, Head, LayerNorm, Linear, ModulationAdd, RMSNorm, sinusoidal_embedding,
+    ChannelLastConv1d,
+    Conv3d,
+    ConvMLP,
+    Head,
+    LayerNorm,
+    Linear,
+    ModulationAdd,
+    RMSNorm,
+    sinusoidal_embedding,
 )
 from ovi.model.rope import apply_rope, audio_freqs, video_freqs
 
@@ -32,7 +41,8 @@ class SeqInfo:
 
 
 class Attend(nn.Module):
-    """The attention call itself, a module so ovi.parallel can replace it (e.g. with Ulysses)."""
+    """Self-attention's kernel, a module so ovi.parallel can replace it (e.g. with Ulysses).
+    q, k, v [B,L,H,d] (already roped) -> [B,L,H,d]."""
 
     def __init__(self, window_size=(-1, -1)):
         super().__init__()
@@ -41,6 +51,25 @@ class Attend(nn.Module):
 
     def forward(self, q, k, v, k_lens=None):
         return attention(q, k, v, k_lens=k_lens, backend=self.backend, window=self.window_size)
+
+
+class CrossAttend(nn.Module):
+    """Cross-attention's kernel: attention to the text tokens plus, in a fused block, attention to
+    the other modality's tokens (both sides roped with their own tables, the target's padding
+    masked), summed. Takes un-roped q / kx so a parallel variant can rope after moving them.
+    Returns [B,Lq,H,d], or a handle whose `wait()` returns it (a variant with communication in flight)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backend = "sdpa"
+
+    def forward(self, q, k, v, kx=None, vx=None, src: "SeqInfo | None" = None, tgt: "SeqInfo | None" = None):
+        out = attention(q, k, v, backend=self.backend)
+        if kx is not None:
+            qx = apply_rope(q, src.freqs, src.offset)
+            kx = apply_rope(kx, tgt.freqs, tgt.offset)
+            out = out + attention(qx, kx, vx, k_lens=tgt.lens, backend=self.backend)
+        return out
 
 
 class SelfAttention(nn.Module):
@@ -68,33 +97,38 @@ class CrossAttention(SelfAttention):
     """Text cross-attention; with `fusion`, also attention to the other modality's tokens.
 
     Text keys are all `text_len` slots, unmasked and un-roped (zero-padded prompts included), as
-    upstream. The cross-modal path ropes both sides with their own tables, masks the target's
-    padding, and its output is summed with the text output before the one shared `o`.
+    upstream. The cross-modal path's output is summed with the text output before the one shared `o`
+    (see CrossAttend). `start` / `finish` split the call so a fused block can let a parallel kernel's
+    communication run while the other branch computes.
     """
 
     def __init__(self, dim, num_heads, window_size=(-1, -1), qk_norm=True, eps=1e-6, fusion=False):
         super().__init__(dim, num_heads, window_size, qk_norm, eps)
-        self.attend.window_size = (-1, -1)
+        self.attend = CrossAttend()
         self.fusion = fusion
         if fusion:
             self.k_fusion = Linear(dim, dim)
             self.v_fusion = Linear(dim, dim)
             self.pre_attn_norm_fusion = LayerNorm(dim, eps, elementwise_affine=True)
             self.norm_k_fusion = RMSNorm(dim, eps)
-            self.attend_fusion = Attend()
 
-    def forward(self, x, context, src: SeqInfo | None = None, target=None, tgt: SeqInfo | None = None):
+    def start(self, x, context, src: SeqInfo | None = None, target=None, tgt: SeqInfo | None = None):
         q = self.heads(self.norm_q(self.q(x)))
         k = self.heads(self.norm_k(self.k(context)))
         v = self.heads(self.v(context))
-        out = self.attend(q, k, v, None)
-        if target is not None:
-            tn = self.pre_attn_norm_fusion(target)
-            kx = apply_rope(self.heads(self.norm_k_fusion(self.k_fusion(tn))), tgt.freqs, tgt.offset)
-            vx = self.heads(self.v_fusion(tn))
-            qx = apply_rope(q, src.freqs, src.offset)
-            out = out + self.attend_fusion(qx, kx, vx, tgt.lens)
+        if target is None:
+            return self.attend(q, k, v)
+        tn = self.pre_attn_norm_fusion(target)
+        kx = self.heads(self.norm_k_fusion(self.k_fusion(tn)))
+        vx = self.heads(self.v_fusion(tn))
+        return self.attend(q, k, v, kx, vx, src, tgt)
+
+    def finish(self, started):
+        out = started if torch.is_tensor(started) else started.wait()
         return self.o(out.flatten(2))
+
+    def forward(self, x, context, src: SeqInfo | None = None, target=None, tgt: SeqInfo | None = None):
+        return self.finish(self.start(x, context, src, target, tgt))
 
 
 class WanAttentionBlock(nn.Module):

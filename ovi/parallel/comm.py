@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-
 # torch renamed all_gather_into_tensor to all_gather_single; use whichever this torch has.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 

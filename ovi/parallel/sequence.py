@@ -14,9 +14,10 @@ Two layouts, chosen by `use_optimized_comms` (both exact: same result as one ran
 * `enable_async_comms` (optimized only) overlaps that all-gather with the video branch's
   cross-attention + FFN, and pipelines video self-attention in two head groups.
 
-Mechanism: `apply_sequence_parallel` swaps classes in place (state_dict keys are untouched, so
-checkpoints, LoRA and FSDP see the same model): the FusionModel's token-layout hooks shard after
-embedding and gather head outputs; attention modules get communicating variants.
+Mechanism: `apply_sequence_parallel` installs hooks, never copies of the block math: the FusionModel's
+`token_layout` becomes a sharding layout (shard after embedding, gather the head outputs), and the
+parameter-free attention kernels (`Attend`, `CrossAttend`) are replaced by communicating variants.
+state_dict keys are untouched, so checkpoints, LoRA and FSDP see the same model.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from ovi.model.attention import attention, attention_with_lse, merge_partial_attention
-from ovi.model.fusion import FusionModel
+from ovi.model.fusion import FusionModel, TokenLayout
 from ovi.model.rope import apply_rope
-from ovi.model.wan import Attend, CrossAttention, SeqInfo
+from ovi.model.wan import Attend, CrossAttend, SeqInfo
 from ovi.parallel.comm import GroupComm
 
 SCHEMES = ("upstream", "optimized")
@@ -64,13 +65,14 @@ class _Deferred:
         return self.finish(self.pending.wait())
 
 
-# ---- attention variants ---------------------------------------------------------------------------
+# ---- attention kernels ----------------------------------------------------------------------------
 class UlyssesAttend(Attend):
     """Self-attention over a sharded sequence: all-to-all to head shards, attend, and back."""
 
-    def configure(self, comm: GroupComm, scheme: str, overlap: bool, slot: str):
+    def __init__(self, like: Attend, comm: GroupComm, scheme: str, overlap: bool, slot: str):
+        super().__init__(like.window_size)
+        self.backend = like.backend
         self.comm, self.scheme, self.overlap, self.slot = comm, scheme, overlap, slot
-        return self
 
     def forward(self, q, k, v, k_lens=None):
         comm = self.comm
@@ -98,63 +100,76 @@ class UlyssesAttend(Attend):
         return torch.cat([p.wait() for p in outbound], dim=2)
 
 
-class UpstreamSPCrossAttention(CrossAttention):
+class UpstreamSPCrossAttend(CrossAttend):
     """Upstream's SP cross-attention: q to head shards once, text k/v head-sliced locally, the other
     branch's k/v to head shards, both attentions summed, one all-to-all back."""
 
-    def forward(self, x, context, src: SeqInfo | None = None, target=None, tgt: SeqInfo | None = None):
+    def __init__(self, like: CrossAttend, comm: GroupComm, slot: str):
+        super().__init__()
+        self.backend = like.backend
+        self.comm, self.slot = comm, slot
+
+    def forward(self, q, k, v, kx=None, vx=None, src: SeqInfo | None = None, tgt: SeqInfo | None = None):
         comm, slot = self.comm, self.slot
-        heads = self.num_heads // comm.size
+        heads = q.shape[2] // comm.size
         h0 = comm.rank * heads
-        q = seq_to_heads(comm, self.heads(self.norm_q(self.q(x)))[None], f"{slot}.q")[0]
-        k = self.heads(self.norm_k(self.k(context)))[:, :, h0:h0 + heads]
-        v = self.heads(self.v(context))[:, :, h0:h0 + heads]
-        out = attention(q, k, v, backend=self.attend.backend)
-        if target is not None:
-            tn = self.pre_attn_norm_fusion(target)
-            kx = seq_to_heads(comm, self.heads(self.norm_k_fusion(self.k_fusion(tn)))[None], f"{slot}.kx")[0]
-            vx = seq_to_heads(comm, self.heads(self.v_fusion(tn))[None], f"{slot}.vx")[0]
+        q = seq_to_heads(comm, q[None], f"{slot}.q")[0]
+        out = attention(q, k[:, :, h0:h0 + heads], v[:, :, h0:h0 + heads], backend=self.backend)
+        if kx is not None:
+            kx = seq_to_heads(comm, kx[None], f"{slot}.kx")[0]
+            vx = seq_to_heads(comm, vx[None], f"{slot}.vx")[0]
             qx, kx = apply_rope(q, src.freqs), apply_rope(kx, tgt.freqs)  # full sequences now: offset 0
-            out = out + attention(qx, kx, vx, k_lens=tgt.lens, backend=self.attend_fusion.backend)
-        return self.o(heads_to_seq(comm, out, f"{slot}.out").flatten(2))
+            out = out + attention(qx, kx, vx, k_lens=tgt.lens, backend=self.backend)
+        return heads_to_seq(comm, out, f"{slot}.out")
 
 
-class ReplicatedQueryCrossAttention(CrossAttention):
+class ReplicatedQueryCrossAttend(CrossAttend):
     """Cross-attention of a replicated branch (audio) to a sharded one (video): attend over the local
-    key shard, then merge the partial results of all ranks by log-sum-exp (one all-gather)."""
+    key shard, then merge the partial results of all ranks by log-sum-exp (one all-gather). With
+    `overlap` the all-gather stays in flight until the caller waits on the returned handle."""
 
-    def forward(self, x, context, src: SeqInfo | None = None, target=None, tgt: SeqInfo | None = None):
-        return self.finish(self.start(x, context, src, target, tgt))
+    def __init__(self, like: CrossAttend, comm: GroupComm, slot: str, overlap: bool):
+        super().__init__()
+        self.backend = like.backend
+        self.comm, self.slot, self.overlap = comm, slot, overlap
 
-    def start(self, x, context, src, target, tgt):
-        q = self.heads(self.norm_q(self.q(x)))
-        k = self.heads(self.norm_k(self.k(context)))
-        v = self.heads(self.v(context))
-        text = self.attend(q, k, v, None)
-        tn = self.pre_attn_norm_fusion(target)
-        kx = apply_rope(self.heads(self.norm_k_fusion(self.k_fusion(tn))), tgt.freqs, tgt.offset)
-        vx = self.heads(self.v_fusion(tn))
+    def forward(self, q, k, v, kx=None, vx=None, src: SeqInfo | None = None, tgt: SeqInfo | None = None):
+        text = attention(q, k, v, backend=self.backend)
+        kx = apply_rope(kx, tgt.freqs, tgt.offset)
         local_lens = (tgt.lens - tgt.offset).clamp(0, kx.shape[1])
         out, lse = attention_with_lse(apply_rope(q, src.freqs, src.offset), kx, vx, k_lens=local_lens)
         packed = torch.cat([out, lse[..., None]], dim=-1)
-        return text, self.comm.all_gather(packed, f"{self.slot}.merge", async_op=self.overlap)
+        gathered = self.comm.all_gather(packed, f"{self.slot}.merge", async_op=self.overlap)
+        merged = _MergedAttention(text, gathered)
+        return merged if self.overlap else merged.wait()
 
-    def finish(self, started):
-        text, gathered = started
-        if not torch.is_tensor(gathered):
-            gathered = gathered.wait()
+
+class _MergedAttention:
+    """Text attention + the log-sum-exp merge of every rank's partial cross-modal attention."""
+
+    def __init__(self, text, gathered):
+        self.text, self.gathered = text, gathered
+
+    def wait(self) -> torch.Tensor:
+        gathered = self.gathered if torch.is_tensor(self.gathered) else self.gathered.wait()
         fused = merge_partial_attention(gathered[..., :-1], gathered[..., -1])
-        return self.o((text + fused.to(text.dtype)).flatten(2))
+        return self.text + fused.to(self.text.dtype)
 
 
-# ---- the model ------------------------------------------------------------------------------------
-class SequenceParallelFusionModel(FusionModel):
-    """FusionModel whose token-layout hooks shard sequences over an SP group."""
+# ---- the token layout -----------------------------------------------------------------------------
+class SequenceShardLayout(TokenLayout):
+    """Shards the video (and, in the upstream scheme, the audio) sequence over an SP group after
+    embedding, padding to a multiple of the group size; gathers the head outputs."""
 
-    def scatter_tokens(self, modality, x, e, e0, info):
-        if modality == "audio" and not self.sp_shard_audio:
+    fused_only = True
+
+    def __init__(self, comm: GroupComm, shard_audio: bool):
+        self.comm, self.shard_audio = comm, shard_audio
+
+    def scatter(self, modality, x, e, e0, info):
+        if modality == "audio" and not self.shard_audio:
             return x, e, e0, info
-        comm = self.sp_comm
+        comm = self.comm
         length = x.shape[1]
         pad = (-length) % comm.size
         if pad:
@@ -165,42 +180,16 @@ class SequenceParallelFusionModel(FusionModel):
         info = dataclasses.replace(info, offset=comm.rank * shard, sharded=True)
         return x[:, sl], e[:, sl], e0[:, sl], info
 
-    def gather_tokens(self, modality, out):
-        if modality == "audio" and not self.sp_shard_audio:
+    def gather(self, modality, out):
+        if modality == "audio" and not self.shard_audio:
             return out
-        gathered = self.sp_comm.all_gather(out, None)  # [P,B,Ls,C]; fresh: it leaves the model
+        gathered = self.comm.all_gather(out, None)  # [P,B,Ls,C]; fresh: it leaves the model
         return gathered.permute(1, 0, 2, 3).reshape(out.shape[0], -1, out.shape[2])
-
-    def forward(self, vid, audio, t, vid_context, audio_context, *args, **kwargs):
-        if vid is None or audio is None or any(u is None for u in vid) or any(u is None for u in audio):
-            raise ValueError("sequence parallelism runs the fused model only; pass both video and audio")
-        return super().forward(vid, audio, t, vid_context, audio_context, *args, **kwargs)
-
-    def fused_block(self, i, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
-        if not self.sp_overlap:
-            return super().fused_block(i, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info)
-        # Same math as FusionModel.fused_block, reordered: the audio branch's all-gather is in flight
-        # while the video branch runs its (local) cross-attention and FFN.
-        vb, ab = self.video_model.blocks[i], self.audio_model.blocks[i]
-        v_mods, a_mods = vb.modulate(v_e0), ab.modulate(a_e0)
-        audio = ab.self_attn_residual(audio, a_mods, a_info)
-        vid = vb.self_attn_residual(vid, v_mods, v_info)
-        started = ab.cross_attn.start(ab.norm3(audio), a_ctx, a_info, vid, v_info)
-        vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=audio, tgt=a_info)
-        audio = ab.ffn_residual(audio + ab.cross_attn.finish(started), a_mods)
-        return vid, audio
-
-
-def _swap(module, cls, **attrs):
-    module.__class__ = cls
-    for k, v in attrs.items():
-        setattr(module, k, v)
-    return module
 
 
 def apply_sequence_parallel(model: FusionModel, comm: GroupComm, *, scheme: str = "optimized",
                             overlap: bool = False) -> FusionModel:
-    """Turn `model` (in place) into its sequence-parallel form over `comm`'s ranks."""
+    """Install sequence parallelism over `comm`'s ranks on `model` (in place) and return it."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown SP scheme '{scheme}'; use one of {SCHEMES}")
     if comm.size == 1:
@@ -211,16 +200,16 @@ def apply_sequence_parallel(model: FusionModel, comm: GroupComm, *, scheme: str 
     overlap = overlap and scheme == "optimized"
     shard_audio = scheme == "upstream"
     comm.sync_after = scheme == "upstream"
-    _swap(model, SequenceParallelFusionModel, sp_comm=comm, sp_shard_audio=shard_audio, sp_overlap=overlap)
+    model.token_layout = SequenceShardLayout(comm, shard_audio)
     for name, branch in (("video", model.video_model), ("audio", model.audio_model)):
         sharded = name == "video" or shard_audio
         for i, block in enumerate(branch.blocks):
             slot = f"{name}.{i % 2}"  # alternate slots: consecutive blocks never share a buffer
+            self_attn, cross_attn = block.self_attn, block.cross_attn
             if sharded:
-                _swap(block.self_attn.attend, UlyssesAttend).configure(comm, scheme, overlap, f"{slot}.self")
+                self_attn.attend = UlyssesAttend(self_attn.attend, comm, scheme, overlap, f"{slot}.self")
             if scheme == "upstream":
-                _swap(block.cross_attn, UpstreamSPCrossAttention, comm=comm, slot=f"{slot}.cross")
+                cross_attn.attend = UpstreamSPCrossAttend(cross_attn.attend, comm, f"{slot}.cross")
             elif name == "audio":
-                _swap(block.cross_attn, ReplicatedQueryCrossAttention, comm=comm, slot=f"{slot}.cross",
-                      overlap=overlap)
+                cross_attn.attend = ReplicatedQueryCrossAttend(cross_attn.attend, comm, f"{slot}.cross", overlap)
     return model

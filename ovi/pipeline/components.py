@@ -2,11 +2,11 @@
 
     <ckpt_dir>/Ovi/<model file>                    fusion DiT (ovi.checkpoint)
     <ckpt_dir>/Wan2.2-TI2V-5B/models_t5_...pth     umT5 encoder + google/umt5-xxl/ tokenizer
-    <ckpt_dir>/Wan2.2-TI2V-5B/Wan2.2_VAE.pth       video VAE         (real model only; ovi.pipeline.wan_vae)
-    <ckpt_dir>/MMAudio/ext_weights/v1-16.pth       audio VAE         (real model only; ovi.pipeline.mmaudio)
-    <ckpt_dir>/MMAudio/ext_weights/best_netG.pt    BigVGAN vocoder   (real model only; ovi.pipeline.mmaudio)
+    <ckpt_dir>/Wan2.2-TI2V-5B/Wan2.2_VAE.pth       video VAE         (real model only; ovi.codecs.wan_vae)
+    <ckpt_dir>/MMAudio/ext_weights/v1-16.pth       audio VAE         (real model only; ovi.codecs.mmaudio)
+    <ckpt_dir>/MMAudio/ext_weights/best_netG.pt    BigVGAN vocoder   (real model only; ovi.codecs.mmaudio)
 
-The random-weight presets (tiny, mid) use toy codecs (ovi.pipeline.codecs) and make their checkpoint on first use.
+The random-weight presets (tiny, mid) use toy codecs (ovi.codecs.toy) and make their checkpoint on first use.
 """
 
 from __future__ import annotations
@@ -18,11 +18,22 @@ from pathlib import Path
 import torch
 
 from ovi.checkpoint.loading import FP8, fusion_checkpoint_path, load_fusion_model
+from ovi.codecs.base import AudioCodec, VideoCodec
+from ovi.codecs.mmaudio import MMAudioCodec
+from ovi.codecs.text import T5TextEncoder
+from ovi.codecs.toy import ToyAudioCodec, ToyVideoCodec
+from ovi.codecs.wan_vae import WanVideoCodec
 from ovi.errors import CheckpointError
 from ovi.model.configs import RANDOM_ARCHITECTURES
-from ovi.pipeline.codecs import AudioCodec, ToyAudioCodec, ToyVideoCodec, VideoCodec
-from ovi.pipeline.specs import FP8_CHECKPOINT_FILE, MODEL_SPECS
-from ovi.pipeline.text import T5TextEncoder
+from ovi.pipeline.random_checkpoint import ensure_random_checkpoint
+from ovi.specs import (
+    FP8_CHECKPOINT_FILE,
+    FUSION_DIR,
+    MMAUDIO_VAE_FILE,
+    MMAUDIO_VOCODER_FILE,
+    MODEL_SPECS,
+    WAN_VAE_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +56,6 @@ class Components:
         }
 
 
-def ensure_random_checkpoint(ckpt_dir: str | Path, arch: str, fp8: bool = False) -> None:
-    """Random-weight presets (tiny, mid) make their checkpoint on first use, deterministically."""
-    from ovi.checkpoint.tiny import is_random_checkpoint_dir, make_random_checkpoint
-    ckpt_dir = Path(ckpt_dir)
-    if not is_random_checkpoint_dir(ckpt_dir, arch) or (fp8 and not (ckpt_dir / "Ovi" / FP8_CHECKPOINT_FILE).is_file()):
-        log.info("making the random %s checkpoint in %s", arch, ckpt_dir)
-        make_random_checkpoint(ckpt_dir, arch, fp8=fp8)
-
-
 def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Components:
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
@@ -64,7 +66,7 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Compone
         codec_files = real_codec_paths(cfg.ckpt_dir)  # checked before the large DiT loads
 
     storage = FP8 if cfg.fp8 else dtype
-    ckpt = Path(cfg.ckpt_dir) / "Ovi" / (FP8_CHECKPOINT_FILE if cfg.fp8 else spec.checkpoint_file)
+    ckpt = Path(cfg.ckpt_dir) / FUSION_DIR / (FP8_CHECKPOINT_FILE if cfg.fp8 else spec.checkpoint_file)
     if cfg.fp8 and not ckpt.is_file():
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, spec.checkpoint_file)  # converted to fp8 while loading
     else:
@@ -79,24 +81,20 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Compone
 
 def real_codec_paths(ckpt_dir: str | Path) -> dict[str, Path]:
     """The real model's codec files in upstream's layout; CheckpointError naming the first missing one."""
-    from ovi.pipeline.mmaudio import VAE_FILE as AUDIO_VAE_FILE, VOCODER_FILE
-    from ovi.pipeline.wan_vae import VAE_FILE as VIDEO_VAE_FILE
-    files = {"Wan2.2 video VAE": Path(ckpt_dir) / VIDEO_VAE_FILE,
-             "MMAudio audio VAE": Path(ckpt_dir) / AUDIO_VAE_FILE,
-             "MMAudio BigVGAN vocoder": Path(ckpt_dir) / VOCODER_FILE}
+    files = {"Wan2.2 video VAE": Path(ckpt_dir) / WAN_VAE_FILE,
+             "MMAudio audio VAE": Path(ckpt_dir) / MMAUDIO_VAE_FILE,
+             "MMAudio BigVGAN vocoder": Path(ckpt_dir) / MMAUDIO_VOCODER_FILE}
     for name, path in files.items():
         if not path.is_file():
             raise CheckpointError(
-                f"{name} not found at {path}; the real model needs upstream's layout <ckpt_dir>/{VIDEO_VAE_FILE}, "
-                f"<ckpt_dir>/{AUDIO_VAE_FILE} and <ckpt_dir>/{VOCODER_FILE} (upstream's download_weights.py "
+                f"{name} not found at {path}; the real model needs upstream's layout <ckpt_dir>/{WAN_VAE_FILE}, "
+                f"<ckpt_dir>/{MMAUDIO_VAE_FILE} and <ckpt_dir>/{MMAUDIO_VOCODER_FILE} (upstream's download_weights.py "
                 "fetches them from Wan-AI/Wan2.2-TI2V-5B and hkchengrex/MMAudio)")
     return files
 
 
 def load_real_codecs(files: dict[str, Path], *, dtype: torch.dtype, device) -> tuple[VideoCodec, AudioCodec]:
     """Wan2.2 VAE + MMAudio (VAE, BigVGAN) in `dtype` on `device` (upstream runs both in bf16)."""
-    from ovi.pipeline.mmaudio import MMAudioCodec
-    from ovi.pipeline.wan_vae import WanVideoCodec
     video_vae, audio_vae, vocoder = files.values()
     return (WanVideoCodec.from_checkpoint(video_vae, dtype=dtype, device=device),
             MMAudioCodec.from_checkpoint(audio_vae, vocoder, dtype=dtype, device=device))

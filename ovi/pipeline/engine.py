@@ -1,33 +1,48 @@
-"""Engine: config -> components -> `generate()` (text encoding, flow-matching sampling with dual
+"""Engine: config -> components -> `generate(request)` (text encoding, flow-matching sampling with dual
 guidance and skip-layer guidance, decoding) -> Clip.
 
-The denoising loop is split into small methods (`plan`, `encode_text`, `initial_latents`,
-`predict`, `denoise`, `decode`) so the multi-rank runtime can reuse them and swap `predict`.
+One Engine class serves one process and every rank of a parallel group: parallelism is applied to its
+model from outside (ovi.parallel), and the runtime hands it what differs per rank: the `predictor`
+(how the guided velocity of one step is computed, e.g. CFG-parallel), `dims`, and whether this rank
+decodes. A request's unset fields take the config's values (`GenerateRequest.fill`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
+from ovi import __version__
 from ovi.config import OviConfig, load_config
-from ovi.errors import InputError
+from ovi.errors import InputError, NotAvailableError
 from ovi.model.attention import resolve_backend
 from ovi.model.configs import RANDOM_ARCHITECTURES
+from ovi.parallel.dims import ParallelDims
 from ovi.pipeline.components import Components, load_components
-from ovi.pipeline.images import ToyImageGenerator, load_image, resize_image, snap_to_area, to_uint8_frames
+from ovi.pipeline.images import (
+    FluxImageGenerator,
+    ToyImageGenerator,
+    load_image,
+    resize_image,
+    snap_to_area,
+    to_uint8_frames,
+)
 from ovi.pipeline.output import Clip
-from ovi.pipeline.prompts import format_prompt
+from ovi.pipeline.prompts import clean_text, format_prompt
 from ovi.pipeline.solvers import make_solver
-from ovi.pipeline.specs import MODEL_SPECS
+from ovi.request import GenerateRequest
+from ovi.specs import FLUX_DIR, MODEL_SPECS
 
 log = logging.getLogger(__name__)
-MODES = ("t2v", "i2v", "t2i2v")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,6 +72,7 @@ def configure_tensor_cores(enabled: bool, device: torch.device) -> dict:
 @dataclass
 class Plan:
     """Every resolved setting of one generation (what the sidecar records)."""
+    request: GenerateRequest
     prompt: str
     formatted_prompt: str
     mode: str
@@ -94,52 +110,93 @@ def pin_fixed(latent: torch.Tensor, fixed) -> torch.Tensor:
     return torch.where(mask, values, latent)
 
 
+class GuidedPredictor:
+    """One step's guided velocities on one rank: the positive pass, then the negative pass (with SLG),
+    combined per modality. CFG-parallel (ovi.runtime) swaps this for one that splits the passes."""
+
+    def __call__(self, engine: "Engine", plan: Plan, video, audio, t, contexts, first_frame_is_clean):
+        pos, vneg, aneg = contexts
+        positive = engine.model_pass(plan, video, audio, t, pos, pos, first_frame_is_clean)
+        if engine.guidance_off(plan):
+            return positive  # scale 1 everywhere: the negative pass cannot change the result
+        negative = engine.model_pass(plan, video, audio, t, vneg, aneg, first_frame_is_clean,
+                                     plan.slg_layer or False)
+        return engine.guide(plan, positive, negative)
+
+
 class Engine:
-    def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype):
+    """`Engine.from_config(cfg)` for one process; the runtime builds one per rank with its `dims`,
+    `predictor` and `decodes` flag (only the output rank decodes and returns the Clip)."""
+
+    def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
+                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
+        self.dims = dims or ParallelDims(world_size=1)
+        self.predictor = predictor or GuidedPredictor()
+        self.decodes = decodes
+        self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
+        self.defaults = config.request_defaults()
         self.image_generator = None
-        self.world_size, self.sp_size = 1, 1
+
+    @property
+    def world_size(self) -> int:
+        return self.dims.world_size
+
+    @property
+    def sp_size(self) -> int:
+        return self.dims.sp
 
     @classmethod
     def from_config(cls, cfg: OviConfig | dict | str | None = None) -> "Engine":
         cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
         cfg.require_available()
-        if cfg.sp_size > 1 or cfg.cfg_parallel:
-            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need several ranks: run them "
-                             "with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process Engine")
+        dims = ParallelDims.from_config(cfg)
+        if dims.world_size > 1:
+            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
+                             "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
+                             "Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
-        engine = cls(cfg, load_components(cfg, device=device, dtype=dtype), device, dtype)
+        engine = cls(cfg, load_components(cfg, device=device, dtype=dtype), device, dtype, dims=dims)
         engine.load_seconds = time.perf_counter() - t0
         return engine
 
     # ---- settings ------------------------------------------------------------------------------
-    def plan(self, prompt, *, mode=None, image=None, seed=None, negative_prompt=None, audio_negative_prompt=None,
-             steps=None, solver=None, video_guidance_scale=None, audio_guidance_scale=None, slg_layer=None,
-             height_width=None) -> Plan:
-        cfg = self.config
-        overrides = {k: v for k, v in dict(
-            mode=mode, seed=seed, sample_steps=steps, solver_name=solver, video_guidance_scale=video_guidance_scale,
-            audio_guidance_scale=audio_guidance_scale, slg_layer=slg_layer,
-            video_negative_prompt=negative_prompt, audio_negative_prompt=audio_negative_prompt,
-            video_frame_height_width=list(height_width) if height_width is not None else None).items() if v is not None}
-        if overrides:
-            cfg = cfg.replace(**overrides)  # validates each value with the config's own messages
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("prompt is empty; pass the text to generate from")
-        mode = cfg.mode
+    def check_engine_settings(self, request: GenerateRequest) -> None:
+        """A request that asks for other engine settings than this engine runs is refused (the Runner
+        picks the engine by them; a direct caller gets told)."""
+        for key, wanted in request.engine.items():
+            have = getattr(self.config, key, None)
+            if have != wanted:
+                raise InputError(f"the request asks for engine setting {key}={wanted!r} but this engine runs "
+                                 f"{key}={have!r}; build an engine with that setting (or submit the request to a "
+                                 f"queue, whose Runner loads a matching engine)")
+
+    def plan(self, request: GenerateRequest | str, /, **fields) -> Plan:
+        """Resolve a request (or the keyword form) against the config's defaults -> every setting of the
+        generation."""
+        request = GenerateRequest.coerce(request, **fields)
+        self.check_engine_settings(request)
+        r = request.fill(self.defaults)
+        if r.n != 1:
+            raise InputError(f"n={r.n} asks for {r.n} clips; generate() makes one: iterate over "
+                             f"request.expand(seed) (ovi generate and the queue do this for you)")
+        if r.loras or r.lightning:
+            raise NotAvailableError("loras / lightning are not available until the LoRA feature lands; "
+                                    "leave them out of the request")
+        mode, image = r.mode, r.image
         if mode == "i2v" and image is None:
-            image = cfg.image_path
-            if image is None:
-                raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
-        if mode != "i2v" and image is not None:
-            raise InputError(f"an image was given but mode is {mode}; use mode i2v to condition on it")
+            raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
+        if mode != "i2v":
+            if request.image is not None:
+                raise InputError(f"an image was given but mode is {mode}; use mode i2v to condition on it")
+            image = None
 
         codec = self.components.video_codec
         if mode == "i2v":
@@ -147,21 +204,22 @@ class Engine:
             height, width = snap_to_area(img.shape[1], img.shape[2], self.spec.area)
             img = resize_image(img, height, width)
         else:
-            height, width = snap_to_area(*cfg.height_width, self.spec.area)
-            requested = cfg.height_width[0] * cfg.height_width[1]
+            height, width = snap_to_area(*r.height_width, self.spec.area)
+            requested = r.height_width[0] * r.height_width[1]
             if abs(requested - self.spec.area) > 0.1 * self.spec.area:
                 log.warning("requested %s is %.0f%% off the model's trained area; generating %dx%d",
-                            cfg.height_width, 100 * (requested / self.spec.area - 1), height, width)
+                            list(r.height_width), 100 * (requested / self.spec.area - 1), height, width)
             img = None
         video_shape = codec.latent_shape(self.spec.num_frames, height, width)
         audio_shape = (self.spec.audio_latent_length, self.components.audio_codec.latent_channels)
-        return Plan(prompt=prompt, formatted_prompt=format_prompt(prompt, cfg.model_name), mode=mode, seed=int(cfg.seed),
-                    steps=cfg.sample_steps, solver=cfg.solver_name, shift=cfg.shift,
-                    video_guidance_scale=cfg.video_guidance_scale, audio_guidance_scale=cfg.audio_guidance_scale,
-                    slg_layer=cfg.slg_layer_index, video_negative_prompt=cfg.video_negative_prompt,
-                    audio_negative_prompt=cfg.audio_negative_prompt, height=height, width=width,
-                    num_frames=self.spec.num_frames, video_latent_shape=video_shape, audio_latent_shape=audio_shape,
-                    image=img)
+        slg = r.slg_layer
+        return Plan(request=request, prompt=r.prompt, formatted_prompt=format_prompt(r.prompt, self.config.model_name),
+                    mode=mode, seed=int(r.seed), steps=r.steps, solver=r.solver, shift=r.shift,
+                    video_guidance_scale=r.video_guidance_scale, audio_guidance_scale=r.audio_guidance_scale,
+                    slg_layer=None if slg is False or slg <= 0 else int(slg),
+                    video_negative_prompt=r.negative_prompt, audio_negative_prompt=r.audio_negative_prompt,
+                    height=height, width=width, num_frames=self.spec.num_frames, video_latent_shape=video_shape,
+                    audio_latent_shape=audio_shape, image=img)
 
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
@@ -220,13 +278,8 @@ class Engine:
         return tuple(n + g * (p - n) for p, n, g in zip(pos, neg, scales))
 
     def predict(self, plan: Plan, video, audio, t, contexts, first_frame_is_clean):
-        """Guided velocities for both modalities at timestep t (positive + negative pass)."""
-        pos, vneg, aneg = contexts
-        positive = self.model_pass(plan, video, audio, t, pos, pos, first_frame_is_clean)
-        if self.guidance_off(plan):
-            return positive  # scale 1 everywhere: the negative pass cannot change the result
-        negative = self.model_pass(plan, video, audio, t, vneg, aneg, first_frame_is_clean, plan.slg_layer or False)
-        return self.guide(plan, positive, negative)
+        """Guided velocities for both modalities at timestep t (the predictor decides how)."""
+        return self.predictor(self, plan, video, audio, t, contexts, first_frame_is_clean)
 
     @torch.no_grad()
     def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None):
@@ -260,6 +313,8 @@ class Engine:
 
     @torch.no_grad()
     def decode(self, plan: Plan, video_latent, audio_latent):
+        if not self.decodes:
+            return None, None  # a non-output rank of a parallel group
         video_codec, audio_codec = self.components.video_codec, self.components.audio_codec
         with self.on_device(getattr(video_codec, "module", None)):
             video = video_codec.decode(video_latent)
@@ -269,15 +324,14 @@ class Engine:
 
     # ---- the public call -----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompt, *, mode=None, image=None, seed=None, negative_prompt=None, audio_negative_prompt=None,
-                 steps=None, solver=None, video_guidance_scale=None, audio_guidance_scale=None, slg_layer=None,
-                 height_width=None, progress=None) -> Clip:
+    def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields) -> Clip | None:
+        """One clip: `generate(GenerateRequest(...))`, or the keyword form `generate("prompt", seed=1, ...)`.
+        `progress(step, total, info)` is called after every denoising step. Returns the Clip (None on a
+        rank that does not decode)."""
+        request = GenerateRequest.coerce(request, **fields)
         timings = {}
         t0 = time.perf_counter()
-        plan = self.plan(prompt, mode=mode, image=image, seed=seed, negative_prompt=negative_prompt,
-                         audio_negative_prompt=audio_negative_prompt, steps=steps, solver=solver,
-                         video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale,
-                         slg_layer=slg_layer, height_width=height_width)
+        plan = self.plan(request)
         if plan.mode == "t2i2v":
             plan.image = self.text_to_image(plan)
         contexts = self.encode_text(plan)
@@ -293,7 +347,7 @@ class Engine:
         frames, wave = self.decode(plan, video, audio)
         timings["decode"] = time.perf_counter() - t2
         if frames is None:
-            return None  # a non-output rank of a parallel group
+            return None
         timings["total"] = time.perf_counter() - t0
         return Clip(video=frames, audio=wave, fps=self.spec.fps, sample_rate=self.spec.sample_rate,
                     meta=self.sidecar(plan, timings), latents={"video": video.cpu(), "audio": audio.cpu()})
@@ -303,19 +357,13 @@ class Engine:
             if self.config.model in RANDOM_ARCHITECTURES:
                 self.image_generator = ToyImageGenerator()
             else:
-                from ovi.pipeline.images import FluxImageGenerator
-                from pathlib import Path
-                self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / "FLUX.1-Krea-dev", self.device)
-        from ovi.pipeline.prompts import clean_text
+                self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / FLUX_DIR, self.device)
         image = self.image_generator.generate(clean_text(plan.prompt), plan.height, plan.width, plan.seed)
         return resize_image(image, plan.height, plan.width)
 
     def sidecar(self, plan: Plan, timings: dict) -> dict:
-        import diffusers
-        import transformers
-
-        import ovi
         return {
+            "request": _request_record(plan.request),
             "prompt": plan.prompt, "formatted_prompt": plan.formatted_prompt, "mode": plan.mode, "seed": plan.seed,
             "steps": plan.steps, "solver": plan.solver, "shift": plan.shift,
             "video_guidance_scale": plan.video_guidance_scale, "audio_guidance_scale": plan.audio_guidance_scale,
@@ -328,9 +376,17 @@ class Engine:
             "compute_dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "attention_backend": self.attention_backend, "attention_backend_note": self.attention_note,
             "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
-            "world_size": self.world_size, "sp": self.sp_size, "fsdp": None, "cfg_parallel": False,
+            "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg, "fsdp": None,
+            "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
             "loras": [], "components": self.components.describe(), "timings": timings,
-            "versions": {"ovi": ovi.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
             "config": self.config.to_dict(),
         }
+
+
+def _request_record(request: GenerateRequest) -> dict:
+    """The submitted request as JSON (an in-memory image is recorded by its kind, not its pixels)."""
+    if request.image is None or isinstance(request.image, str):
+        return request.to_dict()
+    return dataclasses.replace(request, image=f"<in-memory {type(request.image).__name__}>").to_dict()

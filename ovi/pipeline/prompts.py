@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ovi.errors import ConfigError, InputError
-from ovi.pipeline.specs import MODEL_SPECS
+from ovi.specs import MODEL_SPECS
 
 if TYPE_CHECKING:
     from ovi.config import OviConfig

@@ -10,8 +10,9 @@ from ovi.queue.jobqueue import (
     Subscription,
     make_worker_id,
 )
-from ovi.queue.requests import MODES, RequestError, validate_request
+from ovi.queue.requests import validate_request
 from ovi.queue.store import SCHEMA_VERSION, SQLiteStore
+from ovi.request import MODES, RequestError
 
 __all__ = [
     "DEFAULT_DB", "FINISHED", "MODES", "SCHEMA_VERSION", "STATES", "JobCancelled", "JobQueue",

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Iterable
 
 from ovi.errors import InputError
-from ovi.queue.requests import RequestError, requests_from_csv, validate_request
+from ovi.queue.requests import requests_from_csv, validate_request
 from ovi.queue.store import SQLiteStore
+from ovi.request import GenerateRequest, RequestError
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
 FINISHED = ("done", "failed", "cancelled")  # nothing more happens without a user's retry
@@ -181,21 +182,24 @@ class JobQueue:
         self.store.close()
 
     # -- producers ----------------------------------------------------------------------------
-    def submit(self, request: dict, priority: int = 0) -> int:
-        """Queue one generation request (kept verbatim); returns its job id."""
+    def submit(self, request: dict | GenerateRequest, priority: int = 0) -> int:
+        """Queue one generation request (a GenerateRequest, stored as its `to_dict()`, or such a dict,
+        kept verbatim); returns its job id."""
         return self.submit_many([request], priority=priority)[0]
 
-    def submit_many(self, requests: Iterable[dict], priority: int = 0) -> list[int]:
+    def submit_many(self, requests: Iterable[dict | GenerateRequest], priority: int = 0) -> list[int]:
         """Queue several requests in one transaction: all are queued, or (on a bad one) none."""
         requests = list(requests)
         priority = self._check_priority(priority)
         for i, request in enumerate(requests):
             try:
-                validate_request(request)
+                parsed = validate_request(request)
             except RequestError as exc:
                 if len(requests) == 1:
                     raise
                 raise RequestError(exc.field, exc.reason, where=f"request #{i}") from None
+            if isinstance(request, GenerateRequest):
+                requests[i] = parsed.to_dict()
         if not requests:
             return []
         now = time.time()

@@ -27,7 +27,7 @@ from typing import Callable
 
 from ovi.errors import InputError
 from ovi.queue.jobqueue import JobCancelled, JobQueue, default_out_dir, make_worker_id
-from ovi.queue.requests import engine_key, generate_kwargs
+from ovi.queue.requests import engine_key, validate_request
 
 log = logging.getLogger("ovi.runtime.runner")
 
@@ -35,20 +35,20 @@ EngineFactory = Callable[[dict], object]
 
 
 def default_engine_factory(key: dict):
-    """Build the engine for an engine key {config, set, loras}: a WorkerGroup when the config asks
-    for several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported
-    lazily: the queue and its CLI must not need torch."""
-    import ovi
+    """Build the engine for an engine key {config, engine}: a WorkerGroup when the config asks for
+    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported lazily: a
+    Runner driving a fake engine must not need torch."""
+    from ovi.config import load_config
+    from ovi.parallel.dims import ParallelDims
 
-    overrides = dict(key.get("set") or {})
-    if key.get("loras"):
-        overrides.setdefault("lora", list(key["loras"]))
-    cfg = ovi.load_config(key.get("config"), **overrides)
-    if int(getattr(cfg, "sp_size", 1) or 1) > 1 or getattr(cfg, "cfg_parallel", False):
-        from ovi.runtime import WorkerGroup
+    cfg = load_config(key.get("config"), **dict(key.get("engine") or {}))
+    if ParallelDims.from_config(cfg).world_size > 1:
+        from ovi.runtime.worker_group import WorkerGroup
 
         return WorkerGroup(cfg)  # world size follows from the config (sp x cfg)
-    return ovi.Engine.from_config(cfg)
+    from ovi.pipeline.engine import Engine
+
+    return Engine.from_config(cfg)
 
 
 def load_engine_factory(spec: str) -> EngineFactory:
@@ -285,9 +285,10 @@ class Runner:
             self._current = None
 
     def _generate(self, job: dict, stems: list[Path]) -> dict:
-        job_id, request = job["id"], job["request"]
+        job_id = job["id"]
         if self._should_stop(job_id):
             raise JobCancelled(job_id)
+        request = validate_request(job["request"])  # the stored dict -> the GenerateRequest it stands for
         engine = self._engine_for(request)
 
         def progress(step: int, total: int, info: dict | None = None) -> None:
@@ -297,7 +298,7 @@ class Runner:
             if stop or self._abort.is_set() or self._taken.is_set():
                 raise JobCancelled(job_id)
 
-        clip = engine.generate(request["prompt"], progress=progress, **generate_kwargs(request))
+        clip = engine.generate(request, progress=progress)
         if self._should_stop(job_id):
             raise JobCancelled(job_id)  # cancelled during the last step: do not save
         name = clip_stem_for(job, clip)

@@ -24,9 +24,14 @@ import time
 import weakref
 from multiprocessing import connection
 
-from ovi.runtime._rank import CRASH_EXIT, PARENT_GONE_EXIT, rank_main, serve_torchrun, torchrun_env
+from ovi.config import OviConfig, load_config
+from ovi.errors import InputError
+from ovi.parallel.dims import ParallelDims
+from ovi.request import GenerateRequest
+from ovi.runtime.launch import plan_backend, prepare_checkpoint
+from ovi.runtime.ranks import CRASH_EXIT, PARENT_GONE_EXIT, rank_main
 
-__all__ = ["WorkerGroup", "WorkerError", "plan_backend", "serve_torchrun", "torchrun_env"]
+__all__ = ["WorkerGroup", "WorkerError"]
 
 _CANCELLED = object()
 STOP_GRACE_SECONDS = 10.0      # orderly close: how long ranks get to leave by themselves
@@ -44,42 +49,6 @@ class WorkerError(RuntimeError):
         super().__init__(message)
         self.rank, self.exitcode = rank, exitcode
         self.exc_type, self.remote_traceback = exc_type, remote_traceback
-
-
-def plan_backend(cfg, local_ranks: int, backend: str | None = None) -> tuple[str, str]:
-    """(backend, device type) for `local_ranks` ranks on this node: nccl with one GPU per rank when
-    CUDA is usable and the config does not ask for the CPU, else gloo on the CPU. `backend`
-    ("gloo" | "nccl") overrides the choice of backend."""
-    import torch
-
-    from ovi.errors import ConfigError, InputError
-
-    if backend not in (None, "gloo", "nccl"):
-        raise ConfigError(f"backend {backend!r} is not supported; use 'gloo', 'nccl' or None (automatic)")
-    want = str(cfg.device)
-    cuda = torch.cuda.is_available()
-    if want.startswith("cuda") and not cuda:
-        raise InputError(f"device '{want}' requested but CUDA is not available here; set device: auto or cpu")
-    if backend is None:
-        backend = "nccl" if cuda and want != "cpu" else "gloo"
-    device_type = "cuda" if backend == "nccl" or want.startswith("cuda") else "cpu"
-    if backend == "nccl" and (not cuda or want == "cpu"):
-        raise ConfigError("backend nccl needs CUDA GPUs and a config with device auto or cuda; "
-                          "use backend='gloo' for CPU ranks")
-    if device_type == "cuda" and torch.cuda.device_count() < local_ranks:
-        raise ConfigError(f"{local_ranks} ranks need {local_ranks} GPUs on this node (one rank per GPU) but "
-                          f"{torch.cuda.device_count()} are visible; lower sp_size, or set device: cpu to run "
-                          f"gloo ranks on the CPU")
-    return backend, device_type
-
-
-def prepare_checkpoint(cfg) -> None:
-    """Make a random-weight preset's checkpoint (tiny, mid) before the ranks start: ranks that each
-    found it missing would write the same files at once."""
-    from ovi.model.configs import RANDOM_ARCHITECTURES
-    if cfg.model in RANDOM_ARCHITECTURES:
-        from ovi.pipeline.components import ensure_random_checkpoint
-        ensure_random_checkpoint(cfg.ckpt_dir, cfg.model, fp8=cfg.fp8)
 
 
 def _describe_exit(exitcode) -> str:
@@ -123,13 +92,15 @@ class WorkerGroup:
             clip = group.generate("A cat plays piano", seed=1, progress=print)
 
     cfg: OviConfig, dict, yaml path or None (the embedded default). world_size: number of ranks
-    (default: sp_size x (2 if cfg_parallel else 1)); it must equal that product. backend: "gloo",
+    (default: sp_size x (2 if cfg_parallel else 1)); degrees the config leaves unset fill from it
+    (sp_size: null -> world_size / cfg), set ones must multiply to it. backend: "gloo",
     "nccl" or None (nccl with one GPU per rank when CUDA is usable, else gloo on the CPU).
     threads: torch threads per CPU rank (default: this machine's cores / world_size).
     start_timeout / request_timeout: seconds before a start-up / a request that makes no progress
     counts as hung (None: no limit; a dead rank is always noticed at once).
 
-    `generate()` takes Engine.generate's arguments and returns rank 0's Clip; `progress(step, total,
+    `generate()` takes what Engine.generate takes (a GenerateRequest, or a prompt and fields) and
+    returns rank 0's Clip; `progress(step, total,
     info)` is called in the caller's thread; if it raises, every rank stops at the next step and the
     exception reaches the caller (the group stays usable). Bad input raises the rank's InputError
     (the group stays usable). A rank that dies or raises anything else stops the whole group and
@@ -139,15 +110,11 @@ class WorkerGroup:
     def __init__(self, cfg=None, world_size: int | None = None, backend: str | None = None, *,
                  threads: int | None = None, start_timeout: float | None = 900.0,
                  request_timeout: float | None = None, poll_interval: float = 0.25):
-        from ovi.config import OviConfig, load_config
-        from ovi.parallel.dims import ParallelDims
-
         self.config = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
+        # Degrees are resolved and checked once, here, before any process starts; the ranks get them.
         self.dims = ParallelDims.from_config(self.config, world_size)
         self.world_size = self.dims.world_size
         self.config.require_available()  # refuse what cannot run before spawning anything
-        from ovi.model.configs import architecture
-        self.dims.check_heads(architecture(self.config.model)[0]["num_heads"])
         self.backend, self.device_type = plan_backend(self.config, self.world_size, backend)
         self.request_timeout = request_timeout
         self.poll_interval = float(poll_interval)
@@ -179,7 +146,7 @@ class WorkerGroup:
                               wait_for_workers=False)
         self._store_box.append(store)
         self.port = store.port
-        spec = {"config": self.config.to_dict(), "backend": self.backend, "device_type": self.device_type,
+        spec = {"config": self.config.to_dict(), "dims": self.dims.describe(), "backend": self.backend, "device_type": self.device_type,
                 "host": "127.0.0.1", "port": self.port, "parent_pid": os.getpid(), "threads": self.threads,
                 "collective_timeout": max(float(timeout), float(self.request_timeout or 0), 1800.0)}
         ctx = mp.get_context("spawn")
@@ -257,18 +224,12 @@ class WorkerGroup:
         return self._closed
 
     # -- calls -----------------------------------------------------------------------------------
-    def generate(self, prompt, *, mode=None, image=None, seed=None, negative_prompt=None,
-                 audio_negative_prompt=None, steps=None, solver=None, video_guidance_scale=None,
-                 audio_guidance_scale=None, slg_layer=None, height_width=None, progress=None):
-        """Engine.generate on all ranks; returns rank 0's Clip (see the class docstring for errors)."""
-        from ovi.errors import InputError
-
-        kwargs = dict(mode=mode, image=image, seed=seed, negative_prompt=negative_prompt,
-                      audio_negative_prompt=audio_negative_prompt, steps=steps, solver=solver,
-                      video_guidance_scale=video_guidance_scale, audio_guidance_scale=audio_guidance_scale,
-                      slg_layer=slg_layer, height_width=height_width)
+    def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields):
+        """Engine.generate on all ranks (a GenerateRequest, or the keyword form); returns rank 0's Clip
+        (see the class docstring for errors). The request travels to the ranks unchanged."""
+        request = GenerateRequest.coerce(request, **fields)
         try:
-            payload = pickle.dumps((prompt, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise InputError(f"generate() arguments cannot be sent to the ranks ({exc}); pass the image as "
                              f"a path, PIL image, array or tensor") from exc
@@ -320,7 +281,6 @@ class WorkerGroup:
     def _interrupted(self, req_id: int) -> None:
         """Ctrl-C / kernel interrupt during generate(): ask the ranks to stop at the next step; if
         they do not answer soon (or a second interrupt comes), stop the group."""
-        from ovi.errors import InputError
         try:
             self._requests[0].send_bytes(pickle.dumps(("cancel", req_id)))
             self._collect(req_id, "cancel", timeout=60.0)
@@ -334,7 +294,6 @@ class WorkerGroup:
         progress callback raised or None); a cancelled rank's value is _CANCELLED. Never blocks
         longer than `poll_interval` without checking that every rank is alive. `timeout` counts
         from the last message heard about this request."""
-        from ovi.errors import InputError
 
         answers: dict[int, object] = {}
         state = {"callback_error": None, "input_error": None, "desync_deadline": None,
@@ -422,7 +381,6 @@ class WorkerGroup:
         return answers, state["callback_error"]
 
     def _remote_error(self, rank, what, kind, type_name, message, tb, pickled):
-        from ovi.errors import InputError
 
         if kind == "input":
             exc = None

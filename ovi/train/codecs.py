@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ovi.pipeline.codecs import AudioCodec, VideoCodec
+from ovi.codecs.base import AudioCodec, VideoCodec
 
 POOL = 8
 SUBFRAMES = 4

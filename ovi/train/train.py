@@ -225,7 +225,7 @@ def make_engine(model, t5, tokenizer, vcodec, acodec, *, steps=8, shift=5.0, gui
     from ovi.config import load_config
     from ovi.pipeline.components import Components
     from ovi.pipeline.engine import Engine
-    from ovi.pipeline.text import T5TextEncoder
+    from ovi.codecs.text import T5TextEncoder
     cfg = load_config(dict(model_name="tiny", sample_steps=steps, shift=shift, video_guidance_scale=guidance[0],
                            audio_guidance_scale=guidance[1], slg_layer=slg, video_frame_height_width=[128, 128],
                            dtype="fp32", device="cpu", solver_name=solver, video_negative_prompt=VIDEO_NEG,

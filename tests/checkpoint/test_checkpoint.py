@@ -7,8 +7,8 @@ from safetensors.torch import load_file, save_file
 from ovi.checkpoint.adapter import hf_t5_to_wan, wan_t5_to_hf
 from ovi.checkpoint.loading import FP8, inspect_checkpoint, load_fusion_model
 from ovi.cli import main
+from ovi.codecs.text import make_t5
 from ovi.errors import CheckpointError
-from ovi.pipeline.text import make_t5
 
 
 def test_make_tiny_writes_upstream_layout_and_loads_strictly(tiny_ckpt):
@@ -24,7 +24,7 @@ def test_make_tiny_writes_upstream_layout_and_loads_strictly(tiny_ckpt):
 
 
 def test_make_tiny_is_deterministic(tmp_path, tiny_ckpt):
-    from ovi.checkpoint.tiny import make_tiny
+    from ovi.pipeline.random_checkpoint import make_tiny
     make_tiny(tmp_path)
     a, b = load_file(str(tmp_path / "Ovi/model.safetensors")), load_file(str(tiny_ckpt / "Ovi/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -17,7 +17,6 @@ import torch
 
 from ovi.model import FusionModel
 
-
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "upstream_golden.json").read_text())
 ATOL, RTOL = META["tolerance"]["atol"], META["tolerance"]["rtol"]

@@ -20,7 +20,7 @@ def _image():
 def _generate(rank, world_size, ckpt, overrides):
     """Both modes on one set of ranks (rank start-up dominates on 2 cores)."""
     import ovi
-    from ovi.parallel.engine import build_rank_engine
+    from ovi.runtime.rank_engine import build_rank_engine
     cfg = ovi.load_config(ckpt_dir=ckpt, **SETTINGS, **overrides)
     engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
     latents = {}

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import ovi
+from ovi.codecs.toy import ToyAudioCodec, ToyVideoCodec
 from ovi.errors import InputError
-from ovi.pipeline.codecs import ToyAudioCodec, ToyVideoCodec
 
 PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Rhythmic thuds<ENDAUDCAP>"
 

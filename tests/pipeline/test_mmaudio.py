@@ -1,4 +1,4 @@
-"""ovi.pipeline.mmaudio: MMAudio 16 kHz VAE + BigVGAN v1 vocoder + mel front end.
+"""ovi.codecs.mmaudio: MMAudio 16 kHz VAE + BigVGAN v1 vocoder + mel front end.
 
 Fixtures in tests/pipeline/data, made once from upstream Ovi's own code (commit in each file):
 - mmaudio_keys.json: every key + shape of upstream's real networks, built on the meta device:
@@ -19,9 +19,16 @@ import pytest
 import torch
 
 from ovi.checkpoint.codec_keys import bigvgan_from_upstream
+from ovi.codecs.mmaudio import (
+    BigVGANConfig,
+    BigVGANGenerator,
+    MelFrontEnd,
+    MMAudioCodec,
+    MMAudioVAE,
+    MMAudioVAEConfig,
+    kaiser_sinc_lowpass,
+)
 from ovi.errors import CheckpointError, InputError
-from ovi.pipeline.mmaudio import (BigVGANConfig, BigVGANGenerator, MelFrontEnd, MMAudioCodec, MMAudioVAE,
-                                  MMAudioVAEConfig, kaiser_sinc_lowpass)
 
 DATA = Path(__file__).parent / "data"
 ATOL = 1e-5  # measured difference is 0.0 on x86 CPU; the margin covers other CPUs' kernels

@@ -4,7 +4,13 @@ import pytest
 
 from ovi.config import load_config
 from ovi.errors import ConfigError, InputError
-from ovi.pipeline.prompts import clean_text, clip_stem, expand_prompts, format_prompt, read_prompt_file
+from ovi.pipeline.prompts import (
+    clean_text,
+    clip_stem,
+    expand_prompts,
+    format_prompt,
+    read_prompt_file,
+)
 
 ROW = "<S>Hello there<E> a man speaks. <AUDCAP>Clear male voice, room tone<ENDAUDCAP>"
 ROW_COLON = "<S>Hello there<E> a man speaks. Audio: Clear male voice, room tone"

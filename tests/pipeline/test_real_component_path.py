@@ -15,12 +15,15 @@ import pytest
 import torch
 
 import ovi
+from ovi import specs
 from ovi.checkpoint.codec_keys import diffusers_to_wan22_vae
-from ovi.checkpoint.tiny import make_random_checkpoint
+from ovi.codecs import text
+from ovi.codecs.mmaudio import VAE_FILE as AUDIO_VAE_FILE
+from ovi.codecs.mmaudio import VOCODER_FILE, MMAudioCodec
+from ovi.codecs.wan_vae import VAE_FILE as VIDEO_VAE_FILE
+from ovi.codecs.wan_vae import WanVideoCodec, make_wan22_vae
 from ovi.model import configs
-from ovi.pipeline import specs, text
-from ovi.pipeline.mmaudio import VAE_FILE as AUDIO_VAE_FILE, VOCODER_FILE, MMAudioCodec
-from ovi.pipeline.wan_vae import VAE_FILE as VIDEO_VAE_FILE, WanVideoCodec, make_wan22_vae
+from ovi.pipeline.random_checkpoint import make_random_checkpoint
 
 DATA = Path(__file__).parent / "data"
 SMALL_WAN = dict(base_dim=8, decoder_base_dim=12)  # z_dim stays 48: the DiT's in_dim

@@ -1,4 +1,4 @@
-"""ovi.pipeline.wan_vae + ovi.checkpoint.codec_keys (Wan2.2 VAE -> diffusers AutoencoderKLWan).
+"""ovi.codecs.wan_vae + ovi.checkpoint.codec_keys (Wan2.2 VAE -> diffusers AutoencoderKLWan).
 
 Fixtures in tests/pipeline/data, made once from upstream Ovi's own code (commit in each file):
 - wan22_vae_keys.json: every key + shape of upstream's real Wan2.2 VAE (`WanVAE_` as `Wan2_2_VAE`
@@ -14,9 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovi.checkpoint.codec_keys import diffusers_to_wan22_vae, wan22_vae_key_to_diffusers, wan22_vae_to_diffusers
+from ovi.checkpoint.codec_keys import (
+    diffusers_to_wan22_vae,
+    wan22_vae_key_to_diffusers,
+    wan22_vae_to_diffusers,
+)
+from ovi.codecs.wan_vae import (
+    LATENTS_MEAN,
+    LATENTS_STD,
+    WanVideoCodec,
+    expected_vae_shapes,
+)
 from ovi.errors import CheckpointError, InputError
-from ovi.pipeline.wan_vae import LATENTS_MEAN, LATENTS_STD, WanVideoCodec, expected_vae_shapes
 
 DATA = Path(__file__).parent / "data"
 

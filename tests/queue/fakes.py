@@ -3,8 +3,9 @@
 `factory(key)` is an engine factory (also for `ovi queue run --engine-factory
 tests.queue.fakes:factory`). Behaviour comes from the request, so a subprocess runner needs no
 extra wiring:
-- steps: `steps=` of the request, else `set.sample_steps`, else 4;
-- seconds per step: `set.fake_step_seconds`, else $OVI_FAKE_STEP_SECONDS, else 0.002;
+- steps: the request's `steps`, else 4;
+- seconds per step: the engine key's `fake_step_seconds` (a request's `engine` override), else
+  $OVI_FAKE_STEP_SECONDS, else 0.002;
 - a prompt containing "FAIL" raises in the middle of generation.
 Every engine build is appended to LOADS (and to the file $OVI_FAKE_LOAD_LOG, for subprocesses).
 """
@@ -41,9 +42,11 @@ class FakeEngine:
         self.calls: list[dict] = []
         self.on_step = None  # tests may hook in: on_step(step, total)
 
-    def generate(self, prompt, *, progress=None, steps=None, **kwargs):
-        overrides = self.key.get("set") or {}
-        total = steps or overrides.get("sample_steps", 4)
+    def generate(self, request, *, progress=None):
+        overrides = self.key.get("engine") or {}
+        prompt = request.prompt
+        kwargs = {k: v for k, v in request.per_clip_settings.items() if k not in ("prompt", "steps")}
+        total = request.steps or 4
         delay = float(overrides.get("fake_step_seconds",
                                     os.environ.get("OVI_FAKE_STEP_SECONDS", 0.002)))
         self.calls.append({"prompt": prompt, "steps": total, **kwargs})
@@ -57,8 +60,7 @@ class FakeEngine:
                 progress(step, total, {"stage": "denoise"})
         # Like Engine's sidecar, but `height_width` and `seed` only when the request gave them
         # (so the runner's two stem styles both get exercised).
-        meta = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
-                if isinstance(v, (int, float, str, tuple))}
+        meta = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, list))}
         return FakeClip(prompt, {"steps": total, **meta})
 
     def close(self):

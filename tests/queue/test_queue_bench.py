@@ -3,12 +3,12 @@
 import argparse
 import json
 
-from ovi import cli
+from ovi.commands.bench import add_bench_parser
 
 
 def test_bench_queue_json_lines(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ovi")
-    cli._add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "queue.jsonl"
     args = parser.parse_args(["bench", "queue", "--json", "--submits", "200", "--claims", "50",
                               "--batch", "50", "--dir", str(tmp_path), "--out", str(out)])

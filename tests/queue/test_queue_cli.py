@@ -40,8 +40,9 @@ def test_submit_prints_the_id_and_list_json_prints_one_job_per_line(db, tmp_path
     assert jobs[0]["request"] == {"prompt": "a cat", "seed": 3, "steps": 4}
     assert jobs[1]["request"] == {
         "prompt": "a dog", "mode": "i2v", "image": str(image.resolve()),
-        "set": {"sample_steps": 4, "solver_name": "euler"}, "height_width": [64, 96],
-        "loras": ["a.safetensors:0.5"], "video_guidance_scale": 4.5}
+        "steps": 4, "solver": "euler", "height_width": [64, 96],  # per-clip --set keys become fields
+        "loras": [{"path": "a.safetensors", "weight": 0.5, "name": "a", "merge": True}],
+        "video_guidance_scale": 4.5}
     assert jobs[1]["priority"] == 2
     assert ovi_queue("list", "--db", db, "--state", "queued") == 0
     assert [line.split()[0] for line in _lines(capsys)] == ["2", "1"]  # run order
@@ -74,9 +75,8 @@ def test_bad_input_exits_2_with_a_reason(db, capsys):
     assert ovi_queue("show", "--db", db, "99") == 2
     assert ovi_queue("cancel", "--db", db, "99") == 2
     assert ovi_queue("import-csv", "--db", db, "/no/such.csv") == 2
-    with pytest.raises(SystemExit) as info:  # argparse: unknown mode
-        ovi_queue("submit", "--db", db, "--prompt", "x", "--mode", "v2v")
-    assert info.value.code == 2
+    assert ovi_queue("submit", "--db", db, "--prompt", "x", "--mode", "v2v") == 2  # checked by GenerateRequest
+    assert "mode 'v2v': must be one of t2v, i2v, t2i2v" in capsys.readouterr().err
 
 
 def test_import_csv_and_run_until_empty(db, tmp_path, capsys):
@@ -108,6 +108,6 @@ def test_config_and_overrides_are_checked_at_submit(db, tmp_path, capsys):
     q = JobQueue(db)
     first, second = q.list()
     assert first["request"]["config"] == "tiny"  # a shipped name stays a name
-    assert first["request"]["set"] == {"sample_steps": 3}  # typed like `ovi generate --set`
+    assert first["request"]["steps"] == 3  # typed like `ovi generate --set`, mapped to the request field
     assert second["request"]["config"] == str(yaml_path.resolve())
     q.close()

@@ -3,7 +3,6 @@
 import collections
 
 from ovi.queue import JobQueue
-
 from tests.launcher import join_all, spawn
 
 PRODUCER = """

@@ -6,7 +6,6 @@ import os
 import signal
 
 from ovi.queue import JobQueue
-
 from tests.launcher import join_all, spawn_ovi_queue, wait_until
 
 
@@ -52,6 +51,6 @@ def test_kill_9_runner_mid_job_then_restart(tmp_path):
         assert all(os.path.isfile(p) for p in job["result"].values())
     assert len(list(tmp_path.glob("*.mp4"))) == len(ids)
     assert len(loads.read_text().splitlines()) == 2  # one engine per runner process
-    assert json.loads(loads.read_text().splitlines()[0]) == {"config": None, "loras": [], "set": {}}
+    assert json.loads(loads.read_text().splitlines()[0]) == {"config": None, "engine": {}}
     assert q.integrity_check() == "ok"
     q.close()

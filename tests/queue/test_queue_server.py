@@ -8,11 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ovi.queue import JobQueue
-from ovi.queue.server import create_app
 from ovi.runtime import Runner
-
-from tests.queue import fakes
+from ovi.server.rest import create_app
 from tests.launcher import join_all, spawn_ovi_queue, wait_until
+from tests.queue import fakes
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from ovi.errors import InputError
 from ovi.queue import JobQueue
 from ovi.runtime import Runner
 from ovi.runtime.runner import job_stem, load_engine_factory
-from tests.queue import fakes
 from tests.launcher import wait_until
+from tests.queue import fakes
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def test_runner_processes_20_tiny_model_jobs_end_to_end_with_progress_events(que
     """The real engine (default factory) on the tiny model: 20 playable mp4s, engine loaded once."""
     from ovi.pipeline.output import probe_media
     ids = queue.submit_many([{"prompt": f"A cat number {i}", "seed": i, "steps": 3,
-                              "set": {"ckpt_dir": str(tiny_ckpt)}} for i in range(20)])
+                              "engine": {"ckpt_dir": str(tiny_ckpt)}} for i in range(20)])
     events = queue.subscribe(since=0, poll=0.01)
     runner = Runner(queue)
     assert runner.run(until_empty=True) == 20
@@ -55,16 +55,19 @@ def test_runner_processes_20_tiny_model_jobs_end_to_end_with_progress_events(que
     assert runner.stats["engine_loads"] == 1  # one config: weights loaded once
 
 
-def test_engine_is_reused_across_consecutive_jobs_with_the_same_key(queue):
-    queue.submit_many([{"prompt": "a"}, {"prompt": "b", "set": {}},
-                       {"prompt": "c", "set": {"sample_steps": 2}},
-                       {"prompt": "d", "set": {"sample_steps": 2}},
-                       {"prompt": "e", "loras": ["style.safetensors:0.8"]},
-                       {"prompt": "f"}])
+def test_engine_is_reused_while_engine_settings_stay_the_same(queue):
+    """Jobs are grouped by engine settings (config + engine overrides), never by per-clip fields:
+    steps, LoRAs and the rest change per clip on the same engine."""
+    queue.submit_many([{"prompt": "a"}, {"prompt": "b", "engine": {}},
+                       {"prompt": "c", "engine": {"fp8": True}},
+                       {"prompt": "d", "engine": {"fp8": True}, "steps": 2},
+                       {"prompt": "e", "loras": ["style.safetensors:0.8"], "steps": 3},
+                       {"prompt": "f", "set": {"sample_steps": 2}},  # the old `set` form: a per-clip key
+                       {"prompt": "g", "config": "tiny"}])
     runner = Runner(queue, engine_factory=fakes.factory)
     runner.run(until_empty=True)
-    assert [k["set"] for k in fakes.LOADS] == [{}, {"sample_steps": 2}, {}, {}]
-    assert [k["loras"] for k in fakes.LOADS] == [[], [], ["style.safetensors:0.8"], []]
+    assert fakes.LOADS == [{"config": None, "engine": {}}, {"config": None, "engine": {"fp8": True}},
+                           {"config": None, "engine": {}}, {"config": "tiny", "engine": {}}]
     assert runner.stats["engine_loads"] == 4
 
 
@@ -80,7 +83,7 @@ def test_generate_receives_the_request_settings(queue):
     Runner(queue, engine_factory=factory).run(until_empty=True)
     call = engines[0].calls[0]
     assert call == {"prompt": "p", "steps": 2, "mode": "t2i2v", "seed": 3, "solver": "euler",
-                    "height_width": (64, 96), "video_guidance_scale": 4.5}
+                    "height_width": [64, 96], "video_guidance_scale": 4.5, "shift": 5.0}
 
 
 def test_a_failing_job_fails_alone(queue, tmp_path):
@@ -114,14 +117,14 @@ def test_engine_factory_failure_fails_the_job_not_the_runner(queue):
 
 
 def test_cancel_of_a_running_job_stops_between_steps_and_removes_partial_files(queue, tmp_path):
-    job_id = queue.submit({"prompt": "long one", "steps": 200, "set": {"fake_step_seconds": 0.01}})
+    job_id = queue.submit({"prompt": "long one", "steps": 200, "engine": {"fake_step_seconds": 0.01}})
     after = queue.submit({"prompt": "next one"})
     stem = job_stem(queue.get(job_id))
     engines = []
 
     def factory(key):
         engine = fakes.factory(key)
-        if key["set"]:  # the long job's engine writes as it goes, like a real one might
+        if key["engine"]:  # the long job's engine writes as it goes, like a real one might
             engine.on_step = lambda step, total: (tmp_path / f"{stem}.mp4").write_bytes(b"part")
         engines.append(engine)
         return engine
@@ -152,7 +155,7 @@ def test_background_thread_start_stop_and_subscribe(queue):
 
 
 def test_stop_with_interrupt_gives_the_job_back(queue):
-    job_id = queue.submit({"prompt": "slow", "steps": 500, "set": {"fake_step_seconds": 0.01}})
+    job_id = queue.submit({"prompt": "slow", "steps": 500, "engine": {"fake_step_seconds": 0.01}})
     runner = Runner(queue, engine_factory=fakes.factory, poll_interval=0.05).start()
     wait_until(lambda: queue.get(job_id)["state"] == "running", 30, "the job to start")
     assert runner.stop(interrupt=True, timeout=30)
@@ -182,7 +185,7 @@ def test_paused_queue_runs_nothing_and_until_empty_returns(queue):
 
 
 def test_runner_heartbeats_during_a_long_step(queue):
-    job_id = queue.submit({"prompt": "x", "steps": 1, "set": {"fake_step_seconds": 0.6}})
+    job_id = queue.submit({"prompt": "x", "steps": 1, "engine": {"fake_step_seconds": 0.6}})
     runner = Runner(queue, engine_factory=fakes.factory, heartbeat_interval=0.1)
     t = threading.Thread(target=runner.run, kwargs={"until_empty": True})
     t.start()

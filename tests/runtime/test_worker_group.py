@@ -151,3 +151,15 @@ def test_world_size_must_match_the_config_before_anything_starts(cfg):
     with pytest.raises(ConfigError, match="backend 'mpi'"):
         WorkerGroup(cfg, world_size=2, backend="mpi")
     assert spawned_children() == []
+
+
+def test_a_config_without_sp_size_runs_sp_across_the_group(tiny_ckpt, reference):
+    """WorkerGroup(load_config(), world_size=2): sp fills from the ranks, and says so."""
+    cfg = ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2)
+    assert cfg.sp_size is None
+    with WorkerGroup(cfg, world_size=2, request_timeout=REQUEST_TIMEOUT) as group:
+        clip = group.generate("A red ball bounces", seed=0)
+        assert (clip.meta["world_size"], clip.meta["sp"], clip.meta["cfg"]) == (2, 2, 1)
+        assert [s["sp"] for s in group.stats()] == [2, 2]
+    _assert_same_clip(clip, reference[0])
+    _assert_no_ranks_left(group)

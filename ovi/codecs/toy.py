@@ -1,59 +1,16 @@
-"""Latent codecs behind one interface: video <-> [48, F_lat, H/16, W/16], audio <-> [L, 20].
-
-The toy codecs serve the tiny model: cheap, deterministic, exactly invertible on their subspace
+"""Toy codecs for the tiny and mid presets: cheap, deterministic, exactly invertible on their subspace
 (block-constant video, sums of the codec's tones for audio), with the real codecs' shapes and rates
-(4x temporal / 16x spatial video compression; 512 samples per audio latent at 16 kHz). The real
-Wan2.2 VAE and MMAudio VAE + BigVGAN implement the same two methods.
+(4x temporal / 16x spatial video compression; 512 samples per audio latent at 16 kHz). Hand-written:
+no library ships a codec this small; they exist so every pipeline path runs in seconds on a CPU.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 
 import torch
 
-
-class VideoCodec(ABC):
-    latent_channels = 48
-    temporal_factor = 4
-    spatial_factor = 16
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return (self.latent_channels, 1 + (num_frames - 1) // self.temporal_factor,
-                height // self.spatial_factor, width // self.spatial_factor)
-
-    def fixed_latents(self, shape) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Latent entries the codec fixes rather than the model generating them: (bool mask, values), both
-        broadcastable to `shape`, or None (real VAEs). Training keeps them clean and out of the loss; the
-        engine writes them before every model call, as it does with i2v's clean first frame."""
-        return None
-
-    @abstractmethod
-    def encode(self, video: torch.Tensor) -> torch.Tensor:  # [3,F,H,W] in [-1,1] -> latent
-        ...
-
-    @abstractmethod
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:  # latent -> [3,F,H,W] in [-1,1]
-        ...
-
-
-class AudioCodec(ABC):
-    latent_channels = 20
-    samples_per_latent = 512
-    sample_rate = 16000
-
-    def fixed_latents(self, shape) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """As VideoCodec.fixed_latents, for [L, C] audio latents."""
-        return None
-
-    @abstractmethod
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:  # [N] -> [L,20]
-        ...
-
-    @abstractmethod
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:  # [L,20] -> [L*512]
-        ...
+from ovi.codecs.base import AudioCodec, VideoCodec
 
 
 class ToyVideoCodec(VideoCodec):

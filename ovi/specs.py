@@ -1,5 +1,9 @@
-"""Model-name specs: which checkpoint file, latent lengths, pixel area and prompt style each
-`model_name` implies. The three real entries are upstream Ovi's; `tiny` is our embedded default."""
+"""Model-name specs and upstream's file layout, in one place low in the stack.
+
+`MODEL_SPECS`: which checkpoint file, latent lengths, pixel area and prompt style each `model_name`
+implies (the three real entries are upstream Ovi's; `tiny` and `mid` are ours). The path constants
+below are where upstream's download script puts each component under `ckpt_dir`.
+"""
 
 from __future__ import annotations
 
@@ -33,4 +37,14 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "mid": ModelSpec("mid", "model.safetensors", 9, 44, 256 * 448, "audcap", "mid"),
 }
 
-FP8_CHECKPOINT_FILE = "model_fp8_e4m3fn.safetensors"
+# ---- upstream's checkpoint layout (relative to ckpt_dir) ----------------------------------------
+FUSION_DIR = "Ovi"                                         # fusion DiT files (MODEL_SPECS[...].checkpoint_file)
+FP8_CHECKPOINT_FILE = "model_fp8_e4m3fn.safetensors"       # under FUSION_DIR
+T5_DIR = "Wan2.2-TI2V-5B"
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"                # under T5_DIR
+TOKENIZER_DIR = "google/umt5-xxl"                          # under T5_DIR
+BYTE_TOKENIZER_FILE = "ovi_byte_tokenizer.json"            # ours: the tiny model's tokenizer, under TOKENIZER_DIR
+WAN_VAE_FILE = "Wan2.2-TI2V-5B/Wan2.2_VAE.pth"
+MMAUDIO_VAE_FILE = "MMAudio/ext_weights/v1-16.pth"
+MMAUDIO_VOCODER_FILE = "MMAudio/ext_weights/best_netG.pt"
+FLUX_DIR = "FLUX.1-Krea-dev"                               # t2i2v's image model

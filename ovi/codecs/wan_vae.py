@@ -16,10 +16,17 @@ from pathlib import Path
 
 import torch
 
+from ovi.checkpoint.adapter import unwrap_container
+from ovi.checkpoint.codec_keys import (
+    check_codec_keys,
+    read_torch_file,
+    wan22_vae_to_diffusers,
+)
+from ovi.codecs.base import VideoCodec
 from ovi.errors import CheckpointError, InputError
-from ovi.pipeline.codecs import VideoCodec
+from ovi.specs import WAN_VAE_FILE
 
-VAE_FILE = "Wan2.2-TI2V-5B/Wan2.2_VAE.pth"
+VAE_FILE = WAN_VAE_FILE  # upstream layout (ovi.specs)
 
 # AutoencoderKLWan arguments for Wan2.2-TI2V-5B (z=48, 16x spatial / 4x temporal).
 WAN22_VAE_CONFIG = dict(
@@ -84,8 +91,6 @@ class WanVideoCodec(VideoCodec):
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32, device="cpu",
                         config: dict | None = None) -> "WanVideoCodec":
         """Load upstream's Wan2.2_VAE.pth (Wan key names); `config` overrides WAN22_VAE_CONFIG (tests)."""
-        from ovi.checkpoint.codec_keys import check_codec_keys, read_torch_file, wan22_vae_to_diffusers
-        from ovi.checkpoint.adapter import unwrap_container
         what = "Wan2.2 video VAE (Wan2.2_VAE.pth)"
         try:
             sd = unwrap_container(read_torch_file(path, what))

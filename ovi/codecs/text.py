@@ -14,12 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
 from ovi.errors import CheckpointError
-
-T5_DIR = "Wan2.2-TI2V-5B"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-TOKENIZER_DIR = "google/umt5-xxl"
-BYTE_TOKENIZER_FILE = "ovi_byte_tokenizer.json"
+from ovi.specs import BYTE_TOKENIZER_FILE, T5_DIR, T5_FILE, TOKENIZER_DIR
 
 T5_CONFIGS = {
     "ovi": dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, max_length=512),
@@ -104,7 +101,6 @@ class T5TextEncoder:
             tokenizer = HFTokenizer(tok_dir, T5_CONFIGS[architecture]["max_length"])
         else:
             raise CheckpointError(f"tokenizer folder not found at {tok_dir} (upstream layout <ckpt_dir>/{T5_DIR}/{TOKENIZER_DIR}/)")
-        from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
         try:
             sd = wan_t5_to_hf(unwrap_container(torch.load(weights, map_location="cpu", weights_only=True, mmap=True)))
         except KeyError as exc:

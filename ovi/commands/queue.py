@@ -13,11 +13,15 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
+from ovi.commands.request_args import (
+    add_request_arguments,
+    config_ref,
+    request_fields_from_args,
+)
 from ovi.errors import InputError
 from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
-from ovi.queue.requests import MODES, check_engine_settings, validate_request
+from ovi.queue.requests import check_engine_settings, validate_request
 
 TOKEN_ENV = "OVI_QUEUE_TOKEN"
 
@@ -28,74 +32,29 @@ def _add_db(p: argparse.ArgumentParser) -> None:
                    help=f"queue database (default {DEFAULT_DB})")
 
 
-def _add_generate_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> None:
+def _add_request_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> None:
+    """The per-clip and engine flags of `ovi generate` (shared, built from GenerateRequest)."""
     if with_prompt:
-        p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="config yaml (or --config)")
+        p.add_argument("config", nargs="?", metavar="CONFIG", help="config yaml (or --config)")
         p.add_argument("--prompt", required=True, help="text prompt")
-        p.add_argument("--image", help="input image (i2v)")
-    p.add_argument("--config", help="config yaml (default: the embedded tiny config)")
-    p.add_argument("--mode", choices=MODES)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int, help="denoising steps")
-    p.add_argument("--solver")
-    p.add_argument("--negative-prompt", dest="negative_prompt")
-    p.add_argument("--audio-negative-prompt", dest="audio_negative_prompt")
-    p.add_argument("--video-guidance-scale", dest="video_guidance_scale", type=float)
-    p.add_argument("--audio-guidance-scale", dest="audio_guidance_scale", type=float)
-    p.add_argument("--slg-layer", dest="slg_layer", type=int)
-    p.add_argument("--height-width", dest="height_width", metavar="HxW",
-                   help="frame size, e.g. 720x720")
-    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
-                   help="LoRA adapter (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override (repeatable), e.g. --set sample_steps=4")
-    p.add_argument("--out", help="output folder for this job's clip")
+    add_request_arguments(p)
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
 
 
-def _abs(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def _config_ref(config: str) -> str:
-    # A yaml path is stored absolute (the runner may start elsewhere); a shipped config's name
-    # ('tiny', 'rtx3090_x4') stays a name.
-    return _abs(config) if Path(config).expanduser().is_file() else config
-
-
 def _request_from_args(args, *, with_prompt: bool) -> dict:
-    request: dict = {}
-    if with_prompt:
-        if args.config_pos and args.config:
-            raise InputError("give the config once: either CONFIG or --config")
-        request["prompt"] = args.prompt
-        if args.image:
-            request["image"] = _abs(args.image)
-        config = args.config_pos or args.config
-    else:
-        config = args.config
+    """The request dict to store: the given fields, the config reference and the engine overrides."""
+    fields, engine = request_fields_from_args(args)
+    positional = getattr(args, "config", None)
+    if positional and args.config_opt:
+        raise InputError("give the config once: either CONFIG or --config")
+    config = config_ref(positional or args.config_opt)
     if config:
-        request["config"] = _config_ref(config)
-    for key in ("mode", "seed", "steps", "solver", "negative_prompt", "audio_negative_prompt",
-                "video_guidance_scale", "audio_guidance_scale", "slg_layer"):
-        value = getattr(args, key)
-        if value is not None:
-            request[key] = value
-    if args.height_width:
-        try:
-            h, w = (int(x) for x in args.height_width.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise InputError(f"--height-width {args.height_width!r}: use HxW, e.g. 720x720") from None
-        request["height_width"] = [h, w]
-    if args.set:
-        from ovi.config import parse_set_option  # same typing and key check as `ovi generate`
-
-        request["set"] = dict(parse_set_option(item) for item in args.set)
-    if args.lora:
-        request["loras"] = list(args.lora)
-    if args.out:
-        request["out"] = _abs(args.out)
-    return request
+        fields["config"] = config
+    if engine:
+        fields["engine"] = engine
+    if with_prompt:
+        fields["prompt"] = args.prompt
+    return fields
 
 
 def _open(args) -> JobQueue:
@@ -114,11 +73,11 @@ def _print_job_line(job: dict) -> None:
 
 # -- handlers -----------------------------------------------------------------------------------
 def cmd_submit(args) -> int:
-    request = _request_from_args(args, with_prompt=True)
-    validate_request(request)
-    check_engine_settings(request)
+    request = validate_request(_request_from_args(args, with_prompt=True))
+    cfg = check_engine_settings(request)
     with _open(args) as q:
-        print(q.submit(request, priority=args.priority))
+        ids = q.submit_many(request.expand(default_seed=cfg.seed), priority=args.priority)
+    print("\n".join(str(i) for i in ids))
     return 0
 
 
@@ -187,10 +146,10 @@ def cmd_move(args) -> int:
 
 def cmd_import_csv(args) -> int:
     base = _request_from_args(args, with_prompt=False)
-    check_engine_settings(base)
-    mode, seed = base.pop("mode", None), base.pop("seed", None)
+    check_engine_settings({"prompt": "x", **base})
+    mode, seed, n_times = base.pop("mode", None), base.pop("seed", None), base.pop("n", 1)
     with _open(args) as q:
-        ids = q.import_csv(args.file, n_times=args.n_times, priority=args.priority, mode=mode,
+        ids = q.import_csv(args.file, n_times=n_times, priority=args.priority, mode=mode,
                            seed=seed, base=base)
     print(f"queued {len(ids)} jobs" + (f" ({ids[0]}..{ids[-1]})" if ids else ""))
     return 0
@@ -237,7 +196,7 @@ def cmd_run(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from ovi.queue.server import create_app
+    from ovi.server.rest import create_app
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
@@ -254,9 +213,9 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     queue = subparsers.add_parser("queue", help="durable job queue: submit, list, run, serve")
     sub = queue.add_subparsers(dest="queue_command", required=True)
 
-    p = sub.add_parser("submit", help="queue one generation; prints the job id")
+    p = sub.add_parser("submit", help="queue one generation (n with --n); prints the job ids")
     _add_db(p)
-    _add_generate_options(p, with_prompt=True)
+    _add_request_options(p, with_prompt=True)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("list", help="list jobs (queued ones in run order)")
@@ -297,9 +256,9 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("import-csv", help="queue every row of upstream Ovi's prompt csv")
     _add_db(p)
     p.add_argument("file", help="csv with a text_prompt column and optionally image_path")
-    p.add_argument("--n-times", dest="n_times", type=int, default=1,
-                   help="runs per row (upstream's each_example_n_times); seeds seed+0..n-1")
-    _add_generate_options(p, with_prompt=False)
+    p.add_argument("--n-times", dest="n", type=int,
+                   help="runs per row (upstream's each_example_n_times, same as --n); seeds seed+0..n-1")
+    _add_request_options(p, with_prompt=False)
     p.set_defaults(func=cmd_import_csv)
 
     p = sub.add_parser("run", help="process jobs in this process")

@@ -24,11 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovi.checkpoint.codec_keys import (
+    bigvgan_from_upstream,
+    check_codec_keys,
+    mmaudio_vae_from_upstream,
+    read_torch_file,
+)
+from ovi.codecs.base import AudioCodec
 from ovi.errors import CheckpointError, InputError
-from ovi.pipeline.codecs import AudioCodec
+from ovi.specs import MMAUDIO_VAE_FILE, MMAUDIO_VOCODER_FILE
 
-VAE_FILE = "MMAudio/ext_weights/v1-16.pth"
-VOCODER_FILE = "MMAudio/ext_weights/best_netG.pt"
+VAE_FILE, VOCODER_FILE = MMAUDIO_VAE_FILE, MMAUDIO_VOCODER_FILE  # upstream layout (ovi.specs)
 
 SAMPLE_RATE, N_FFT, HOP, WIN, N_MELS, F_MAX = 16000, 1024, 256, 1024, 80, 8000.0
 
@@ -460,8 +466,6 @@ class MMAudioCodec(AudioCodec):
                         device="cpu", vae_config: MMAudioVAEConfig | None = None,
                         vocoder_config: BigVGANConfig | None = None) -> "MMAudioCodec":
         """Load upstream's v1-16.pth and best_netG.pt; configs default to MMAudio's 16 kHz networks."""
-        from ovi.checkpoint.codec_keys import (bigvgan_from_upstream, check_codec_keys, mmaudio_vae_from_upstream,
-                                               read_torch_file)
         vae_what, voc_what = "MMAudio 16 kHz audio VAE (v1-16.pth)", "BigVGAN vocoder (best_netG.pt)"
         vae_config, vocoder_config = vae_config or MMAudioVAEConfig(), vocoder_config or BigVGANConfig()
         try:

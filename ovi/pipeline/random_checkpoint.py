@@ -7,16 +7,27 @@ Deterministic for a given seed, so every machine that makes one gets the same we
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from ovi.checkpoint.adapter import hf_t5_to_wan
 from ovi.checkpoint.loading import FP8, convert_checkpoint, save_state_dict
+from ovi.codecs.text import T5_CONFIGS, make_t5
 from ovi.model import FusionModel
 from ovi.model.configs import architecture
-from ovi.pipeline.specs import FP8_CHECKPOINT_FILE, MODEL_SPECS
-from ovi.pipeline.text import BYTE_TOKENIZER_FILE, T5_CONFIGS, T5_DIR, T5_FILE, TOKENIZER_DIR, make_t5
+from ovi.specs import (
+    BYTE_TOKENIZER_FILE,
+    FP8_CHECKPOINT_FILE,
+    FUSION_DIR,
+    MODEL_SPECS,
+    T5_DIR,
+    T5_FILE,
+    TOKENIZER_DIR,
+)
+
+log = logging.getLogger(__name__)
 
 
 def make_tiny(ckpt_dir: str | Path, seed: int = 0, fp8: bool = False) -> Path:
@@ -35,10 +46,10 @@ def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int =
         # them small random weights instead.
         for branch in (model.video_model, model.audio_model):
             torch.nn.init.normal_(branch.head.head.weight, std=0.02)
-        ovi_file = ckpt_dir / "Ovi" / MODEL_SPECS[arch].checkpoint_file
+        ovi_file = ckpt_dir / FUSION_DIR / MODEL_SPECS[arch].checkpoint_file
         save_state_dict(model.state_dict(), ovi_file)
         if fp8:
-            convert_checkpoint(ovi_file, ckpt_dir / "Ovi" / FP8_CHECKPOINT_FILE, FP8)
+            convert_checkpoint(ovi_file, ckpt_dir / FUSION_DIR / FP8_CHECKPOINT_FILE, FP8)
 
         t5 = make_t5(arch)
         t5_dir = ckpt_dir / T5_DIR
@@ -50,7 +61,7 @@ def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int =
         tok_dir.mkdir(parents=True, exist_ok=True)
         (tok_dir / BYTE_TOKENIZER_FILE).write_text(
             json.dumps({"type": "bytes", "max_length": T5_CONFIGS[arch]["max_length"]}))
-        (ckpt_dir / "Ovi" / "random_architecture.txt").write_text(arch)
+        (ckpt_dir / FUSION_DIR / "random_architecture.txt").write_text(arch)
     finally:
         torch.random.set_rng_state(generator_state)
     return ckpt_dir
@@ -59,8 +70,16 @@ def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int =
 def is_random_checkpoint_dir(ckpt_dir: str | Path, arch: str = "tiny") -> bool:
     """Whether ckpt_dir holds a complete random checkpoint of `arch` (as make_random_checkpoint writes)."""
     ckpt_dir = Path(ckpt_dir)
-    marker = ckpt_dir / "Ovi" / "random_architecture.txt"
+    marker = ckpt_dir / FUSION_DIR / "random_architecture.txt"
     return (marker.is_file() and marker.read_text().strip() == arch
-            and (ckpt_dir / "Ovi" / MODEL_SPECS[arch].checkpoint_file).is_file()
+            and (ckpt_dir / FUSION_DIR / MODEL_SPECS[arch].checkpoint_file).is_file()
             and (ckpt_dir / T5_DIR / T5_FILE).is_file()
             and (ckpt_dir / T5_DIR / TOKENIZER_DIR / BYTE_TOKENIZER_FILE).is_file())
+
+
+def ensure_random_checkpoint(ckpt_dir: str | Path, arch: str, fp8: bool = False) -> None:
+    """Random-weight presets (tiny, mid) make their checkpoint on first use, deterministically."""
+    ckpt_dir = Path(ckpt_dir)
+    if not is_random_checkpoint_dir(ckpt_dir, arch) or (fp8 and not (ckpt_dir / FUSION_DIR / FP8_CHECKPOINT_FILE).is_file()):
+        log.info("making the random %s checkpoint in %s", arch, ckpt_dir)
+        make_random_checkpoint(ckpt_dir, arch, fp8=fp8)

@@ -29,7 +29,7 @@ def add_checkpoint_parser(subparsers) -> None:
 
 
 def _make_tiny(args) -> int:
-    from ovi.checkpoint.tiny import make_tiny
+    from ovi.pipeline.random_checkpoint import make_tiny
     print(make_tiny(args.dir, seed=args.seed, fp8=args.fp8))
     return 0
 

@@ -24,6 +24,9 @@ import threading
 import time
 import traceback
 
+from ovi.errors import InputError
+from ovi.runtime.launch import rank_device
+
 PARENT_GONE_EXIT = 3   # exit code of a rank whose parent process disappeared
 CRASH_EXIT = 1         # exit code of a rank that raised something other than an InputError
 PARENT_POLL_SECONDS = 1.0
@@ -47,16 +50,7 @@ def start_parent_watchdog(parent_pid: int, interval: float = PARENT_POLL_SECONDS
     return thread
 
 
-def rank_device(device_type: str, local_rank: int):
-    import torch
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def error_message(req_id: int, exc: BaseException) -> tuple:
-    from ovi.errors import InputError
     kind = "input" if isinstance(exc, InputError) else "crash"
     try:
         pickled = pickle.dumps(exc)
@@ -100,7 +94,8 @@ def rank_main(rank: int, world_size: int, spec: dict, requests, replies_conn) ->
         import torch.distributed as dist
 
         from ovi.config import load_config
-        from ovi.parallel.engine import build_rank_engine
+        from ovi.parallel.dims import ParallelDims
+        from ovi.runtime.rank_engine import build_rank_engine
 
         device = rank_device(spec["device_type"], rank)
         if device.type == "cpu" and spec.get("threads"):
@@ -108,7 +103,8 @@ def rank_main(rank: int, world_size: int, spec: dict, requests, replies_conn) ->
         timeout = datetime.timedelta(seconds=spec["collective_timeout"])
         store = dist.TCPStore(spec["host"], spec["port"], world_size, False, timeout=timeout)
         dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=world_size, timeout=timeout)
-        engine = build_rank_engine(load_config(spec["config"]), rank, world_size, device)
+        engine = build_rank_engine(load_config(spec["config"]), rank, world_size, device,
+                                   dims=ParallelDims(**spec["dims"]))
     except BaseException as exc:
         _crash_exit(replies, 0, exc)
     load_seconds = time.perf_counter() - t0
@@ -126,7 +122,6 @@ def _serve(engine, rank, device, requests, replies: _Replies, load_seconds: floa
     import torch
     import torch.distributed as dist
 
-    from ovi.errors import InputError
 
     served = 0
     while True:
@@ -168,8 +163,8 @@ def _serve(engine, rank, device, requests, replies: _Replies, load_seconds: floa
                 raise Cancelled(f"request {req_id} cancelled at step {step}/{total}")
 
         try:
-            prompt, kwargs = pickle.loads(envelope[2])
-            clip = engine.generate(prompt, progress=hook, **kwargs)
+            request = pickle.loads(envelope[2])  # the caller's GenerateRequest, unchanged
+            clip = engine.generate(request, progress=hook)
         except Cancelled:
             replies.send(("cancelled", req_id))
             if stop_after:
@@ -192,66 +187,3 @@ def _max_rss() -> int | None:
         return None
 
 
-# ------------------------------------------------------------------------------------------------
-# torchrun
-
-
-def torchrun_env() -> dict | None:
-    """{rank, world_size, local_rank, local_world_size} when launched by torchrun, else None."""
-    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-    if not all(k in os.environ for k in keys):
-        return None
-    return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
-            "local_rank": int(os.environ["LOCAL_RANK"]),
-            "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))}
-
-
-def serve_torchrun(cfg, requests=None, on_clip=None, *, backend=None) -> int:
-    """Serve generate requests when every rank was started by torchrun (one or many nodes).
-
-    Call it on every rank. Rank 0 iterates `requests` (dicts of `Engine.generate` keyword arguments
-    with `prompt`; a `progress` callable stays on rank 0) and broadcasts each to the other ranks,
-    which ignore their own `requests`. After each clip rank 0 calls `on_clip(index, request, clip)`.
-    Returns the number of requests served. A failure on one rank ends that process; torchrun then
-    stops the others (that is its job here, as the parent is for a WorkerGroup)."""
-    import torch.distributed as dist
-
-    from ovi.config import OviConfig, load_config
-    from ovi.errors import ConfigError
-    from ovi.parallel.dims import ParallelDims
-    from ovi.parallel.engine import build_rank_engine
-    from ovi.runtime.worker_group import plan_backend, prepare_checkpoint
-
-    env = torchrun_env()
-    if env is None:
-        raise ConfigError("serve_torchrun needs RANK, WORLD_SIZE and LOCAL_RANK (start it with torchrun); "
-                          "from a kernel or a plain script use ovi.runtime.WorkerGroup")
-    cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
-    rank, world = env["rank"], env["world_size"]
-    ParallelDims.from_config(cfg, world)  # a wrong sp_size fails here, before any rendezvous
-    backend, device_type = plan_backend(cfg, env["local_world_size"], backend)
-    start_parent_watchdog(os.getppid())
-    device = rank_device(device_type, env["local_rank"])
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
-    try:
-        if env["local_rank"] == 0:
-            prepare_checkpoint(cfg)  # one writer per node, the others wait at the barrier
-        dist.barrier()
-        engine = build_rank_engine(cfg, rank, world, device)
-        source = iter(requests or ()) if rank == 0 else None
-        served = 0
-        while True:
-            request = next(source, None) if rank == 0 else None
-            box = [None if request is None else {k: v for k, v in request.items() if k != "progress"}]
-            dist.broadcast_object_list(box, src=0)
-            if box[0] is None:
-                return served
-            kwargs = dict(box[0])
-            prompt = kwargs.pop("prompt")
-            progress = request.get("progress") if rank == 0 else None
-            clip = engine.generate(prompt, progress=progress, **kwargs)
-            if rank == 0 and on_clip is not None:
-                on_clip(served, request, clip)
-            served += 1
-    finally:
-        dist.destroy_process_group()
