@@ -26,11 +26,17 @@ from ovi.request import (
     config_field_check,
     show,
 )
-from ovi.specs import MODEL_SPECS
+from ovi.specs import BUNDLED_CKPT_DIR, BUNDLED_WEIGHTS_DIR, MODEL_SPECS
 
 # Shipped yaml files live inside the package so they exist in a wheel too; configs/*.yaml at the repo
 # root are identical copies for people browsing the repo (a test keeps them in sync).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_ckpt_dir(model_name: str) -> Path:
+    """Where `ckpt_dir: bundled` points for `model_name`: weights shipped inside the package (upstream's
+    layout), so the embedded default finds them from any working directory and in an installed wheel."""
+    return Path(__file__).resolve().parent / BUNDLED_WEIGHTS_DIR / model_name
 DEFAULT_CONFIG = "tiny"
 
 FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
@@ -119,12 +125,18 @@ class OviConfig:
 
     def replace(self, **overrides) -> "OviConfig":
         """A validated copy with `overrides` applied. If `model_name` changes and `model` was the
-        architecture derived from the old name (and is not overridden), it is derived again."""
+        architecture derived from the old name (and is not overridden), it is derived again; so is a
+        ckpt_dir that was the old name's bundled weights (`ckpt_dir: bundled`): the new name's bundled
+        weights, or upstream's default ./ckpts when it has none."""
         data = self.to_dict()
         if "model_name" in overrides and "model" not in overrides:
             old = MODEL_SPECS.get(self.model_name)
             if old is not None and self.model == old.architecture:
                 data["model"] = None
+        if "model_name" in overrides and "ckpt_dir" not in overrides \
+                and Path(self.ckpt_dir) == bundled_ckpt_dir(self.model_name):
+            new = MODEL_SPECS.get(overrides["model_name"])
+            data["ckpt_dir"] = BUNDLED_CKPT_DIR if new is not None and new.bundled else OviConfig.ckpt_dir
         return load_config(data, **overrides)
 
     def require_available(self) -> None:
@@ -315,6 +327,15 @@ def _validate(cfg: OviConfig) -> None:
     elif cfg.model not in architectures:
         raise _fail("model", cfg.model, f"unknown architecture preset; choose one of {', '.join(architectures)} "
                                         f"(or leave it out to follow model_name)")
+    if cfg.ckpt_dir == BUNDLED_CKPT_DIR:
+        spec = MODEL_SPECS[cfg.model_name]
+        if not spec.bundled or cfg.model != spec.architecture:
+            shipped = ", ".join(n for n, s in MODEL_SPECS.items() if s.bundled)
+            raise _fail("ckpt_dir", cfg.ckpt_dir, f"model_name {cfg.model_name!r} (architecture {cfg.model!r}) has no "
+                                                  f"bundled weights (only {shipped} ships with the package); set ckpt_dir "
+                                                  "to a checkpoint folder in upstream's layout (the random presets tiny "
+                                                  "and mid make theirs on first use, e.g. ./outputs/tiny_ckpt)")
+        cfg.ckpt_dir = str(bundled_ckpt_dir(cfg.model_name))
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")

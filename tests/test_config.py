@@ -8,6 +8,7 @@ import yaml
 
 from ovi.config import (
     CONFIG_DIR,
+    bundled_ckpt_dir,
     FIELDS,
     OviConfig,
     load_config,
@@ -37,10 +38,11 @@ def test_no_argument_gives_the_embedded_tiny_default():
     cfg = load_config()
     assert cfg == load_config(REPO_CONFIGS / "tiny.yaml")
     assert (cfg.model_name, cfg.model, cfg.ckpt_dir, cfg.output_dir) == (
-        "tiny", "tiny", "./outputs/tiny_ckpt", "./outputs")
+        "tiny_trained", "tiny_trained", str(bundled_ckpt_dir("tiny_trained")), "./outputs")
+    assert Path(cfg.ckpt_dir) == CONFIG_DIR.parent / "weights" / "tiny_trained"  # inside the package
     assert (cfg.sample_steps, cfg.mode, cfg.video_frame_height_width, cfg.seed, cfg.dtype) == (
-        8, "t2v", [128, 128], 103, "fp32")
-    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (1, None, "unipc")  # sp fills from the ranks
+        16, "t2v", [128, 128], 103, "fp32")
+    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (-1, None, "unipc")  # sp fills from the ranks
     assert cfg.text_prompt  # the default run has something to generate
     cfg.require_available()
 
@@ -158,7 +160,7 @@ def test_overrides_apply_on_top_and_values_are_normalised():
     assert (cfg.seed, cfg.shift, cfg.fsdp_sharding_strategy) == (7, 3.0, "SHARD_GRAD_OP")
     assert isinstance(cfg.shift, float) and cfg.video_frame_height_width == [256, 320]
     assert cfg.ckpt_dir == "/data/ckpts" and cfg.height_width == (256, 320)
-    assert cfg.slg_layer_index is None and load_config().slg_layer_index == 1
+    assert cfg.slg_layer_index is None and load_config(None, slg_layer=1).slg_layer_index == 1
     assert load_config(None, slg_layer=0).slg_layer_index is None
     assert load_config(None, slg_layer=-1).slg_layer_index is None
 
@@ -185,10 +187,21 @@ def test_to_dict_round_trips_and_replace_validates():
         cfg.replace(sed=1)
 
 
+def test_bundled_ckpt_dir_is_only_for_models_that_ship_weights():
+    with pytest.raises(ConfigError, match="ckpt_dir 'bundled': model_name 'tiny' .* has no bundled weights.*"
+                                          "set ckpt_dir"):
+        load_config(None, model_name="tiny")
+    with pytest.raises(ConfigError, match="has no bundled weights"):
+        load_config(None, model="tiny")  # tiny dims cannot load the trained weights
+    assert load_config(None, model_name="tiny", ckpt_dir="x").ckpt_dir == "x"
+
+
 def test_replace_model_name_rederives_the_architecture_unless_set():
     cfg = load_config()
     assert cfg.replace(model_name="720x720_5s").model == "ovi"
-    pinned = load_config(None, model_name="720x720_5s", model="tiny")  # tiny dims, 720 spec
+    assert cfg.replace(model_name="720x720_5s").ckpt_dir == "./ckpts"  # the bundled folder was tiny_trained's
+    assert cfg.replace(model_name="720x720_5s", ckpt_dir="/w").ckpt_dir == "/w"
+    pinned = load_config(None, model_name="720x720_5s", model="tiny", ckpt_dir="c")  # tiny dims, 720 spec
     assert pinned.replace(model_name="960x960_5s").model == "tiny"  # explicit choice is kept
     assert cfg.replace(model_name="720x720_5s", model="tiny").model == "tiny"
 

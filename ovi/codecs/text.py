@@ -1,14 +1,16 @@
 """Text encoder: umT5 (transformers' UMT5EncoderModel) loaded from Wan's .pth by Wan key names.
 
 The real model is umT5-XXL with Google's sentencepiece tokenizer; the tiny model uses the same
-class with small dims and a byte-level tokenizer (no vocabulary file to ship), so both run through
-the same loading code (`ovi.checkpoint.adapter.wan_t5_to_hf`).
+class with small dims and a byte-level tokenizer (no vocabulary file to ship), and the trained tiny
+model a word-level tokenizer whose vocabulary ships as a json file in the tokenizer folder. All run
+through the same loading code (`ovi.checkpoint.adapter.wan_t5_to_hf`).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -16,13 +18,18 @@ import torch
 
 from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
 from ovi.errors import CheckpointError
-from ovi.specs import BYTE_TOKENIZER_FILE, T5_DIR, T5_FILE, TOKENIZER_DIR
+from ovi.specs import BYTE_TOKENIZER_FILE, T5_DIR, T5_FILE, TOKENIZER_DIR, WORD_TOKENIZER_FILE
+
+log = logging.getLogger(__name__)
 
 T5_CONFIGS = {
     "ovi": dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, max_length=512),
     "tiny": dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, max_length=256),
 }
 T5_CONFIGS["mid"] = T5_CONFIGS["tiny"]  # the benchmark preset shares the tiny text encoder
+# The trained tiny model's encoder: trained with the DiT, over a 50-word vocabulary (ovi.train.vocabulary).
+T5_CONFIGS["tiny_trained"] = dict(vocab_size=50, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                  max_length=32)
 
 
 def clean_prompt_text(text: str) -> str:
@@ -54,6 +61,56 @@ class ByteTokenizer:
         return ids, mask
 
 
+class WordTokenizer:
+    """One token per word (lower-cased), per punctuation mark and per prompt tag (<AUDCAP> ...); ids 0 pad,
+    1 eos, 2 unknown word. For the trained tiny model, whose world has a few dozen words: a word per token
+    lets a 2-layer encoder tell "left" from "right" from its first training step."""
+
+    SPECIALS = ("<pad>", "</s>", "<unk>")
+    TAGS = ("<AUDCAP>", "<ENDAUDCAP>", "<S>", "<E>")
+    TOKEN_RE = re.compile(r"<AUDCAP>|<ENDAUDCAP>|<S>|<E>|[A-Za-z0-9]+|[.,!?]")
+    pad_id, eos_id, unk_id = 0, 1, 2
+
+    def __init__(self, vocabulary: list[str], max_length: int):
+        if tuple(vocabulary[:3]) != self.SPECIALS:
+            raise CheckpointError(f"word vocabulary must start with {list(self.SPECIALS)}, got {list(vocabulary[:3])}")
+        self.vocabulary = list(vocabulary)
+        self.index = {w: i for i, w in enumerate(self.vocabulary)}
+        self.max_length = max_length
+
+    def tokens(self, text: str) -> list[str]:
+        return [tok if tok in self.TAGS else tok.lower() for tok in self.TOKEN_RE.findall(text)]
+
+    def unknown_words(self, text: str) -> list[str]:
+        return [t for t in self.tokens(text) if t not in self.index]
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, text in enumerate(texts):
+            toks = [self.index.get(t, self.unk_id) for t in self.tokens(text)][: self.max_length - 1]
+            toks.append(self.eos_id)
+            ids[i, : len(toks)] = torch.tensor(toks)
+            mask[i, : len(toks)] = 1
+        return ids, mask
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "words", "max_length": self.max_length, "vocabulary": self.vocabulary}, indent=0)
+
+
+def read_tokenizer(tok_dir: Path, architecture: str):
+    """The tokenizer in `tok_dir`: ours (word or byte json) if present, else a Hugging Face tokenizer folder."""
+    if (tok_dir / WORD_TOKENIZER_FILE).is_file():
+        spec = json.loads((tok_dir / WORD_TOKENIZER_FILE).read_text())
+        return WordTokenizer(spec["vocabulary"], int(spec["max_length"]))
+    if (tok_dir / BYTE_TOKENIZER_FILE).is_file():
+        spec = json.loads((tok_dir / BYTE_TOKENIZER_FILE).read_text())
+        return ByteTokenizer(int(spec["max_length"]))
+    if tok_dir.is_dir():
+        return HFTokenizer(tok_dir, T5_CONFIGS[architecture]["max_length"])
+    raise CheckpointError(f"tokenizer folder not found at {tok_dir} (upstream layout <ckpt_dir>/{T5_DIR}/{TOKENIZER_DIR}/)")
+
+
 class HFTokenizer:
     def __init__(self, path: Path, max_length: int):
         from transformers import AutoTokenizer
@@ -66,9 +123,10 @@ class HFTokenizer:
         return enc.input_ids, enc.attention_mask
 
 
-def make_t5(architecture: str):
+def make_t5(architecture: str | dict):
+    """A umT5 encoder for an architecture preset (or a T5_CONFIGS-style dict), randomly initialised."""
     from transformers import UMT5Config, UMT5EncoderModel
-    c = T5_CONFIGS[architecture]
+    c = T5_CONFIGS[architecture] if isinstance(architecture, str) else architecture
     config = UMT5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
                         num_layers=c["num_layers"], num_heads=c["num_heads"], relative_attention_num_buckets=32,
                         relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
@@ -94,13 +152,7 @@ class T5TextEncoder:
         if not weights.is_file():
             raise CheckpointError(f"text encoder weights not found at {weights} (upstream layout "
                                   f"<ckpt_dir>/{T5_DIR}/{T5_FILE})")
-        if (tok_dir / BYTE_TOKENIZER_FILE).is_file():
-            spec = json.loads((tok_dir / BYTE_TOKENIZER_FILE).read_text())
-            tokenizer = ByteTokenizer(int(spec["max_length"]))
-        elif tok_dir.is_dir():
-            tokenizer = HFTokenizer(tok_dir, T5_CONFIGS[architecture]["max_length"])
-        else:
-            raise CheckpointError(f"tokenizer folder not found at {tok_dir} (upstream layout <ckpt_dir>/{T5_DIR}/{TOKENIZER_DIR}/)")
+        tokenizer = read_tokenizer(tok_dir, architecture)
         try:
             sd = wan_t5_to_hf(unwrap_container(torch.load(weights, map_location="cpu", weights_only=True, mmap=True)))
         except KeyError as exc:
@@ -119,7 +171,11 @@ class T5TextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> list[torch.Tensor]:
-        ids, mask = self.tokenizer([clean_prompt_text(t) for t in texts])
+        texts = [clean_prompt_text(t) for t in texts]
+        unknown = sorted({w for t in texts for w in getattr(self.tokenizer, "unknown_words", lambda _: [])(t)})
+        if unknown:
+            log.warning("words outside the text encoder's vocabulary (read as <unk>): %s", ", ".join(unknown))
+        ids, mask = self.tokenizer(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return [h[: int(n)] for h, n in zip(hidden, mask.sum(1))]

@@ -354,7 +354,7 @@ class Engine:
 
     def text_to_image(self, plan: Plan) -> torch.Tensor:
         if self.image_generator is None:
-            if self.config.model in RANDOM_ARCHITECTURES:
+            if self.config.model in RANDOM_ARCHITECTURES or self.spec.codecs != "real":  # toy worlds: no FLUX
                 self.image_generator = ToyImageGenerator()
             else:
                 self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / FLUX_DIR, self.device)

@@ -16,8 +16,8 @@ FG_THRESHOLD = 0.25       # max |pixel - background| over RGB (0..1 scale) for a
 MIN_PIXELS = 20           # fewer object pixels than this in a frame: no centroid for that frame
 MIN_TRAVEL = 16.0         # px; a linear move shorter than this counts as "static"
 BOUNCE_DEPTH = 12.0       # px the track must fall and then rise around one frame to be a bounce
-CLICK_RATIO = 6.0         # a frame is a click when its broadband energy exceeds ratio x the median ...
-CLICK_FLOOR = 0.5         # ... and this absolute floor (sum of squared spectrum magnitudes, see below)
+CLICK_RATIO = 6.0         # a frame is a click when its transient power exceeds ratio x the clip's median ...
+CLICK_FLOOR = 0.002       # ... and this floor (a data click: 20 tones of 0.025 -> ~0.01 outside the tone bins)
 
 
 @dataclass
@@ -113,15 +113,22 @@ def measure_pitch(audio: np.ndarray) -> tuple[str | None, float | None]:
 
 
 def measure_clicks(audio: np.ndarray) -> list[float]:
-    """Click onsets in video frames: 512-sample frames whose broadband energy (everything but the two
-    strongest spectral bins, i.e. the tone) stands out; runs of such frames count once (their first)."""
-    mags, _ = frame_spectra(audio)
-    if len(mags) == 0:
+    """Click onsets in video frames. Per 512-sample frame, the spectral power above each frequency bin's
+    median over the clip, summed over the bins away from the three tones (+-1 bin of 220 / 440 / 880 Hz
+    and of the clip's two strongest bins): steady tones cancel, tones that swell or fade are left out, a
+    click (a broadband transient) remains. Frames whose excess stands out count as clicks; a run of them
+    counts once."""
+    mags, freqs = frame_spectra(audio)
+    if len(mags) < 3:
         return []
     power = mags ** 2
-    tone = np.argsort(power.sum(0))[-2:]
-    broadband = np.delete(power, tone, axis=1).sum(1)
-    hot = (broadband > CLICK_RATIO * np.median(broadband)) & (broadband > CLICK_FLOOR * 0.01)
+    bin_hz = freqs[1]
+    tone_bins = {int(round(f / bin_hz)) for f in PITCHES.values()} | set(np.argsort(power.sum(0))[-2:].tolist())
+    keep = np.ones(power.shape[1], bool)
+    for b in tone_bins:
+        keep[max(0, b - 1): b + 2] = False
+    excess = np.clip(power - np.median(power, axis=0, keepdims=True), 0, None)[:, keep].sum(1)
+    hot = (excess > CLICK_RATIO * np.median(excess)) & (excess > CLICK_FLOOR)
     clicks, prev = [], False
     for i, h in enumerate(hot):
         if h and not prev:

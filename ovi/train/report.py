@@ -61,17 +61,21 @@ def _colormap(x: np.ndarray) -> np.ndarray:
 
 
 def spectrogram_strip(rows: list[tuple[str, np.ndarray]], path: str | Path, height: int = 96,
-                      width: int = 256, sample_rate: int = 16000) -> Path:
-    """rows: (label, float audio). One spectrogram per clip, left to right, label above each."""
+                      width: int = 256, columns: int = 4, sample_rate: int = 16000) -> Path:
+    """rows: (label, float audio). One spectrogram per clip (0-2.2 kHz, low at the bottom), `columns`
+    per row, label above each."""
     if not rows:
         raise ValueError("spectrogram_strip needs at least one clip")
-    strip = Image.new("RGB", (len(rows) * (width + 2), height + 2 * LABEL_H), (20, 20, 20))
+    columns = max(1, min(columns, len(rows)))
+    cell_w, cell_h = width + 4, height + 2 * LABEL_H + 4
+    n_rows = (len(rows) + columns - 1) // columns
+    strip = Image.new("RGB", (columns * cell_w, n_rows * cell_h), (20, 20, 20))
     for i, (label, audio) in enumerate(rows):
         img = Image.fromarray(_colormap(spectrogram(audio, sample_rate=sample_rate))).resize((width, height))
-        x = i * (width + 2)
-        strip.paste(img, (x, 2 * LABEL_H))
-        _label(strip, label[:40], (x + 2, 1))
-        _label(strip, label[40:80], (x + 2, LABEL_H))
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        strip.paste(img, (x, y + 2 * LABEL_H))
+        _label(strip, label[:40], (x + 2, y + 1))
+        _label(strip, label[40:80], (x + 2, y + LABEL_H))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     strip.save(path)

@@ -1,6 +1,7 @@
-"""Train the tiny Ovi on synthetic clips (flow matching, upstream's objective) on a CPU.
+"""Train the tiny Ovi (`tiny_trained`) on synthetic clips with flow matching, on a CPU.
 
     python -m ovi.train.train --out runs/NAME [--steps N] [--batch B] [--data full|gate] ...
+    python -m ovi.train.train --out runs/NAME --export DIR     # EMA weights -> upstream's layout in DIR
 
 Objective (Wan / Ovi flow matching): x_t = (1 - σ) x0 + σ ε, the model predicts v = ε - x0 at timestep
 t = 1000 σ, with σ drawn by the same time shift the sampler uses (σ' = sσ / (1 + (s-1)σ), σ ~ U(0,1)).
@@ -10,8 +11,9 @@ Classifier-free guidance: with probability p_uncond a clip is trained with the e
 (video negative for the video branch, audio negative for the audio branch), which is what the engine's
 negative pass feeds.
 
-Writes to --out: loss.jsonl, eval.jsonl, ckpt.pt (resume), and on finish the checkpoint directory in
-upstream's layout (see ovi.train.export).
+Writes to --out: config.json, loss.jsonl, eval.jsonl (held-out accuracy through the real Engine every
+eval_every steps) and ckpt.pt (every ckpt_every steps; a rerun with the same --out resumes from it).
+The defaults of TrainConfig are the shipped recipe (ovi/weights/tiny_trained/training.json records it).
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
+from ovi.codecs.text import WordTokenizer, make_t5
 from ovi.train import data
-from ovi.train.codecs import ShapesAudioCodec, ShapesVideoCodec
-from ovi.train.text import WordTokenizer, default_vocabulary
 
+# The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
+# classifier-free guidance is trained on exactly what the negative pass feeds.
 VIDEO_NEG = "jitter, bad hands, blur, distortion"
 AUDIO_NEG = "robotic, muffled, echo, distorted"
+ARCHITECTURE = "tiny_trained"
 
 
 @dataclass
@@ -42,10 +47,10 @@ class TrainConfig:
     seed: int = 0
     data: str = "full"           # full | gate (two clips that differ only in the direction word)
     num_clips: int = 4000        # pre-encoded training clips (full)
-    steps: int = 2000
-    batch: int = 16
+    steps: int = 5000
+    batch: int = 8
     lr: float = 5e-4
-    warmup: int = 100
+    warmup: int = 200
     min_lr_frac: float = 0.1     # cosine decay to this fraction of lr
     weight_decay: float = 0.01
     ema: float = 0.998
@@ -53,10 +58,12 @@ class TrainConfig:
     shift: float = 5.0           # timestep shift, the same as the sampler's
     uniform_frac: float = 0.25   # this fraction of σ drawn unshifted (covers low noise too)
     p_uncond: float = 0.1
+    curriculum_steps: int = 1000  # first steps draw only red-square-low-tone clips (one per motion word)
     audio_weight: float = 1.0
     coords: bool = True          # False: the codec's fixed channels hold zeros (ablation)
     copies: int = 1              # tiles of the 12 content channels in the video latent
-    # architecture (FusionModel dicts built from upstream's with these dims)
+    # architecture: these defaults are the `tiny_trained` preset (a test keeps them equal); other values
+    # are for experiments and cannot be exported as tiny_trained
     dim: int = 128
     ffn_dim: int = 512
     freq_dim: int = 64
@@ -87,13 +94,6 @@ def t5_config(cfg: TrainConfig, vocab_size: int) -> dict:
                 num_layers=cfg.t5_layers, num_heads=cfg.t5_heads, max_length=cfg.text_len)
 
 
-def build_t5(c: dict):
-    from transformers import UMT5Config, UMT5EncoderModel
-    config = UMT5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
-                        num_layers=c["num_layers"], num_heads=c["num_heads"], relative_attention_num_buckets=32,
-                        relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                        layer_norm_epsilon=1e-6, tie_word_embeddings=False)
-    return UMT5EncoderModel(config)
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -133,10 +133,10 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.vcodec, self.acodec = ShapesVideoCodec(copies=cfg.copies, coordinates=cfg.coords), ShapesAudioCodec()
-        self.tokenizer = WordTokenizer(default_vocabulary(), cfg.text_len)
+        self.tokenizer = WordTokenizer(data.vocabulary(), cfg.text_len)
         self.model = FusionModel(*model_configs(cfg))
         self.model.init_weights()
-        self.t5 = build_t5(t5_config(cfg, len(self.tokenizer.vocabulary)))
+        self.t5 = make_t5(t5_config(cfg, len(self.tokenizer.vocabulary)))
         self.params = list(self.model.parameters()) + list(self.t5.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -226,7 +226,7 @@ def make_engine(model, t5, tokenizer, vcodec, acodec, *, steps=8, shift=5.0, gui
     from ovi.pipeline.components import Components
     from ovi.pipeline.engine import Engine
     from ovi.codecs.text import T5TextEncoder
-    cfg = load_config(dict(model_name="tiny", sample_steps=steps, shift=shift, video_guidance_scale=guidance[0],
+    cfg = load_config(dict(model_name=ARCHITECTURE, sample_steps=steps, shift=shift, video_guidance_scale=guidance[0],
                            audio_guidance_scale=guidance[1], slg_layer=slg, video_frame_height_width=[128, 128],
                            dtype="fp32", device="cpu", solver_name=solver, video_negative_prompt=VIDEO_NEG,
                            audio_negative_prompt=AUDIO_NEG))
@@ -280,9 +280,48 @@ def noise_probe(trainer: Trainer, model, t5, specs: list[data.ClipSpec], seed=0)
     return {"swap_rel_change": rel, "x0_directions": dirs}
 
 
+# ---- export ------------------------------------------------------------------------------------
+def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
+    """Write the EMA weights as a checkpoint folder in upstream's layout (what `ckpt_dir` points at):
+    Ovi/model.safetensors, Wan2.2-TI2V-5B/models_t5_umt5-xxl-enc-bf16.pth (Wan key names), the word
+    tokenizer json, and training.json (recipe, data seed, step, the command that reproduces it)."""
+    import platform
+
+    from ovi.checkpoint.adapter import hf_t5_to_wan
+    from ovi.checkpoint.loading import save_state_dict
+    from ovi.codecs.text import T5_CONFIGS
+    from ovi.model.configs import architecture
+    from ovi.specs import FUSION_DIR, MODEL_SPECS, T5_DIR, T5_FILE, TOKENIZER_DIR, WORD_TOKENIZER_FILE
+    cfg = tr.cfg
+    want_t5 = T5_CONFIGS[ARCHITECTURE]
+    if list(model_configs(cfg)) != list(architecture(ARCHITECTURE)) or \
+            t5_config(cfg, len(tr.tokenizer.vocabulary)) != want_t5:
+        raise ValueError(f"this run's dims differ from the {ARCHITECTURE} preset (ovi.model.configs / "
+                         "ovi.codecs.text.T5_CONFIGS); only a run with the preset's dims can be exported as it")
+    dest = Path(dest)
+    save_state_dict(tr.ema_model.state_dict(), dest / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file)
+    t5_dir = dest / T5_DIR
+    (t5_dir / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = t5_dir / (T5_FILE + ".tmp")
+    torch.save(hf_t5_to_wan({k: v.contiguous() for k, v in tr.ema_t5.state_dict().items()}), tmp)
+    tmp.replace(t5_dir / T5_FILE)
+    (t5_dir / TOKENIZER_DIR / WORD_TOKENIZER_FILE).write_text(tr.tokenizer.to_json())
+    record = {
+        "model_name": ARCHITECTURE, "step": tr.step, "weights": "EMA", "config": dataclasses.asdict(cfg),
+        "command": command or f"python -m ovi.train.train --out runs/{ARCHITECTURE} --steps {cfg.steps} "
+                              f"&& python -m ovi.train.train --out runs/{ARCHITECTURE} --export {dest}",
+        "data": {"seed": cfg.seed, "clips": cfg.num_clips, "held_out": [list(c) for c in data.HELD_OUT]},
+        "torch": torch.__version__, "python": platform.python_version(), "threads": cfg.threads,
+    }
+    (dest / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    return dest
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="run folder (logs, ckpt.pt); reruns resume from it")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="write the run's EMA weights to DIR in upstream's layout and exit")
     for f in dataclasses.fields(TrainConfig):
         if f.type in ("tuple",):
             continue
@@ -300,6 +339,13 @@ def main(argv=None):
         cfg = TrainConfig(**saved)
     else:
         cfg = TrainConfig(**overrides)
+    if args.export:
+        if not (out / "ckpt.pt").is_file():
+            raise SystemExit(f"no ckpt.pt in {out}: train first (same --out), then --export")
+        tr = Trainer(cfg, out)
+        tr.load(out / "ckpt.pt")
+        print(export(tr, args.export))
+        return
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     train(cfg, out)
 
@@ -307,6 +353,8 @@ def main(argv=None):
 def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
     from tqdm import tqdm
     t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     tr = Trainer(cfg, out)
     if (out / "ckpt.pt").is_file():
         tr.load(out / "ckpt.pt")
@@ -316,6 +364,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
           f"{sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M dit + "
           f"{sum(p.numel() for p in tr.t5.parameters()) / 1e6:.3f}M t5", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + tr.step)
+    easy = torch.tensor([i for i, sp in enumerate(specs) if (sp.color, sp.shape, sp.pitch) == ("red", "square", "low")])
     held = data.held_out_specs() if cfg.data == "full" else specs
     loss_log = open(out / "loss.jsonl", "a")
     eval_log = open(out / "eval.jsonl", "a")
@@ -326,7 +375,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         lr = tr.lr_at(tr.step)
         for gparam in tr.opt.param_groups:
             gparam["lr"] = lr
-        idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
+        if tr.step < cfg.curriculum_steps:
+            idx = easy[torch.randint(len(easy), (cfg.batch,), generator=gen)]
+        else:
+            idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
         lv, la, _ = tr.loss(ds, idx, gen)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)

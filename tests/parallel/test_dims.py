@@ -31,4 +31,4 @@ def test_heads_of_both_branches_are_checked(monkeypatch):
     video, audio = ARCHITECTURES["tiny"]
     monkeypatch.setitem(ARCHITECTURES, "tiny", (video, {**audio, "num_heads": 2, "dim": 64}))
     with pytest.raises(ConfigError, match="sp_size 4 does not divide the audio backbone's 2 attention heads"):
-        ParallelDims.from_config(ovi.load_config(), 4)
+        ParallelDims.from_config(ovi.load_config(model_name="tiny", ckpt_dir="unused"), 4)

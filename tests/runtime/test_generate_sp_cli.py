@@ -16,7 +16,7 @@ PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Thuds<ENDAUDCAP>"
 
 
 def _args(tiny_ckpt, out):
-    return ["generate", "--prompt", PROMPT, "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--seed", "5",
+    return ["generate", "--prompt", PROMPT, "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--seed", "5",
             "--out", str(out), "--save-latents", "--quiet"]
 
 
