@@ -4,7 +4,8 @@ Checks what cannot run on the CPU machines and records numbers as JSON lines:
   - attention backend resolution on this GPU, and flash vs SDPA agreement when flash is installed;
   - the fusion model in bf16 (and fp8 storage) on CUDA vs the fp32 CPU reference (relative error);
   - denoising-step time of the mid preset in bf16 with SDPA, TF32 on/off (use_tensor_cores);
-  - a full tiny generation through the Engine on CUDA.
+  - a full tiny generation through the Engine on CUDA;
+  - FSDP on nccl and the memory model at real size (experiments/gpu_check_fsdp.py).
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def main(path: str) -> int:
             clip = engine.generate("a red ball bounces")
             emit({"check": "engine_generate", "use_tensor_cores": tensor_cores, "timings": clip.meta["timings"],
                   "attention_backend": clip.meta["attention_backend"], "tensor_cores": clip.meta["tensor_cores"]}, out)
+        import gpu_check_fsdp  # beside this script
+        try:
+            gpu_check_fsdp.run(emit, out, dev)
+        except Exception as exc:  # keep the records above; say what failed
+            emit({"check": "fsdp", "error": f"{type(exc).__name__}: {exc}"}, out)
+            raise
     return 0
 
 

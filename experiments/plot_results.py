@@ -58,9 +58,33 @@ def plot_pipeline(records: list[dict]) -> None:
     fig.savefig(PLOTS / "pipeline.png", dpi=110)
 
 
+def plot_fsdp(records: list[dict]) -> None:
+    """Per preset: parameter bytes held per rank, measured peak and the memory model's estimate, for
+    each strategy and world size (layout sp: SP over all ranks; replicas: FSDP alone)."""
+    archs = sorted({r["config"] for r in records})
+    fig, axes = plt.subplots(len(archs), 1, figsize=(13, 4.2 * len(archs)), squeeze=False)
+    for (ax,), arch in zip(axes, archs):
+        recs = [r for r in records if r["config"] == arch]
+        labels = [f"{r['strategy']} {r['world_size']}r {r['layout']}" for r in recs]
+        x = range(len(recs))
+        width = 0.27
+        mb = lambda key: [r[key] / 1e6 for r in recs]  # noqa: E731
+        ax.bar([i - width for i in x], mb("param_bytes_per_rank"), width, label="parameters held per rank")
+        ax.bar(list(x), mb("peak_bytes_per_rank"), width, label="measured peak per rank (allocator)")
+        ax.bar([i + width for i in x], mb("estimated_peak_bytes"), width, label="memory-model estimate")
+        total = recs[0]["total_param_bytes"] / 1e6
+        ax.axhline(total, color="grey", linestyle="--", linewidth=1, label=f"whole model ({total:.0f} MB)")
+        ax.set_xticks(list(x), labels, fontsize=7, rotation=30, ha="right")
+        ax.set_ylabel("MB")
+        ax.set_title(f"{arch}: memory per rank vs FSDP strategy and world size ({recs[0]['device']}, gloo)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "fsdp.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline)):
+    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp)):
         records = load(name)
         if records:
             plot(records)

@@ -1,4 +1,4 @@
-"""The `ovi` command: generate, queue, checkpoint, bench.
+"""The `ovi` command: generate, queue, checkpoint, bench, doctor.
 
 Exit codes (pinned): 0 ok, 2 bad input (one line naming what to fix), 1 runtime failure.
 Subcommands register themselves from ovi.commands so this file stays a thin dispatcher.
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     from ovi.commands.bench import add_bench_parser
     from ovi.commands.checkpoint import add_checkpoint_parser
+    from ovi.commands.doctor import add_doctor_parser
     from ovi.commands.generate import add_generate_parser
     from ovi.commands.queue import add_queue_parser
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_parser(subparsers)
     add_checkpoint_parser(subparsers)
     add_bench_parser(subparsers)
+    add_doctor_parser(subparsers)
     return parser
 
 

@@ -46,7 +46,6 @@ DTYPES = ("auto", "bf16", "fp32")
 # Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
 # feature lands; `require_available()` then stops refusing it.
 PENDING_FEATURES = {
-    "use_fsdp": "FSDP sharded inference",
     "lora": "LoRA",
     "lightning": "LoRA lightning",
     "qint8": "qint8 quantization",
@@ -97,6 +96,9 @@ class OviConfig:
     device: str = "auto"
     save_latents: bool = False
     profile_comms: bool = False             # multi-rank: time collectives with torch.profiler too
+    profile_dir: str | None = None          # write a torch.profiler trace of each generation here (TensorBoard)
+    profile_memory: bool = False            # CPU ranks: measure allocated bytes with torch.profiler
+    device_memory_gb: float | None = None   # memory per device the FSDP `auto` strategy plans for (null: measured)
 
     def __post_init__(self):
         _validate(self)
@@ -288,7 +290,7 @@ def _check_types(cfg: OviConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size"):
+        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "device_memory_gb"):
             continue  # checked on their own below
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -337,11 +339,22 @@ def _validate(cfg: OviConfig) -> None:
                                                   "and mid make theirs on first use, e.g. ./outputs/tiny_ckpt)")
         cfg.ckpt_dir = str(bundled_ckpt_dir(cfg.model_name))
 
+    if isinstance(cfg.profile_dir, Path):
+        cfg.profile_dir = str(cfg.profile_dir)
+    if cfg.profile_dir is not None and (not isinstance(cfg.profile_dir, str) or not cfg.profile_dir):
+        raise _fail("profile_dir", cfg.profile_dir, "must be a folder path (or null for no traces)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")
     if cfg.sp_size is not None and (isinstance(cfg.sp_size, bool) or not isinstance(cfg.sp_size, int)
                                     or cfg.sp_size < 1):
         raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism), or null to "
                                             "use every rank")
+    if cfg.device_memory_gb is not None and (isinstance(cfg.device_memory_gb, bool)
+                                             or not isinstance(cfg.device_memory_gb, (int, float))
+                                             or cfg.device_memory_gb <= 0):
+        raise _fail("device_memory_gb", cfg.device_memory_gb, "must be a positive number of GB, or null to measure "
+                                                              "each device's free memory")
+    if cfg.device_memory_gb is not None:
+        cfg.device_memory_gb = float(cfg.device_memory_gb)
     cfg.video_frame_height_width = list(cfg.video_frame_height_width)
     cfg.lora = [dict(item) for item in cfg.lora]

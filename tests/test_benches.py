@@ -31,3 +31,19 @@ def test_bench_sp_fields_and_scheme_ordering(capsys, tmp_path):
     assert recs["optimized"]["collectives_per_step"] <= 0.5 * recs["upstream"]["collectives_per_step"]
     assert recs["optimized"]["bytes_per_step"] <= recs["upstream"]["bytes_per_step"]
     assert all(r["profiled_comm_seconds_per_step"] > 0 for r in recs.values()), "torch.profiler saw the gloo ops"
+
+
+def test_bench_fsdp_fields_and_shard_accounting(capsys, tmp_path):
+    assert main(["bench", "fsdp", "--json", "--arch", "tiny", "--world", "2", "--strategies", "FULL_SHARD",
+                 "--layouts", "sp", "--steps", "1", "--ckpt-root", str(tmp_path)]) == 0
+    single, full = _records(capsys)
+    for rec in (single, full):
+        for key in ("bench", "config", "world_size", "strategy", "param_bytes_per_rank", "total_param_bytes",
+                    "largest_block_bytes", "peak_bytes_per_rank", "estimated_peak_bytes", "measured_over_estimate"):
+            assert key in rec, key
+        assert rec["peak_bytes_per_rank"] > 0 and rec["measured_peak"] == "cpu allocator peak (profiled)"
+    assert (single["world_size"], single["strategy"]) == (1, "NO_SHARD")
+    assert single["param_bytes_per_rank"] == single["total_param_bytes"]
+    assert full["param_bytes_per_rank"] <= full["total_param_bytes"] / 2 * 1.05 + full["largest_block_bytes"]
+    assert full["load_bytes_read_per_rank"] <= full["param_bytes_per_rank"]
+    assert full["max_abs_diff_vs_single_rank"] < 1e-4

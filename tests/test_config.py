@@ -124,6 +124,8 @@ def test_unknown_key_names_the_nearest_valid_key():
     ("each_example_n_times", 0, "each_example_n_times 0: must be at least 1"),
     ("slg_layer", True, "slg_layer true: must be a block index"),
     ("fp8", "yes", "fp8 'yes': must be true or false"),
+    ("device_memory_gb", 0, "device_memory_gb 0: must be a positive number of GB"),
+    ("device_memory_gb", "lots", "device_memory_gb 'lots': must be a positive number"),
     ("model", "giant", "model 'giant': unknown architecture preset; choose one of mid, ovi, tiny"),
     ("model_name", "1080p", "model_name '1080p': unknown model; choose one of 720x720_5s, 960x960_5s, "
                             "960x960_10s, tiny"),
@@ -207,7 +209,7 @@ def test_replace_model_name_rederives_the_architecture_unless_set():
 
 
 @pytest.mark.parametrize("key,value,feature", [
-    ("use_fsdp", True, "FSDP"), ("lora", ["a.pt"], "LoRA"),
+    ("lora", ["a.pt"], "LoRA"),
     ("lightning", True, "lightning"), ("qint8", True, "qint8"),
 ])
 def test_pending_features_load_but_refuse_to_run(key, value, feature):
@@ -223,9 +225,10 @@ def test_require_available_allows_sp_and_refuses_shard_text_model():
     load_config(None, sp_size=4, fp8=True, cpu_offload=True).require_available()
     with pytest.raises(NotAvailableError, match="shard_text_model: true is not supported.*upstream"):
         load_config(None, shard_text_model=True).require_available()
-    both = load_config(None, use_fsdp=True, lightning=True)
-    with pytest.raises(NotAvailableError, match="use_fsdp: true.*; lightning: true"):
+    both = load_config(None, qint8=True, lightning=True)
+    with pytest.raises(NotAvailableError, match="lightning: true.*; qint8: true"):
         both.require_available()
+    load_config(None, use_fsdp=True, fsdp_sharding_strategy="auto").require_available()  # FSDP has landed
 
 
 def test_parse_set_option():
@@ -250,4 +253,4 @@ def test_parse_set_option():
 def test_every_field_is_a_known_key():
     assert set(UPSTREAM_KEYS) | set(SEED_KEYS) | {
         "model", "attention_backend", "cfg_parallel", "lora", "lightning", "dtype", "device",
-        "save_latents", "profile_comms"} == set(FIELDS)
+        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb"} == set(FIELDS)

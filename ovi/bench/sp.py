@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list of " + ", ".join(SCHEMES))
     parser.add_argument("--steps", type=int, default=3, help="denoising steps in the timed generation")
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoints are made (default: temp)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also time collectives with torch.profiler (adds overhead to step_seconds)")
+    parser.add_argument("--profile", nargs="?", const=True, default=None, metavar="DIR",
+                        help="also time collectives with torch.profiler (adds overhead to step_seconds); with "
+                             "DIR, write each point's traces (one per rank) to DIR/<config>_sp<N>_<scheme>/ for "
+                             "TensorBoard")
 
 
 def _diff(after: dict, before: dict) -> dict:
@@ -38,24 +40,40 @@ def _diff(after: dict, before: dict) -> dict:
             "comm_seconds_per_step": per("comm_seconds"), "steps_measured": steps}
 
 
-def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile: bool = False) -> dict:
+def point_name(arch: str, sp: int, scheme: str) -> str:
+    return f"{arch}_sp{sp}_{scheme if sp > 1 else 'single'}"
+
+
+def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile: bool | str | None = None,
+            extra: dict | None = None) -> dict:
+    """One point. `profile`: True times collectives with torch.profiler; a folder also writes the timed
+    generation's traces (one file per rank) into <folder>/<point name>/. `extra`: more config keys
+    (e.g. use_fsdp), refused by the config when this build cannot run them."""
     import ovi
     from ovi.runtime import WorkerGroup
+    trace_dir = Path(profile) / point_name(arch, sp, scheme) if isinstance(profile, (str, Path)) else None
     cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt_dir), sample_steps=steps, sp_size=sp,
-                          video_frame_height_width=SIZES[arch], profile_comms=profile, **SCHEMES[scheme])
+                          video_frame_height_width=SIZES[arch], profile_comms=bool(profile),
+                          profile_dir=str(trace_dir) if trace_dir else None, **SCHEMES[scheme], **dict(extra or {}))
     with WorkerGroup(cfg, world_size=sp) as group:
         group.generate("a bench clip", steps=1)                     # warm-up: allocations, buffers
+        if trace_dir is not None:
+            for warm_up_trace in trace_dir.glob("*.pt.trace.json"):  # keep the timed generation's only
+                warm_up_trace.unlink()
         before = group.stats()[0]
         clip = group.generate("a bench clip")
         after = group.stats()[0]
+        ranks = group.stats()
         threads = group.threads
     c, f, h, w = clip.latents["video"].shape
     return {"bench": "sp", "config": arch, "world_size": sp, "sp": sp, "scheme": scheme if sp > 1 else "single",
             **_diff(after, before), "step_seconds": clip.meta["timings"]["denoise"] / steps,
             "video_tokens": f * h * w // 4, "audio_tokens": int(clip.latents["audio"].shape[0]),
             "device": clip.meta["device"], "backend": "nccl" if clip.meta["device"].startswith("cuda") else "gloo",
-            "threads_per_rank": threads, "steps": steps, "profiled": profile,
-            "profiled_comm_seconds_per_step": after.get("profiled_comm_seconds_per_step")}
+            "threads_per_rank": threads, "steps": steps, "profiled": bool(profile),
+            "profiled_comm_seconds_per_step": after.get("profiled_comm_seconds_per_step"),
+            "peak_bytes_per_rank": [r.get("max_memory_allocated") or r.get("max_rss_bytes") for r in ranks],
+            "trace_dir": str(trace_dir) if trace_dir is not None else None}
 
 
 def run(args):

@@ -28,16 +28,17 @@ def unwrap_container(obj) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def fusion_key(key: str) -> str:
+    """One upstream Ovi fusion key -> ours (identical), after stripping a framework wrapper prefix."""
+    for prefix in _WRAPPER_PREFIXES:
+        if key.startswith(prefix) and key[len(prefix):].startswith(("video_model.", "audio_model.")):
+            return key[len(prefix):]
+    return key
+
+
 def fusion_keys_from_upstream(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Upstream Ovi fusion keys -> ours (identical), after stripping framework wrapper prefixes."""
-    out = {}
-    for key, value in sd.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix) and key[len(prefix):].startswith(("video_model.", "audio_model.")):
-                key = key[len(prefix):]
-                break
-        out[key] = value
-    return out
+    return {fusion_key(key): value for key, value in sd.items()}
 
 
 # ---- Wan umT5 encoder <-> transformers UMT5EncoderModel ---------------------------------------

@@ -2,6 +2,9 @@
 
 The model is built on the meta device and filled with `load_state_dict(assign=True)`, so weights
 are allocated once, tensor by tensor, already in their storage dtype on the target device.
+Sharded loading (FSDP) uses the two halves separately: `meta_fusion_model` builds the empty model in
+its storage dtypes, ovi.parallel shards it, and `read_rows` fills each rank's shards with only its
+rows of each tensor (safetensors slices), so no process ever holds the whole model.
 Dtype policy: `storage` is the dtype weights are kept in (fp32, bf16 or fp8 e4m3); the compute
 dtype is fp32/bf16 and fp8 layers are upcast one layer at a time as they run (see ovi.model.layers).
 fp8 rule (upstream PR #11): every tensor except those with "norm" or "bias" in its name is fp8.
@@ -18,6 +21,7 @@ import torch
 
 from ovi.checkpoint.adapter import (
     describe_foreign_keys,
+    fusion_key,
     fusion_keys_from_upstream,
     unwrap_container,
 )
@@ -166,10 +170,7 @@ def load_fusion_model(path: str | Path, architecture: str, *, storage: torch.dty
     storage=FP8 keeps matrices in float8_e4m3fn (converting a bf16/fp32 file on the fly if needed)
     and norms/biases in bf16; compute defaults to bf16 then, else to the storage dtype.
     """
-    found = read_shapes(path)
-    report = compare(path, found, architecture)
-    if not report.ok:
-        raise CheckpointError(report.summary())
+    checked_shapes(path, architecture)
     sd = read_state_dict(path, device="cpu")
     for key in list(sd):
         target = storage_dtype_for(key, sd[key].dtype, storage)
@@ -181,6 +182,71 @@ def load_fusion_model(path: str | Path, architecture: str, *, storage: torch.dty
         compute = torch.bfloat16 if storage == FP8 else storage
     model.set_compute_dtype(compute)
     return model.eval().requires_grad_(False)
+
+
+def checked_shapes(path: str | Path, architecture: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The file's key -> (shape, dtype), after checking it fits `architecture` (CheckpointError if not)."""
+    found = read_shapes(path)
+    report = compare(path, found, architecture)
+    if not report.ok:
+        raise CheckpointError(report.summary())
+    return found
+
+
+def meta_fusion_model(path: str | Path, architecture: str, storage: torch.dtype) -> FusionModel:
+    """The model on the meta device, each parameter in the dtype `load_fusion_model` would store it
+    in (for fp8: the file's dtype decides norms/biases). Checks the file's keys and shapes first."""
+    found = checked_shapes(path, architecture)
+    with torch.device("meta"):
+        model = FusionModel(*architecture_configs(architecture))
+    for name, param in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        target = storage_dtype_for(name, found[name][1], storage)
+        setattr(model.get_submodule(owner), leaf,
+                torch.nn.Parameter(torch.empty_like(param, dtype=target), requires_grad=False))
+    return model.eval()
+
+
+@dataclass
+class RowReads:
+    """What `read_rows` took from the file: bytes, tensors, and the largest single read."""
+    bytes_read: int = 0
+    tensors: int = 0
+    largest_read: int = 0
+
+    def add(self, part: torch.Tensor) -> None:
+        nbytes = part.numel() * part.element_size()
+        self.bytes_read += nbytes
+        self.tensors += 1
+        self.largest_read = max(self.largest_read, nbytes)
+
+
+def read_rows(path: str | Path, targets: dict[str, tuple[torch.Tensor, int]]) -> RowReads:
+    """Fill each `targets[key] = (destination, first_row)` with the file's rows first_row ..
+    first_row + len(destination) of tensor `key` (dim 0), cast to the destination's dtype (and device).
+
+    A safetensors file is read slice by slice (`get_slice`: only those rows leave the disk); a .pt file
+    is memory-mapped, so only the pages holding those rows are touched."""
+    path = Path(path)
+    reads = RowReads()
+
+    def fill(dest: torch.Tensor, part: torch.Tensor) -> None:
+        reads.add(part)
+        dest.copy_(part.to(dest.dtype))
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = {fusion_key(k): k for k in f.keys()}
+            for key, (dest, start) in targets.items():
+                if dest.shape[0]:
+                    fill(dest, f.get_slice(names[key])[start:start + dest.shape[0]])
+    else:
+        sd = read_state_dict(path, device="meta")  # memory-mapped
+        for key, (dest, start) in targets.items():
+            if dest.shape[0]:
+                fill(dest, sd[key][start:start + dest.shape[0]])
+    return reads
 
 
 def fusion_checkpoint_path(ckpt_dir: str | Path, checkpoint_file: str) -> Path:

@@ -80,14 +80,14 @@ def run_generate(args) -> int:
 
 @contextlib.contextmanager
 def _open_engine(cfg):
-    """One process for one rank; a WorkerGroup of sp_size x (2 with cfg_parallel) ranks otherwise
-    (gloo ranks on the CPU, one rank per GPU with nccl)."""
+    """One process for one rank; a WorkerGroup of sp_size x (2 with cfg_parallel) ranks otherwise, or
+    when FSDP shards the model (gloo ranks on the CPU, one rank per GPU with nccl)."""
     from ovi.parallel.dims import ParallelDims
     from ovi.pipeline.engine import Engine
     from ovi.runtime.worker_group import WorkerGroup
 
     dims = ParallelDims.from_config(cfg)
-    if dims.world_size == 1:
+    if not dims.needs_process_group:
         yield Engine.from_config(cfg)
         return
     with WorkerGroup(cfg, world_size=dims.world_size) as group:

@@ -1,5 +1,8 @@
 """`ovi queue ...`: submit, inspect and run jobs in a queue database (default outputs/queue.db).
 
+The web stack (FastAPI, uvicorn, Socket.IO) is imported when `serve` runs, not when the parser is
+built: every `ovi` command builds all parsers.
+
 Each handler returns an exit code; bad input raises InputError (`ovi` maps it to exit 2).
 Paths given on the command line (image, config, out) are made absolute before they are stored,
 so a runner started from another folder finds them.
@@ -11,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 
 from ovi.commands.request_args import (
@@ -20,8 +22,12 @@ from ovi.commands.request_args import (
     request_fields_from_args,
 )
 from ovi.errors import InputError
+from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
 from ovi.queue.requests import check_engine_settings, validate_request
+from ovi.runtime.runner import Runner, load_engine_factory
+from ovi.runtime.shutdown import GracefulShutdown, interrupt_runner
+from ovi.server.limits import ServerLimits
 
 TOKEN_ENV = "OVI_QUEUE_TOKEN"
 
@@ -156,56 +162,60 @@ def cmd_import_csv(args) -> int:
 
 
 def _engine_factory(args):
-    if not args.engine_factory:
-        return None
-    from ovi.runtime.runner import load_engine_factory
+    return load_engine_factory(args.engine_factory) if args.engine_factory else None
 
-    return load_engine_factory(args.engine_factory)
+
+def _folders(args) -> ServerFolders:
+    return ServerFolders.beside(args.db, configs=args.configs, loras=args.loras, uploads=args.uploads)
+
+
+def _add_folders(p: argparse.ArgumentParser) -> None:
+    """Where the names a REST request gives (config, loras, image) point; the same defaults for
+    `serve` and `run`, so a separate runner finds what the server accepted."""
+    p.add_argument("--configs", metavar="DIR", help="named configs NAME.yaml (default: DB folder/configs)")
+    p.add_argument("--loras", metavar="DIR", help="named LoRA files (default: DB folder/loras)")
+    p.add_argument("--uploads", metavar="DIR", help="uploaded images (default: DB folder/uploads)")
 
 
 def cmd_run(args) -> int:
-    from ovi.runtime.runner import Runner
-
     policy = QueuePolicy(heartbeat_timeout=args.heartbeat_timeout, max_attempts=args.max_attempts)
     queue = JobQueue(args.db, policy=policy)
     runner = Runner(queue, engine_factory=_engine_factory(args), out_dir=args.out,
-                    heartbeat_interval=min(5.0, args.heartbeat_timeout / 4))
-
-    # SIGTERM (e.g. a scheduler stopping us) behaves like Ctrl-C: the running job goes back
-    # to the queue instead of being left `running` until its heartbeat expires.
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
+                    folders=_folders(args), heartbeat_interval=min(5.0, args.heartbeat_timeout / 4))
+    # SIGTERM / SIGINT: the running job goes back to the queue at its next step and we exit;
+    # a second signal exits at once (ovi.runtime.shutdown).
+    shutdown = GracefulShutdown(interrupt_runner(runner))
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        count = runner.run(until_empty=args.until_empty, max_jobs=args.max_jobs)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        runner.close()
+    with shutdown.handling_signals():
+        try:
+            count = runner.run(until_empty=args.until_empty, max_jobs=args.max_jobs)
+        finally:
+            runner.close()
     s = runner.stats
-    print(f"ran {count} jobs: {s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled; "
-          f"{s['engine_loads']} engine loads", file=sys.stderr)
+    print(f"ran {count} jobs: {s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled, "
+          f"{s['released']} handed back; {s['engine_loads']} engine loads", file=sys.stderr)
     if args.until_empty and queue.paused and queue.counts()["queued"]:
         print("queue is paused with jobs left: `ovi queue resume`", file=sys.stderr)
     queue.close()
-    return 0
+    return shutdown.exit_code
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
     from ovi.server.rest import create_app
+    from ovi.server.serve import serve
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {args.host} without a token; anyone who can reach it can "
               f"submit jobs (set --token or ${TOKEN_ENV})", file=sys.stderr)
+    limits = ServerLimits(max_steps=args.max_steps, max_pixels=args.max_pixels,
+                          max_frames=args.max_frames, max_prompt_chars=args.max_prompt_chars,
+                          max_clips=args.max_clips, max_upload_bytes=int(args.max_upload_mb * 2**20))
     app = create_app(args.db, out_dir=args.out, token=token, run=args.run,
-                     engine_factory=_engine_factory(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+                     engine_factory=_engine_factory(args), folders=_folders(args), limits=limits,
+                     allow_origins=args.allow_origin)
+    return serve(app, host=args.host, port=args.port)
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -273,9 +283,10 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="re-queue a lost job while it has had fewer attempts than this")
     p.add_argument("--quiet", action="store_true")
+    _add_folders(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="REST API over the queue (FastAPI + uvicorn)")
+    p = sub.add_parser("serve", help="REST + Socket.IO API over the queue (FastAPI + uvicorn)")
     _add_db(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -283,5 +294,20 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder of clips to serve (default: the database's folder)")
     p.add_argument("--run", action="store_true", help="also run jobs in this process")
     p.add_argument("--engine-factory", metavar="MODULE:FUNCTION")
+    _add_folders(p)
+    p.add_argument("--allow-origin", action="append", metavar="URL",
+                   help="a web page origin allowed to call the API from a browser (repeatable)")
+    limits = p.add_argument_group("limits per request (a request over one gets 422 naming it)")
+    defaults = ServerLimits()
+    for name, help_text in (("max_steps", "denoising steps"),
+                            ("max_pixels", "frame height x width"),
+                            ("max_frames", "frames per clip (the config's model decides them)"),
+                            ("max_prompt_chars", "characters of each prompt"),
+                            ("max_clips", "clips per request (n)")):
+        limits.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                            help=f"{help_text} (default {getattr(defaults, name)})")
+    limits.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+                        help="size of an uploaded image, MiB (413 over it; default "
+                             f"{defaults.max_upload_bytes / 2**20:g})")
     p.set_defaults(func=cmd_serve)
     return queue

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ovi.errors import ConfigError
 
@@ -115,6 +116,11 @@ def _flash(module, q, k, v, k_lens, window, scale):
 
 def attention(q, k, v, *, k_lens=None, backend: str = "sdpa", window=(-1, -1), scale=None):
     """q [B,Lq,H,d], k/v [B,Lk,H,d] -> [B,Lq,H,d]; keys at positions >= k_lens[b] are ignored."""
+    with record_function(f"attention/{backend}"):  # a range in profiler traces; ~free otherwise
+        return _attention(q, k, v, k_lens=k_lens, backend=backend, window=window, scale=scale)
+
+
+def _attention(q, k, v, *, k_lens, backend, window, scale):
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if backend in ("flash3", "flash2"):
         return _flash(_import_flash(backend), q, k, v, k_lens, window, scale)
@@ -139,6 +145,11 @@ def attention_with_lse(q, k, v, *, k_lens=None, scale=None):
     q [B,Lq,H,d], k/v [B,Lk,H,d] -> (out [B,Lq,H,d] fp32, lse [B,Lq,H] fp32). Rows whose keys are all
     masked get out 0 and lse -inf, so they drop out of a log-sum-exp merge.
     """
+    with record_function("attention/lse"):
+        return _attention_with_lse(q, k, v, k_lens=k_lens, scale=scale)
+
+
+def _attention_with_lse(q, k, v, *, k_lens, scale):
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qt, kt, vt = (t.transpose(1, 2).float() for t in (q, k, v))
     scores = (qt @ kt.transpose(-1, -2)) * scale                      # [B,H,Lq,Lk]

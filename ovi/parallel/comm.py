@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 # torch renamed all_gather_into_tensor to all_gather_single; use whichever this torch has.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -137,7 +138,8 @@ class GroupComm:
         recv = self._buffer(slot, send.shape, send.dtype, send.device)
         nbytes = send.numel() * send.element_size() * (self.size - 1) // self.size
         t0 = time.perf_counter()
-        work = dist.all_to_all_single(recv, send, group=self.group, async_op=async_op)
+        with record_function("collective/all_to_all"):  # a range in --profile traces
+            work = dist.all_to_all_single(recv, send, group=self.group, async_op=async_op)
         return self._finish(work, recv, "all_to_all", nbytes, t0, async_op)
 
     def all_gather(self, x: torch.Tensor, slot: str, async_op=False):
@@ -147,5 +149,6 @@ class GroupComm:
         out = self._buffer(slot, (self.size, *x.shape[1:]), x.dtype, x.device)
         nbytes = x.numel() * x.element_size() * (self.size - 1)
         t0 = time.perf_counter()
-        work = _all_gather(out, x, group=self.group, async_op=async_op)
+        with record_function("collective/all_gather"):
+            work = _all_gather(out, x, group=self.group, async_op=async_op)
         return self._finish(work, out, "all_gather", nbytes, t0, async_op)

@@ -12,6 +12,7 @@ the trained tiny model (tiny_trained) uses the shapes codecs (ovi.codecs.shapes)
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,10 @@ class Components:
         }
 
 
-def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Components:
+def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None) -> Components:
+    """Every component of `cfg` in `dtype` (on the CPU with cpu_offload). `fusion_loader(path,
+    architecture, storage=, compute=)` loads the fusion DiT instead of a plain `load_fusion_model`
+    on the device (FSDP's sharded loading; ovi.parallel.fsdp)."""
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
     load_device = torch.device("cpu") if cfg.cpu_offload else device
@@ -80,7 +84,9 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype) -> Compone
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, spec.checkpoint_file)  # converted to fp8 while loading
     else:
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, ckpt.name)
-    model = load_fusion_model(ckpt, architecture, storage=storage, compute=dtype, device=load_device)
+    if fusion_loader is None:
+        fusion_loader = functools.partial(load_fusion_model, device=load_device)
+    model = fusion_loader(ckpt, architecture, storage=storage, compute=dtype)
     text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device)
     if codecs == "toy":
         return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)

@@ -20,6 +20,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.profiler import record_function
 
 from ovi import __version__
 from ovi.config import OviConfig, load_config
@@ -37,6 +38,7 @@ from ovi.pipeline.images import (
     to_uint8_frames,
 )
 from ovi.pipeline.output import Clip
+from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text, format_prompt
 from ovi.pipeline.solvers import make_solver
 from ovi.request import GenerateRequest
@@ -129,19 +131,24 @@ class Engine:
     `predictor` and `decodes` flag (only the output rank decodes and returns the Clip)."""
 
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
-                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True):
+                 dims: ParallelDims | None = None, predictor=None, decodes: bool = True, model_scope=None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
         self.dims = dims or ParallelDims(world_size=1)
         self.predictor = predictor or GuidedPredictor()
         self.decodes = decodes
+        # The denoising loop runs inside model_scope(): by default cpu_offload moves the DiT on and off the
+        # device; an FSDP-sharded DiT brings its own (ovi.parallel.fsdp: frees gathered units after).
+        self.model_scope = model_scope or (lambda: self.on_device(self.model))
         self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
+        self.trace_worker = "engine"  # trace file name under profile_dir (the runtime sets rank<N>)
+        self.last_profile = None      # the profiler of the last generate() when it was profiled
 
     @property
     def world_size(self) -> int:
@@ -160,6 +167,10 @@ class Engine:
             raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
                              "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
                              "Engine")
+        if dims.needs_process_group:
+            raise InputError(f"fsdp_sharding_strategy {cfg.fsdp_sharding_strategy} shards the model through a process "
+                             "group: run it with ovi.runtime.WorkerGroup(cfg, world_size=1) (or `ovi generate "
+                             "--fsdp ...`), not a single-process Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
@@ -239,7 +250,7 @@ class Engine:
     # ---- stages --------------------------------------------------------------------------------
     def encode_text(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder = self.components.text_encoder
-        with self.on_device(encoder.model):
+        with self.on_device(encoder.model), record_function("text_encoder"):
             pos, vneg, aneg = encoder.encode(
                 [plan.formatted_prompt, plan.video_negative_prompt, plan.audio_negative_prompt])
         return pos.to(self.device), vneg.to(self.device), aneg.to(self.device)
@@ -247,7 +258,8 @@ class Engine:
     def first_frame_latent(self, plan: Plan, image: torch.Tensor) -> torch.Tensor:
         """Encode an image as a one-frame video -> [48, 1, h, w] latent."""
         codec = self.components.video_codec
-        with self.on_device(getattr(codec, "module", None)):  # toy codecs have no weights to move
+        # toy codecs have no weights to move (no `module`)
+        with self.on_device(getattr(codec, "module", None)), record_function("codec/video_encode"):
             return codec.encode(image[:, None].to(self.device)).float()
 
     def initial_latents(self, plan: Plan):
@@ -289,14 +301,15 @@ class Engine:
         timesteps = video_solver.timesteps
         video_fixed = self.fixed_latents(self.components.video_codec, video)
         audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
-        with self.on_device(self.model):
+        with self.model_scope():
             for i, t in enumerate(timesteps):
-                if is_i2v:
-                    video[:, :1] = image_latent
-                video, audio = pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
-                v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
-                video = video_solver.step(v[None], t, video[None])[0]
-                audio = audio_solver.step(a[None], t, audio[None])[0]
+                with record_function(f"denoise_step/{i}"):
+                    if is_i2v:
+                        video[:, :1] = image_latent
+                    video, audio = pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
+                    v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
+                    video = video_solver.step(v[None], t, video[None])[0]
+                    audio = audio_solver.step(a[None], t, audio[None])[0]
                 if progress is not None:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
@@ -316,9 +329,9 @@ class Engine:
         if not self.decodes:
             return None, None  # a non-output rank of a parallel group
         video_codec, audio_codec = self.components.video_codec, self.components.audio_codec
-        with self.on_device(getattr(video_codec, "module", None)):
+        with self.on_device(getattr(video_codec, "module", None)), record_function("codec/video_decode"):
             video = video_codec.decode(video_latent)
-        with self.on_device(getattr(audio_codec, "module", None)):
+        with self.on_device(getattr(audio_codec, "module", None)), record_function("codec/audio_decode"):
             audio = audio_codec.decode(audio_latent)
         return to_uint8_frames(video), audio.float().cpu().numpy()
 
@@ -327,8 +340,18 @@ class Engine:
     def generate(self, request: GenerateRequest | str | None = None, /, *, progress=None, **fields) -> Clip | None:
         """One clip: `generate(GenerateRequest(...))`, or the keyword form `generate("prompt", seed=1, ...)`.
         `progress(step, total, info)` is called after every denoising step. Returns the Clip (None on a
-        rank that does not decode)."""
+        rank that does not decode). With `profile_dir` (or `profile_comms`, or `profile_memory` on a CPU)
+        set, it runs under torch.profiler (ovi.pipeline.profiling) and `last_profile` holds the profiler."""
         request = GenerateRequest.coerce(request, **fields)
+        self.last_profile = None
+        with generation_profiler(self.config.profile_dir, self.trace_worker, self.device,
+                                 enabled=self.config.profile_comms,
+                                 memory=self.config.profile_memory and self.device.type == "cpu") as prof:
+            clip = self._generate(request, progress)
+        self.last_profile = prof
+        return clip
+
+    def _generate(self, request: GenerateRequest, progress) -> Clip | None:
         timings = {}
         t0 = time.perf_counter()
         plan = self.plan(request)

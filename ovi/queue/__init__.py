@@ -4,6 +4,7 @@ from ovi.queue.jobqueue import (
     DEFAULT_DB,
     FINISHED,
     STATES,
+    DuplicateJobError,
     JobCancelled,
     JobQueue,
     QueuePolicy,
@@ -15,7 +16,7 @@ from ovi.queue.store import SCHEMA_VERSION, SQLiteStore
 from ovi.request import MODES, RequestError
 
 __all__ = [
-    "DEFAULT_DB", "FINISHED", "MODES", "SCHEMA_VERSION", "STATES", "JobCancelled", "JobQueue",
+    "DEFAULT_DB", "DuplicateJobError", "FINISHED", "MODES", "SCHEMA_VERSION", "STATES", "JobCancelled", "JobQueue",
     "QueuePolicy", "RequestError", "SQLiteStore", "Subscription", "make_worker_id",
     "validate_request",
 ]

@@ -17,7 +17,9 @@ Every change appends an event; `subscribe()` follows the event log from any proc
 from __future__ import annotations
 
 import os
+import re
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -33,6 +35,23 @@ from ovi.request import GenerateRequest, RequestError
 STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
 FINISHED = ("done", "failed", "cancelled")  # nothing more happens without a user's retry
 DEFAULT_DB = "outputs/queue.db"
+# A client-chosen job id travels in URL paths (/api/jobs/{id}): URL-safe characters only.
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
+
+
+class DuplicateJobError(InputError):
+    """A client id that another job already has (REST answers 409)."""
+
+
+def check_client_id(client_id) -> str:
+    """A client id as stored: a string (an integer id, as a JS client's Date.now(), is taken as its
+    text) of URL-safe characters."""
+    if isinstance(client_id, int) and not isinstance(client_id, bool):
+        client_id = str(client_id)
+    if not (isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id)):
+        raise RequestError("id", f"{client_id!r} is not a usable job id; use 1-128 letters, digits "
+                                 f"or ._~:@- (e.g. a UUID)")
+    return client_id
 
 
 @dataclass
@@ -89,7 +108,7 @@ def _worker_process_gone(worker: str | None) -> bool:
 
 def _event(job: dict, **extra) -> dict:
     data = {"status": job["state"], "progress": job["progress"], "error": job["error"],
-            "result": job["result"]}
+            "result": job["result"], "client_id": job.get("client_id")}
     data.update(extra)
     return data
 
@@ -135,8 +154,12 @@ class Subscription:
             self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
             if self._buffer:
                 break
-            # Idle: the job's last event has been handed out; stop if it has settled.
+            # Idle: stop once the job has settled, after one more read for the events written
+            # between the read above and the check.
             if self._until_finished and self._job_settled():
+                self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
+                if self._buffer:
+                    break
                 raise StopIteration
             if self._deadline is not None:
                 left = self._deadline - time.monotonic()
@@ -182,15 +205,24 @@ class JobQueue:
         self.store.close()
 
     # -- producers ----------------------------------------------------------------------------
-    def submit(self, request: dict | GenerateRequest, priority: int = 0) -> int:
+    def submit(self, request: dict | GenerateRequest, priority: int = 0, *,
+               client_id: str | None = None) -> int:
         """Queue one generation request (a GenerateRequest, stored as its `to_dict()`, or such a dict,
-        kept verbatim); returns its job id."""
-        return self.submit_many([request], priority=priority)[0]
+        kept verbatim); returns its job id. `client_id`: an id the client chose, unique in this
+        queue (DuplicateJobError otherwise); `find(client_id)` finds the job by it."""
+        return self.submit_many([request], priority=priority,
+                                client_ids=None if client_id is None else [client_id])[0]
 
-    def submit_many(self, requests: Iterable[dict | GenerateRequest], priority: int = 0) -> list[int]:
+    def submit_many(self, requests: Iterable[dict | GenerateRequest], priority: int = 0, *,
+                    client_ids: list[str] | None = None) -> list[int]:
         """Queue several requests in one transaction: all are queued, or (on a bad one) none."""
         requests = list(requests)
         priority = self._check_priority(priority)
+        if client_ids is None:
+            client_ids = [None] * len(requests)
+        elif len(client_ids) != len(requests):
+            raise InputError(f"{len(client_ids)} client ids for {len(requests)} requests")
+        client_ids = [None if c is None else check_client_id(c) for c in client_ids]
         for i, request in enumerate(requests):
             try:
                 parsed = validate_request(request)
@@ -206,11 +238,18 @@ class JobQueue:
         with self.store.write() as tx:
             start = tx.max_position() + 1
             rows = [dict(state="queued", priority=priority, position=start + i, request=r,
-                         created_at=now, updated_at=now) for i, r in enumerate(requests)]
-            ids = tx.insert_jobs(rows)
+                         created_at=now, updated_at=now, client_id=c)
+                    for i, (r, c) in enumerate(zip(requests, client_ids))]
+            try:
+                ids = tx.insert_jobs(rows)
+            except sqlite3.IntegrityError:
+                taken = [c for c in client_ids if c is not None and tx.job_by_client_id(c)]
+                raise DuplicateJobError(f"a job with id {taken[0] if taken else client_ids!r} already "
+                                        f"exists; choose another id") from None
             tx.add_events([(job_id, "submitted", now,
                             {"status": "queued", "progress": 0.0, "error": None, "result": None,
-                             "priority": priority}) for job_id in ids])
+                             "priority": priority, "client_id": c})
+                           for job_id, c in zip(ids, client_ids)])
         return ids
 
     def import_csv(self, path: str | os.PathLike, *, n_times: int = 1, priority: int = 0,
@@ -226,6 +265,15 @@ class JobQueue:
     def get(self, job_id: int) -> dict | None:
         with self.store.read() as tx:
             return _public(tx.job(int(job_id)))
+
+    def find(self, ref: int | str) -> dict | None:
+        """The job a client refers to: by the id it chose at submit, else by the queue's integer id
+        (a client id wins where the two read alike, so a client always gets its own job)."""
+        with self.store.read() as tx:
+            job = tx.job_by_client_id(str(ref))
+            if job is None and (isinstance(ref, int) or str(ref).isdigit()):
+                job = tx.job(int(ref))
+            return _public(job)
 
     def list(self, state: str | Iterable[str] | None = None, *, limit: int | None = None,
              offset: int = 0) -> list[dict]:
@@ -388,8 +436,8 @@ class JobQueue:
 
     def release(self, job_id: int, *, worker_id: str | None = None,
                 reason: str = "runner stopped") -> dict | None:
-        """Give a running job back to the queue untouched (runner interrupted, e.g. Ctrl-C),
-        keeping its place; its attempt is not counted as a failure."""
+        """Give a running job back to the queue untouched (runner interrupted, e.g. Ctrl-C or
+        SIGTERM), keeping its place; the interrupted run is not counted as an attempt."""
         now = time.time()
         with self.store.write() as tx:
             job = tx.job(int(job_id))
@@ -402,7 +450,8 @@ class JobQueue:
                 kind = "cancelled"
             else:
                 tx.update(job["id"], state="queued", progress=0.0, started_at=None, worker=None,
-                          heartbeat_at=None, updated_at=now, error=f"released: {reason}")
+                          heartbeat_at=None, updated_at=now, error=f"released: {reason}",
+                          attempts=max(job["attempts"] - 1, 0))
                 kind = "requeued"
             job = tx.job(job["id"])
             tx.add_events([(job["id"], kind, now, _event(job))])

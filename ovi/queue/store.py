@@ -60,14 +60,21 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX events_job ON events(job_id, seq)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # v2: an id the client chose (the seed fork's API: POST /api/generate {"id": ...}), unique.
+    [
+        "ALTER TABLE jobs ADD COLUMN client_id TEXT",
+        "CREATE UNIQUE INDEX jobs_client_id ON jobs(client_id) WHERE client_id IS NOT NULL",
+    ],
 ]
+# What every queue database holds from v1 on: how a file of ours is told from someone else's.
+_QUEUE_TABLES = {"jobs", "events", "meta"}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id", "state", "priority", "position", "request", "progress", "attempts", "created_at",
     "started_at", "finished_at", "updated_at", "worker", "heartbeat_at", "cancel_requested",
-    "result", "error",
+    "result", "error", "client_id",
 )
 _JSON_COLUMNS = ("request", "result")
 _WRITABLE = frozenset(_JOB_COLUMNS) - {"id"}
@@ -112,6 +119,10 @@ class Txn:
 
     def job(self, job_id: int) -> dict | None:
         return _decode_job(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def job_by_client_id(self, client_id: str) -> dict | None:
+        return _decode_job(self.conn.execute("SELECT * FROM jobs WHERE client_id = ?",
+                                             (client_id,)).fetchone())
 
     def jobs(self, states: Iterable[str] | None = None, *, queue_order: bool = False,
              limit: int | None = None, offset: int = 0) -> list[dict]:
@@ -260,6 +271,11 @@ class SQLiteStore:
                              f"check the path (--db) and its permissions") from exc
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            self._check_ours(conn)
+        except BaseException:
+            conn.close()
+            raise
         # journal_mode needs a moment with no other writer; several processes opening a fresh
         # file at once can collide here, so retry within the busy timeout.
         deadline = time.monotonic() + self.busy_timeout
@@ -280,6 +296,22 @@ class SQLiteStore:
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
         conn.execute("PRAGMA cache_size = -16000")
         return conn
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not a queue database before anything writes to it: a file SQLite
+        cannot read, or a database of another program (tables but no queue schema). An empty file
+        is a new database. Read-only: the file stays as it was."""
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path} is not a queue database ({exc}); point --db at a queue "
+                             f"file or at a new path") from None
+        tables.discard("sqlite_sequence")
+        if (version == 0 and tables) or (version > 0 and not _QUEUE_TABLES <= tables):
+            shown = ", ".join(sorted(tables)[:5]) or "none"
+            raise InputError(f"{self.path} is an SQLite database of another program (tables: {shown}), "
+                             f"not a queue database; point --db at a queue file or at a new path")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -1,22 +1,40 @@
 """The engine each rank runs: one ovi.pipeline.Engine, with the parallel plan of its ParallelDims applied.
 
 `build_rank_engine` is what a WorkerGroup rank (and a torchrun process) calls after the default process
-group exists. It creates the process groups the dims ask for, installs sequence parallelism on the
-model (ovi.parallel), and gives the Engine a CFG-parallel predictor when cfg = 2. Every rank runs the
-same `generate()` (same seeds, same noise); rank 0 alone decodes and returns the Clip.
+group exists. It creates the process groups the dims ask for, resolves the FSDP `auto` strategy (all
+ranks agree: the smallest free device memory decides), loads the DiT shard by shard when FSDP shards
+it (ovi.parallel.fsdp), installs sequence parallelism on the model (ovi.parallel), and gives the Engine
+a CFG-parallel predictor when cfg = 2. Every rank runs the same `generate()` (same seeds, same noise);
+rank 0 alone decodes and returns the Clip.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.distributed as dist
 
 from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
-from ovi.parallel.dims import ParallelDims
+from ovi.parallel.dims import SHARDING_STRATEGIES, ParallelDims
+from ovi.parallel.fsdp import FsdpLoader, storage_bytes, unit_param_bytes
+from ovi.parallel.memory import (
+    GB,
+    PeakMeter,
+    allocated_peak,
+    auto_candidates,
+    choose_strategy,
+    estimate,
+    free_device_memory,
+)
+from ovi.parallel.memory import Setting as MemorySetting
 from ovi.parallel.sequence import apply_sequence_parallel
 from ovi.pipeline.components import load_components
 from ovi.pipeline.engine import Engine, GuidedPredictor, resolve_dtype
+from ovi.pipeline.footprint import workload
 from ovi.request import GenerateRequest
+
+log = logging.getLogger(__name__)
 
 
 def _make_groups(rank: int, all_groups: list[list[int]], stats: CommStats) -> GroupComm | None:
@@ -50,14 +68,21 @@ class CfgParallelPredictor(GuidedPredictor):
 
 
 class RankEngine:
-    """One rank's Engine plus its communication accounting: `generate()` ends a comm-stats step after
-    every denoising step (and profiles collectives with `profile_comms`); `stats()` reports them."""
+    """One rank's Engine plus its communication and memory accounting: `generate()` ends a comm-stats
+    step after every denoising step (and counts profiled collective time with `profile_comms`) and
+    measures the generation's peak memory; `stats()` reports them."""
 
-    def __init__(self, engine: Engine, rank: int, comm_stats: CommStats, sp_comm: GroupComm | None, scheme: str):
+    def __init__(self, engine: Engine, rank: int, comm_stats: CommStats, sp_comm: GroupComm | None, scheme: str,
+                 *, meter: PeakMeter | None = None, sharded=None, memory: dict | None = None):
         self.engine, self.rank, self.comm_stats, self.sp_comm = engine, rank, comm_stats, sp_comm
         self.dims = engine.dims
         self.sp_scheme = scheme
         self.profiled_comm: list[tuple[int, dict]] = []  # (steps, {op: seconds}) per profiled generation
+        self.meter = meter or PeakMeter(engine.device)
+        self.sharded = sharded                           # ShardedFusionModel when FSDP shards the DiT
+        self.memory = dict(memory or {})                 # load-time accounting, estimate
+        self.generation_peaks: list[int] = []           # PeakMeter per generation (CUDA allocated, or CPU RSS)
+        self.allocated_peaks: list[int] = []            # CPU allocator peaks (profile_memory)
 
     @property
     def config(self):
@@ -77,20 +102,54 @@ class RankEngine:
             if progress is not None:
                 progress(step, total, info)
 
-        if not self.config.profile_comms:
-            clip = self.engine.generate(request, progress=step_done, **fields)
-        else:
-            from torch.profiler import ProfilerActivity, profile
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.engine.device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                clip = self.engine.generate(request, progress=step_done, **fields)
+        resident = resident_tensor_bytes(self.engine)
+        self.meter.reset()
+        clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
+        prof = self.engine.last_profile
+        if self.config.profile_comms and prof is not None:
             self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
+        if self.config.profile_memory and self.engine.device.type == "cpu" and prof is not None:
+            self.allocated_peaks.append(resident + allocated_peak(prof))
+        self.generation_peaks.append(self.meter.peak())
         if clip is not None:
             clip.meta["comm"] = self.comm_stats.summary()
+            clip.meta["memory"] = self.memory_accounting()
         return clip
+
+    def memory_accounting(self) -> dict:
+        """Parameter bytes this rank holds (sharded or not), the largest FSDP unit, the measured peak of
+        the last generation and the memory model's estimate of it. `peak_bytes_per_rank`: on CUDA
+        max_memory_allocated; on a CPU with profile_memory the bytes torch's allocator held at most (the
+        tensors alive when the generation began + torch.profiler's allocation events), else the process's
+        resident high-water mark above its size before loading (`peak_rss_bytes_per_rank`, which also
+        counts libraries and heap the C allocator kept)."""
+        if self.sharded is not None:
+            out = self.sharded.accounting()
+        else:
+            units = unit_param_bytes(self.engine.model)
+            out = {"strategy": self.dims.fsdp_strategy or "NO_SHARD", "cpu_offload": False, "fsdp": 1,
+                   "param_bytes_per_rank": sum(units.values()), "total_param_bytes": sum(units.values()),
+                   "largest_block_bytes": max(units.values()), "peak_param_bytes_per_rank": sum(units.values()),
+                   "param_device": str(self.engine.device)}
+        out.update(self.memory)
+        rss = self.generation_peaks[-1] if self.generation_peaks else None
+        if self.engine.device.type == "cuda":
+            out["peak_bytes_per_rank"], out["measured_peak"] = rss, "cuda max_memory_allocated"
+        elif self.allocated_peaks and self.config.profile_memory:
+            out["peak_bytes_per_rank"], out["measured_peak"] = self.allocated_peaks[-1], "cpu allocator peak (profiled)"
+            out["peak_rss_bytes_per_rank"] = rss
+        else:
+            out["peak_bytes_per_rank"], out["measured_peak"] = rss, "process resident high-water mark"
+            out["peak_rss_bytes_per_rank"] = rss
+        estimated = out.get("estimated_peak_bytes")
+        if estimated and out["peak_bytes_per_rank"] and out["measured_peak"] != "process resident high-water mark":
+            # the estimate counts tensors: compare it with allocator peaks, not with a process's RSS
+            out["measured_over_estimate"] = out["peak_bytes_per_rank"] / estimated
+        return out
 
     def stats(self) -> dict:
         out = {"rank": self.rank, **self.dims.describe(), "sp_scheme": self.sp_scheme, **self.comm_stats.summary()}
+        out["memory"] = self.memory_accounting()
         if self.profiled_comm:
             steps, seconds = self.profiled_comm[-1]
             out["profiled_comm_seconds_per_step"] = seconds["total"] / steps
@@ -102,26 +161,80 @@ class RankEngine:
         return out
 
 
+def resident_tensor_bytes(engine: Engine) -> int:
+    """Bytes of the tensors a rank holds between generations: every component's parameters and buffers
+    (this rank's shards of an FSDP model), each storage counted once."""
+    components = engine.components
+    modules = [components.model, components.text_encoder.model,
+               getattr(components.video_codec, "module", None), getattr(components.audio_codec, "module", None)]
+    return storage_bytes(t for module in filter(None, modules) for t in (*module.parameters(), *module.buffers()))
+
+
+def memory_setting(cfg, dims: ParallelDims) -> MemorySetting:
+    """The memory model's view of a config running on `dims`."""
+    return MemorySetting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp,
+                         strategy=dims.fsdp_strategy or "NO_SHARD", fsdp=dims.fsdp, fsdp_offload=dims.fsdp_offload,
+                         cpu_offload=cfg.cpu_offload, fp8=cfg.fp8,
+                         scheme="optimized" if cfg.use_optimized_comms else "upstream")
+
+
+def resolve_auto_fsdp(cfg, dims: ParallelDims, device: torch.device, dtype: torch.dtype
+                      ) -> tuple[ParallelDims, dict]:
+    """The FSDP `auto` strategy: the cheapest of NO_SHARD, FULL_SHARD, FULL_SHARD + offload whose
+    estimated peak fits the device (device_memory_gb, or the smallest free memory over all ranks; CPU
+    ranks of one host share its memory). Every rank computes the same choice. -> (dims, sidecar info)."""
+    if cfg.device_memory_gb is not None:
+        budget, source = int(cfg.device_memory_gb * GB), "device_memory_gb"
+    else:
+        free = free_device_memory(device) // (dims.world_size if device.type == "cpu" else 1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            smallest = torch.tensor([free], dtype=torch.int64, device=device)
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+            free = int(smallest.item())
+        budget, source = free, "free memory (smallest over ranks" + (", host shared by the ranks)" if device.type == "cpu"
+                                                                      else ")")
+    candidates = auto_candidates(memory_setting(cfg, dims), dims.fsdp, offload_required=cfg.fsdp_cpu_offload)
+    choice = choose_strategy(cfg.model, workload(cfg, dtype), candidates, budget, compute=dtype, device=device.type)
+    log.info("%s", choice.reason)
+    return dims.with_fsdp(choice.strategy, choice.offload), {
+        "fsdp_reason": choice.reason, "fsdp_budget_bytes": budget, "fsdp_budget_source": source,
+        "fsdp_candidates": choice.estimates}
+
+
 def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dims: ParallelDims | None = None
                       ) -> RankEngine:
     """Load components on this rank and apply the parallel plan of `dims` (built once by the launcher;
     derived here only when a caller passes none)."""
+    meter = PeakMeter(device)  # before anything loads: the baseline of this rank's memory
     dims = dims or ParallelDims.from_config(cfg, world_size)
     if dims.world_size != world_size:
         raise ValueError(f"dims are for {dims.world_size} ranks but the process group has {world_size}")
     cfg.require_available()
     dtype = resolve_dtype(cfg.dtype, device)
-    components = load_components(cfg, device=device, dtype=dtype)
+    fsdp_info = {"fsdp_reason": f"fsdp_sharding_strategy {dims.fsdp_strategy} is set in the config"} \
+        if dims.fsdp_strategy is not None else {}
+    if dims.fsdp_strategy == "auto":
+        dims, fsdp_info = resolve_auto_fsdp(cfg, dims, device, dtype)
     stats = CommStats()
     sp_comm = cfg_comm = None
     if world_size > 1:
         sp_comm = _make_groups(rank, dims.all_sp_groups(), stats)
         cfg_comm = _make_groups(rank, dims.all_cfg_groups(), stats)
+    loader = FsdpLoader(dims, device) if dims.fsdp_strategy in SHARDING_STRATEGIES else None
+    components = load_components(cfg, device=device, dtype=dtype, fusion_loader=loader)
+    memory = {"load_peak_bytes": meter.peak()}
     scheme = "optimized" if cfg.use_optimized_comms else "upstream"
     if dims.sp > 1:
         apply_sequence_parallel(components.model, sp_comm, scheme=scheme, overlap=cfg.enable_async_comms)
     predictor = CfgParallelPredictor(cfg_comm, dims.cfg_rank(rank)) if dims.cfg == 2 else None
-    engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0)
+    sharded = loader.sharded if loader is not None else None
+    engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0,
+                    model_scope=sharded.in_use if sharded is not None else None)
+    engine.trace_worker = f"rank{rank}"
+    memory["estimated_peak_bytes"] = estimate(cfg.model, workload(cfg, dtype), memory_setting(cfg, dims),
+                                              compute=dtype, device=device.type).peak
     engine.parallel_info = {"sp_scheme": scheme if dims.sp > 1 else None,
-                            "async_comms": bool(cfg.enable_async_comms and dims.sp > 1)}
-    return RankEngine(engine, rank, stats, sp_comm, scheme)
+                            "async_comms": bool(cfg.enable_async_comms and dims.sp > 1),
+                            "fsdp": dims.fsdp_strategy, "fsdp_degree": dims.fsdp, "fsdp_cpu_offload": dims.fsdp_offload,
+                            **fsdp_info}
+    return RankEngine(engine, rank, stats, sp_comm, scheme, meter=meter, sharded=sharded, memory=memory)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ovi.errors import InputError
+from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import JobCancelled, JobQueue, default_out_dir, make_worker_id
 from ovi.queue.requests import engine_key, validate_request
 
@@ -34,21 +35,36 @@ log = logging.getLogger("ovi.runtime.runner")
 EngineFactory = Callable[[dict], object]
 
 
+def make_engine_factory(*, world_size: int | None = None, backend: str | None = None,
+                        overrides: dict | None = None) -> EngineFactory:
+    """An engine factory with engine settings chosen by the caller (the Studio's engine panel):
+    `overrides` (config keys) go under each job's own `engine` overrides; `world_size` / `backend`
+    are the WorkerGroup's. Several ranks, FSDP sharding (a process group even on one rank) or a backend
+    named -> a WorkerGroup (rank processes); else a single-process Engine."""
+    chosen = dict(overrides or {})
+
+    def factory(key: dict):
+        # Lazy: a Runner driving a fake engine must not need torch.
+        from ovi.config import load_config
+        from ovi.parallel.dims import ParallelDims
+
+        cfg = load_config(key.get("config"), **{**chosen, **dict(key.get("engine") or {})})
+        dims = ParallelDims.from_config(cfg, world_size)
+        if dims.needs_process_group or backend is not None:
+            from ovi.runtime.worker_group import WorkerGroup
+
+            return WorkerGroup(cfg, world_size=dims.world_size, backend=backend)
+        from ovi.pipeline.engine import Engine
+
+        return Engine.from_config(cfg)
+
+    return factory
+
+
 def default_engine_factory(key: dict):
     """Build the engine for an engine key {config, engine}: a WorkerGroup when the config asks for
-    several ranks (sp_size > 1 or cfg_parallel), else a single-process Engine. Imported lazily: a
-    Runner driving a fake engine must not need torch."""
-    from ovi.config import load_config
-    from ovi.parallel.dims import ParallelDims
-
-    cfg = load_config(key.get("config"), **dict(key.get("engine") or {}))
-    if ParallelDims.from_config(cfg).world_size > 1:
-        from ovi.runtime.worker_group import WorkerGroup
-
-        return WorkerGroup(cfg)  # world size follows from the config (sp x cfg)
-    from ovi.pipeline.engine import Engine
-
-    return Engine.from_config(cfg)
+    several ranks (sp_size > 1 or cfg_parallel) or FSDP sharding, else a single-process Engine."""
+    return make_engine_factory()(key)
 
 
 def load_engine_factory(spec: str) -> EngineFactory:
@@ -105,6 +121,8 @@ class Runner:
     engine_factory(key) -> engine: builds an engine for {config, set, loras}; default
         `default_engine_factory`. Tests pass a small fake.
     out_dir: where clips go unless a request says `out` (default: the database's folder).
+    folders: where config, LoRA and image *names* in a request point (default: the folders beside
+        the database, as `ovi queue serve` uses).
     poll_interval: longest sleep between looks at an empty or paused queue.
     heartbeat_interval: seconds between heartbeats of the running job.
     recover_interval: how often an idle runner looks for jobs lost by dead runners (it always
@@ -113,13 +131,15 @@ class Runner:
     """
 
     def __init__(self, queue: JobQueue | str, *, engine_factory: EngineFactory | None = None,
-                 out_dir: str | Path | None = None, worker_id: str | None = None,
+                 out_dir: str | Path | None = None, folders: ServerFolders | None = None,
+                 worker_id: str | None = None,
                  poll_interval: float = 0.5, heartbeat_interval: float = 5.0,
                  recover_interval: float = 10.0, keep_events: float = 7 * 86400.0):
         self._owns_queue = not isinstance(queue, JobQueue)
         self.queue = JobQueue(queue) if self._owns_queue else queue
         self.engine_factory = engine_factory or default_engine_factory
         self.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(self.queue)
+        self.folders = folders or ServerFolders.beside(self.queue.path)
         self.worker_id = worker_id or make_worker_id()
         self.poll_interval = float(poll_interval)
         # Beat well inside the lost-job timeout, or a slow step would look like a dead runner.
@@ -167,6 +187,11 @@ class Runner:
     @property
     def current_job(self) -> dict | None:
         return self._current
+
+    @property
+    def engine(self):
+        """The engine loaded for the last job (an Engine or a WorkerGroup), or None."""
+        return self._engine
 
     def close(self) -> None:
         """Stop, and release the engine (its weights) and a queue this runner opened."""
@@ -290,6 +315,7 @@ class Runner:
             raise JobCancelled(job_id)
         request = validate_request(job["request"])  # the stored dict -> the GenerateRequest it stands for
         engine = self._engine_for(request)
+        request = self.folders.resolve(request)  # image / LoRA names -> files in the server's folders
 
         def progress(step: int, total: int, info: dict | None = None) -> None:
             fraction = step / total if total else 0.0
@@ -309,8 +335,9 @@ class Runner:
         paths = clip.save(stem_path) or {}
         return {str(kind): str(path) for kind, path in dict(paths).items()}
 
-    def _engine_for(self, request: dict):
+    def _engine_for(self, request):
         key = engine_key(request)
+        key["config"] = self.folders.resolve_config(key["config"])
         key_text = json.dumps(key, sort_keys=True)
         if self._engine is None or key_text != self._engine_key:
             _close_engine(self._engine)

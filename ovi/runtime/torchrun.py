@@ -34,7 +34,8 @@ def serve_torchrun(cfg, requests=None, on_clip=None, *, backend=None) -> int:
                           "from a kernel or a plain script use ovi.runtime.WorkerGroup")
     cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
     rank, world = env["rank"], env["world_size"]
-    dims = ParallelDims.from_config(cfg, world)  # a wrong sp_size fails here, before any rendezvous
+    # A wrong sp_size or FSDP setting fails here, before any rendezvous.
+    dims = ParallelDims.from_config(cfg, world, ranks_per_node=env["local_world_size"])
     backend, device_type = plan_backend(cfg, env["local_world_size"], backend)
     start_parent_watchdog(os.getppid())
     device = rank_device(device_type, env["local_rank"])

@@ -1,248 +1,264 @@
-"""REST API over the same queue database (`ovi queue serve`).
+"""REST API over the queue database (`ovi queue serve`), with SSE, WebSocket and Socket.IO events.
 
-    GET    /api/health                 liveness + queue counts
-    POST   /api/generate               queue a request -> 202 + the job
+    GET    /api/health                      liveness, queue counts, paused, limits
+    POST   /api/generate                    queue a request -> 202 + the job (flat GenerateRequest
+                                            fields, or the seed's {id, mode, prompt, options})
+    POST   /api/uploads                     an image (multipart `file`, or JSON {"image": data URL})
+                                            -> 201 {name, ...}; a request names it as `image`
+    GET    /api/configs, /api/loras         the names a request may choose from
     GET    /api/jobs[?state=&limit=&offset=]
-    GET    /api/jobs/{id}
-    DELETE /api/jobs/{id}              cancel (a running job stops between steps)
-    GET    /api/videos/{filename}      a clip file from the output folder
+    GET    /api/jobs/{id}                   by the client's id or the queue's integer id
+    DELETE /api/jobs/{id}                   cancel (a running job stops at its next step)
+    POST   /api/jobs/{id}/retry             re-queue a failed, cancelled or lost job
+    POST   /api/jobs/{id}/move              {"before": id} | {"after": id} | {"priority": n}
+    POST   /api/pause, /api/resume          start no new job / start again
+    GET    /api/videos/{filename}           a clip file from the output folder
     GET    /api/events[?job=&since=&timeout=]   live events (Server-Sent Events)
-    GET    /api/jobs/{id}/events       one job's events; the stream ends when the job settles
+    GET    /api/jobs/{id}/events            one job's events; ends when the job settles
+    WS     /api/ws[?job=&since=]            the same events over a WebSocket
+    Socket.IO at /socket.io/                submit_job, cancel_job -> job_update (ovi.server.sio)
 
-Job and event JSON carry `id`, `status`, `progress`, `videoUrl`, `error` (plus the full job).
-Binds 127.0.0.1 by default; with a token every route needs `Authorization: Bearer <token>`
-(SSE clients that cannot set headers may pass `?access_token=`). Bad input is a 4xx whose
-detail names the field.
+What a body may hold, and the limits, are in ovi.server.intake. Binds 127.0.0.1 by default; with a
+token every route (WebSocket and Socket.IO included) needs `Authorization: Bearer <token>`, or
+`?access_token=` for clients that cannot set headers (EventSource, browser WebSockets).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import dataclasses
 import json
 import os
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+import anyio
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocketDisconnect
 
 import ovi
-from ovi.errors import InputError
-from ovi.queue.jobqueue import FINISHED, STATES, JobQueue, default_out_dir
-from ovi.queue.requests import RequestError, check_engine_settings, validate_request
+from ovi.queue.folders import ServerFolders
+from ovi.queue.jobqueue import STATES, JobQueue, default_out_dir
+from ovi.runtime.shutdown import SHUTDOWN_GRACE_SECONDS
+from ovi.server.intake import BodySizeLimit, Refused
+from ovi.server.limits import ServerLimits
+from ovi.server.service import ApiService
+from ovi.server.sio import SOCKETIO_PATH, SocketIOBridge
 
-# Only clip files are served; the folder also holds the queue database, which must not leak.
-SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
-
-
-class GenerateBody(BaseModel):
-    """POST /api/generate. Unknown fields are rejected (422 names them); `out` is not accepted:
-    clips go to the server's output folder, so they can be served back."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1)
-    mode: Literal["t2v", "i2v", "t2i2v"] | None = None
-    image: str | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
-    audio_negative_prompt: str | None = None
-    steps: int | None = Field(default=None, ge=1)
-    solver: str | None = None
-    video_guidance_scale: float | None = None
-    audio_guidance_scale: float | None = None
-    slg_layer: int | None = None
-    height_width: tuple[int, int] | None = None
-    config: str | None = None
-    set: dict[str, Any] | None = None
-    loras: list[str | dict[str, Any]] | None = None
-    priority: int = 0
-
-
-def _unprocessable(field: str | None, message: str) -> JSONResponse:
-    loc = ["body", field] if field else ["body"]
-    return JSONResponse(status_code=422, content={"detail": [
-        {"loc": loc, "msg": message, "type": "value_error"}]})
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+KEEP_ALIVE_SECONDS = 15.0
+WS_POLICY_VIOLATION = 1008  # WebSocket close code for a refused token
 
 
 def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                out_dir: str | os.PathLike | None = None, token: str | None = None,
-               run: bool = False, engine_factory=None) -> FastAPI:
-    """The API app over queue `db`. `run=True` also starts a Runner thread in this process."""
+               run: bool = False, engine_factory=None, folders: ServerFolders | None = None,
+               limits: ServerLimits | None = None, allow_origins: list[str] | None = None) -> FastAPI:
+    """The API app over queue `db` (`app.state.service` is its ApiService). `run=True` also drives
+    a Runner in this process while the app runs. `folders` default to the ones beside the database."""
     owns_queue = not isinstance(db, JobQueue)
     queue = JobQueue(db) if owns_queue else db
-    out_root = (Path(out_dir) if out_dir is not None else default_out_dir(queue)).resolve()
-    runner_box: dict = {}
+    service = ApiService(
+        queue, out_dir=Path(out_dir) if out_dir is not None else default_out_dir(queue),
+        folders=folders or ServerFolders.beside(queue.path), limits=limits or ServerLimits(),
+        token=token, run=run, engine_factory=engine_factory)
+    socket_io = SocketIOBridge(service, allow_origins=allow_origins)
 
     @asynccontextmanager
     async def lifespan(app):
-        if run:
-            from ovi.runtime.runner import Runner
-
-            runner_box["runner"] = Runner(queue, engine_factory=engine_factory,
-                                          out_dir=out_root).start()
-        yield
-        if "runner" in runner_box:
-            runner_box.pop("runner").close()
-        if owns_queue:
-            queue.close()
+        service.start()
+        pump = asyncio.create_task(socket_io.pump())
+        try:
+            yield
+        finally:
+            service.begin_shutdown()
+            await asyncio.to_thread(service.stop, SHUTDOWN_GRACE_SECONDS)
+            await asyncio.gather(pump, return_exceptions=True)
+            if owns_queue:
+                queue.close()
 
     app = FastAPI(title="Ovi Workbench queue", version=ovi.__version__, lifespan=lifespan)
-    app.state.queue = queue
-    app.state.out_dir = out_root
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
+    if allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["*"],
+                           allow_headers=["*"])
 
     def authorize(request: Request) -> None:
-        if not token:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer":
-            value = request.query_params.get("access_token", "")
-        if not (value and hmac.compare_digest(value.encode(), token.encode())):
+        if not service.authorized(authorization=request.headers.get("authorization"),
+                                  token=request.query_params.get("access_token")):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    def video_url(job: dict) -> str | None:
-        for kind in ("mp4", "webm", "wav"):
-            path = (job.get("result") or {}).get(kind)
-            if path:
-                p = Path(path).resolve()
-                if p.parent == out_root and p.suffix.lower() in SERVED_SUFFIXES:
-                    return f"/api/videos/{p.name}"
-        return None
-
-    def job_json(job: dict) -> dict:
-        return {**job, "status": job["state"], "videoUrl": video_url(job)}
-
-    def event_json(event: dict) -> dict:
-        job = {"result": event.get("result")}
-        return {"id": event["id"], "status": event["status"], "progress": event["progress"],
-                "videoUrl": video_url(job), "error": event["error"], "kind": event["kind"],
-                "seq": event["seq"], "time": event["time"],
-                **{k: event[k] for k in ("step", "total", "attempt") if k in event}}
-
-    def must_get(job_id: int) -> dict:
-        job = queue.get(job_id)
-        if job is None:
-            raise HTTPException(status_code=404, detail=f"no job {job_id}")
-        return job
-
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError):
-        return _unprocessable(exc.field, exc.reason)
-
-    @app.exception_handler(InputError)
-    async def _input_error(request: Request, exc: InputError):
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused):
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
 
     guarded = [Depends(authorize)]
 
+    # -- queue -----------------------------------------------------------------------------------
     @app.get("/api/health", dependencies=guarded)
     def health() -> dict:
         return {"status": "ok", "version": ovi.__version__, "paused": queue.paused,
-                "jobs": queue.counts(),
-                "runner": bool(runner_box.get("runner") and runner_box["runner"].running)}
+                "jobs": queue.counts(), "runner": bool(service.runner and service.runner.running),
+                "limits": dataclasses.asdict(service.limits)}
 
     @app.post("/api/generate", status_code=202, dependencies=guarded)
-    def generate(body: GenerateBody) -> dict:
-        request = body.model_dump(exclude_none=True, exclude={"priority"})
-        if "height_width" in request:
-            request["height_width"] = list(request["height_width"])
-        if body.image is not None and not Path(body.image).is_file():
-            return _unprocessable("image", f"no such file on the server: {body.image}")
-        validate_request(request)
-        check_engine_settings(request)  # config/set/loras typos: 422 now, not a failed job later
-        job_id = queue.submit(request, priority=body.priority)
-        return job_json(queue.get(job_id))
+    def generate(payload: Any = Body(...)) -> dict:
+        if isinstance(payload, (bytes, str)):  # sent without Content-Type: application/json (curl -d)
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                raise Refused(422, "the body is not valid JSON", loc=[], kind="json_invalid") from None
+        return service.submit(payload)
+
+    @app.post("/api/uploads", status_code=201, dependencies=guarded)
+    async def upload(request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            file = form.get("file") or form.get("image")
+            if file is None or isinstance(file, str):
+                raise Refused(422, "send the image as the multipart field 'file'", loc=["file"])
+            data = await file.read()
+        else:
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                body = None
+            if not (isinstance(body, dict) and isinstance(body.get("image"), str)):
+                raise Refused(422, "send multipart/form-data with a 'file' field, or JSON "
+                                   "{\"image\": \"data:image/png;base64,...\"}", loc=["image"])
+            return await asyncio.to_thread(service.upload_data_url, body["image"])
+        return await asyncio.to_thread(service.upload, data)
+
+    @app.get("/api/configs", dependencies=guarded)
+    def configs() -> dict:
+        return {"configs": service.folders.config_names()}
+
+    @app.get("/api/loras", dependencies=guarded)
+    def loras() -> dict:
+        return {"loras": service.folders.lora_names()}
 
     @app.get("/api/jobs", dependencies=guarded)
     def list_jobs(state: Literal[STATES] | None = None,  # type: ignore[valid-type]
                   limit: int = Query(default=100, ge=1, le=10000),
                   offset: int = Query(default=0, ge=0)) -> dict:
         jobs = queue.list(state, limit=limit, offset=offset)
-        return {"jobs": [job_json(j) for j in jobs], "counts": queue.counts(),
+        return {"jobs": [service.job_json(j) for j in jobs], "counts": queue.counts(),
                 "paused": queue.paused}
 
-    @app.get("/api/jobs/{job_id}", dependencies=guarded)
-    def get_job(job_id: int) -> dict:
-        return job_json(must_get(job_id))
+    @app.get("/api/jobs/{ref}", dependencies=guarded)
+    def get_job(ref: str) -> dict:
+        return service.job_json(service.find(ref))
 
-    @app.delete("/api/jobs/{job_id}", dependencies=guarded)
-    def cancel_job(job_id: int) -> dict:
-        must_get(job_id)
-        try:
-            return job_json(queue.cancel(job_id))
-        except InputError as exc:  # already finished
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+    @app.delete("/api/jobs/{ref}", dependencies=guarded)
+    def cancel_job(ref: str) -> dict:
+        return service.cancel(ref)
+
+    @app.post("/api/jobs/{ref}/retry", dependencies=guarded)
+    def retry_job(ref: str) -> dict:
+        return service.retry(ref)
+
+    @app.post("/api/jobs/{ref}/move", dependencies=guarded)
+    def move_job(ref: str, where: dict = Body(...)) -> dict:
+        given = {k: v for k, v in where.items() if v is not None}
+        if len(given) != 1 or not set(given) <= {"before", "after", "priority"}:
+            raise Refused(422, "give exactly one of before (a job id), after (a job id) or "
+                               "priority (an integer)", loc=sorted(given)[:1])
+        return service.move(ref, **given)
+
+    @app.post("/api/pause", dependencies=guarded)
+    def pause() -> dict:
+        return service.set_paused(True)
+
+    @app.post("/api/resume", dependencies=guarded)
+    def resume() -> dict:
+        return service.set_paused(False)
 
     @app.get("/api/videos/{filename:path}", dependencies=guarded)
     def video(filename: str):
-        # One plain file name inside the output folder; anything that could walk out of it
-        # (separators, '..', hidden names, NUL) is refused before touching the filesystem.
-        if (not filename or "/" in filename or "\\" in filename or "\x00" in filename
-                or filename.startswith(".")):
-            raise HTTPException(status_code=400, detail="give a plain file name from a job's "
-                                                        "videoUrl, without folders")
-        path = (out_root / filename).resolve()
-        if path.parent != out_root or path.suffix.lower() not in SERVED_SUFFIXES:
-            raise HTTPException(status_code=404, detail=f"no clip named {filename}")
-        if not path.is_file():
-            raise HTTPException(status_code=404, detail=f"no clip named {filename}")
-        return FileResponse(path)
+        return FileResponse(service.video_path(filename))
 
-    async def stream(request: Request, job_id: int | None, since: int | None,
-                     timeout: float | None):
-        cursor = since if since is not None else queue.last_event_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if job_id is not None:
-            job = must_get(job_id)
-            snapshot = {**job_json(job), "kind": "snapshot", "seq": cursor}
-            yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
-        wait, last_write = 0.05, time.monotonic()
-        while deadline is None or time.monotonic() < deadline:
-            if await request.is_disconnected():
-                return
-            events = await asyncio.to_thread(queue.events, cursor, job_id=job_id)
-            for event in events:
-                cursor = event["seq"]
-                yield f"id: {cursor}\nevent: {event['kind']}\ndata: {json.dumps(event_json(event))}\n\n"
-            if events:
-                wait, last_write = 0.05, time.monotonic()
-                continue
-            if job_id is not None:
-                state = (queue.get(job_id) or {}).get("state")
-                if state in FINISHED or state == "lost":
-                    return
-            if time.monotonic() - last_write > 15:
-                yield ": keep-alive\n\n"  # lets proxies and clients see the stream is alive
-                last_write = time.monotonic()
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 0.5)
+    # -- events ----------------------------------------------------------------------------------
+    def _job_filter(job: str | None) -> tuple[int | None, dict | None]:
+        if job is None:
+            return None, None
+        found = service.find(job)
+        return found["id"], found
 
-    def _since(request: Request, since: int | None) -> int | None:
+    async def sse(request: Request, job: str | None, since: int | None, timeout: float | None):
+        job_id, found = _job_filter(job)
         if since is None and request.headers.get("last-event-id", "").isdigit():
-            return int(request.headers["last-event-id"])  # an EventSource reconnecting
-        return since
+            since = int(request.headers["last-event-id"])  # an EventSource reconnecting
+        cursor = since if since is not None else await asyncio.to_thread(queue.last_event_id)
 
-    sse_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        async def stream():
+            if found is not None:
+                snapshot = {**service.job_json(found), "kind": "snapshot", "seq": cursor}
+                yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
+            last_write = asyncio.get_running_loop().time()
+            async for event in service.follow(cursor, job_id=job_id, timeout=timeout):
+                now = asyncio.get_running_loop().time()
+                if event is not None:
+                    last_write = now
+                    yield f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+                elif await request.is_disconnected():
+                    return
+                elif now - last_write > KEEP_ALIVE_SECONDS:
+                    last_write = now
+                    yield ": keep-alive\n\n"  # lets proxies and clients see the stream is alive
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.get("/api/events", dependencies=guarded)
-    def events(request: Request, job: int | None = None, since: int | None = Query(None, ge=0),
-               timeout: float | None = Query(None, gt=0)):
-        if job is not None:
-            must_get(job)
-        return StreamingResponse(stream(request, job, _since(request, since), timeout),
-                                 media_type="text/event-stream", headers=sse_headers)
+    async def events(request: Request, job: str | None = None,
+                     since: int | None = Query(None, ge=0), timeout: float | None = Query(None, gt=0)):
+        return await sse(request, job, since, timeout)
 
-    @app.get("/api/jobs/{job_id}/events", dependencies=guarded)
-    def job_events(request: Request, job_id: int, since: int | None = Query(None, ge=0),
-                   timeout: float | None = Query(None, gt=0)):
-        must_get(job_id)
-        return StreamingResponse(stream(request, job_id, _since(request, since), timeout),
-                                 media_type="text/event-stream", headers=sse_headers)
+    @app.get("/api/jobs/{ref}/events", dependencies=guarded)
+    async def job_events(request: Request, ref: str, since: int | None = Query(None, ge=0),
+                         timeout: float | None = Query(None, gt=0)):
+        return await sse(request, ref, since, timeout)
 
+    @app.websocket("/api/ws")
+    async def ws_events(websocket: WebSocket, job: str | None = None,
+                        since: int | None = Query(None, ge=0)):
+        if not service.authorized(authorization=websocket.headers.get("authorization"),
+                                  token=websocket.query_params.get("access_token")):
+            await websocket.close(code=WS_POLICY_VIOLATION, reason="missing or wrong bearer token")
+            return
+        try:
+            job_id, found = await asyncio.to_thread(_job_filter, job)
+        except Refused as exc:
+            await websocket.close(code=WS_POLICY_VIOLATION, reason=exc.message)
+            return
+        await websocket.accept()
+        cursor = since if since is not None else await asyncio.to_thread(queue.last_event_id)
+
+        async def send_events():
+            if found is not None:
+                await websocket.send_json({**service.job_json(found), "kind": "snapshot",
+                                           "seq": cursor})
+            async for event in service.follow(cursor, job_id=job_id):
+                if event is not None:
+                    await websocket.send_json(event)
+
+        async def until_client_leaves(scope: anyio.CancelScope):
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass  # the stream is one-way; anything a client sends is ignored
+            scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(until_client_leaves, tasks.cancel_scope)
+                await send_events()
+                tasks.cancel_scope.cancel()
+            await websocket.close()
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away while we were sending
+
+    app.mount(SOCKETIO_PATH, socket_io.asgi_app())
     return app

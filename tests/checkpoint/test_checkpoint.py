@@ -114,3 +114,28 @@ def test_cli_inspect_and_convert(tmp_path, tiny_ckpt, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"12345678junk")
     assert main(["checkpoint", "inspect", str(tmp_path / "junk.safetensors")]) == 2
     assert "not a readable safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model_fp8_e4m3fn.safetensors", "model.pt"])
+def test_read_rows_reads_only_the_requested_rows(tmp_path, tiny_ckpt, name):
+    from ovi.checkpoint.loading import meta_fusion_model, read_rows, read_state_dict
+    path = tiny_ckpt / "Ovi" / name
+    if name.endswith(".pt"):  # the same weights in a .pt container with a wrapper prefix
+        path = tmp_path / name
+        torch.save({"module": {f"module.{k}": v for k, v in load_file(str(tiny_ckpt / "Ovi/model.safetensors")).items()}},
+                   path)
+    full = read_state_dict(path)
+    meta = dict(meta_fusion_model(path, "tiny", FP8 if "fp8" in name else torch.float32).named_parameters())
+    keys = ["audio_model.patch_embedding.2.w1.weight", "video_model.blocks.1.ffn.0.bias", "video_model.head.modulation"]
+    rows = {keys[0]: (1, 3), keys[1]: (100, 28), keys[2]: (0, 1)}  # (first row, rows) inside each tensor
+    targets = {k: (torch.empty((n, *meta[k].shape[1:]), dtype=meta[k].dtype), start) for k, (start, n) in rows.items()}
+    reads = read_rows(path, targets)
+    for key, (dest, start) in targets.items():
+        assert torch.equal(dest.view(torch.uint8), full[key][start:start + dest.shape[0]].to(dest.dtype).view(torch.uint8))
+    assert reads.tensors == 3
+    assert reads.bytes_read == sum(d.numel() * full[k].element_size() for k, (d, _) in targets.items())
+    assert reads.bytes_read < sum(full[k].numel() * full[k].element_size() for k in keys) / 4
+    # fp8 storage: matrices fp8, norms and biases keep the file's precision (upstream's rule)
+    if "fp8" in name:
+        assert meta["audio_model.patch_embedding.2.w1.weight"].dtype == FP8
+        assert meta["video_model.blocks.1.ffn.0.bias"].dtype != FP8

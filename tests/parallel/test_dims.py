@@ -12,7 +12,8 @@ def test_unset_sp_fills_from_the_world_size():
     cfg = ovi.load_config()
     assert cfg.sp_size is None
     assert ParallelDims.from_config(cfg) == ParallelDims(world_size=1)
-    assert ParallelDims.from_config(cfg, 4).describe() == {"world_size": 4, "sp": 4, "cfg": 1, "fsdp": 1}
+    assert ParallelDims.from_config(cfg, 4).describe() == {"world_size": 4, "sp": 4, "cfg": 1, "fsdp": 1,
+                                                           "fsdp_strategy": None, "fsdp_offload": False}
     both = ParallelDims.from_config(cfg.replace(cfg_parallel=True), 4)
     assert (both.sp, both.cfg) == (2, 2)
     assert both.all_sp_groups() == [[0, 1], [2, 3]] and both.all_cfg_groups() == [[0, 2], [1, 3]]

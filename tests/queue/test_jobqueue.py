@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ovi.errors import InputError
-from ovi.queue import STATES, JobQueue, QueuePolicy, RequestError, SQLiteStore
+from ovi.queue import STATES, DuplicateJobError, JobQueue, QueuePolicy, RequestError, SQLiteStore
 from ovi.queue import store as store_mod
 
 
@@ -239,8 +239,10 @@ def test_a_finished_job_cannot_be_finished_by_a_stale_worker(queue):
 def test_release_puts_an_interrupted_job_back(queue):
     a = queue.submit({"prompt": "a"})
     queue.claim("w")
-    assert queue.release(a, worker_id="w")["state"] == "queued"
-    assert queue.claim("w")["attempts"] == 2
+    released = queue.release(a, worker_id="w")
+    # Interrupted, not failed: the run does not count as an attempt.
+    assert released["state"] == "queued" and released["attempts"] == 0
+    assert queue.claim("w")["attempts"] == 1
 
 
 def test_subscribe_sees_events_written_by_another_connection(tmp_path):
@@ -353,6 +355,40 @@ def test_schema_is_versioned_and_migrates(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(InputError, match="upgrade ovi"):
         JobQueue(path)
+
+
+def test_a_v1_database_opens_and_gains_client_ids(tmp_path):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    for statement in store_mod.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO jobs (state, position, request, created_at, updated_at) "
+                 "VALUES ('queued', 1, '{\"prompt\": \"old\"}', 0, 0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    q = JobQueue(path)
+    assert q.store.schema_version() == store_mod.SCHEMA_VERSION >= 2
+    assert q.get(1)["request"] == {"prompt": "old"} and q.get(1)["client_id"] is None
+    new = q.submit({"prompt": "new"}, client_id="abc-1")
+    assert q.find("abc-1")["id"] == new and q.find(1)["request"] == {"prompt": "old"}
+    q.close()
+
+
+def test_client_ids_are_unique_and_found_first(queue):
+    a = queue.submit({"prompt": "a"})
+    b = queue.submit({"prompt": "b"}, client_id=str(a))  # reads like job a's number
+    assert queue.get(b)["client_id"] == str(a)
+    assert queue.find(str(a))["id"] == b  # the client's own job wins
+    assert queue.find(b)["id"] == b and queue.find("nope") is None
+    with pytest.raises(DuplicateJobError, match="already exists"):
+        queue.submit({"prompt": "c"}, client_id=str(a))
+    with pytest.raises(RequestError, match="not a usable job id"):
+        queue.submit({"prompt": "c"}, client_id="a/b")
+    assert queue.submit({"prompt": "d"}, client_id=1730000000000) and queue.find("1730000000000")
+    assert len(queue.list()) == 3
+    events = queue.events(0, job_id=b)
+    assert events[0]["client_id"] == str(a)
 
 
 def test_integrity_and_wal_mode(queue):

@@ -111,3 +111,54 @@ def test_config_and_overrides_are_checked_at_submit(db, tmp_path, capsys):
     assert first["request"]["steps"] == 3  # typed like `ovi generate --set`, mapped to the request field
     assert second["request"]["config"] == str(yaml_path.resolve())
     q.close()
+
+
+def _foreign_sqlite(path):
+    import sqlite3
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.write_text("name,age\nann,3\n"),
+    lambda p: p.write_bytes(bytes(range(256)) * 16),
+    _foreign_sqlite,
+], ids=["csv", "binary", "other-sqlite"])
+@pytest.mark.parametrize("command", [["list"], ["submit", "--prompt", "x"], ["run", "--until-empty"]])
+def test_a_file_that_is_not_a_queue_database_is_refused_untouched(tmp_path, capsys, make, command):
+    path = tmp_path / "data.db"
+    make(path)
+    before = path.read_bytes()
+    assert ovi_queue(*command, "--db", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a queue database" in err[0] and str(path) in err[0]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.db"]  # no -wal / -shm left
+
+
+def _subcommands(parser):
+    import argparse
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _flags(parser) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings} - {"-h", "--help"}
+
+
+def test_generate_and_queue_submit_share_their_per_clip_flags():
+    import dataclasses
+
+    from ovi.cli import build_parser
+    from ovi.request import GenerateRequest
+
+    commands = _subcommands(build_parser())
+    generate, submit = commands["generate"], _subcommands(commands["queue"])["submit"]
+    assert _flags(generate) - {"--quiet"} == _flags(submit) - {"--priority", "--db"}
+    for field in dataclasses.fields(GenerateRequest):
+        if field.name not in ("prompt", "config", "engine"):
+            flag = "--" + (field.metadata["flag"] or field.name).replace("_", "-")
+            assert flag in _flags(generate) and flag in _flags(submit), flag

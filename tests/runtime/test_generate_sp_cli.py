@@ -53,19 +53,26 @@ def test_generate_sp_2_runs_gloo_ranks_and_matches_one_process(tiny_ckpt, tmp_pa
     assert marked_processes(mark) == []  # its ranks ended with it
 
 
-def test_generate_under_torchrun_matches_one_process(tiny_ckpt, tmp_path, single_process):
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp", "FULL_SHARD"]], ids=["sp", "sp+fsdp"])
+def test_generate_under_torchrun_matches_one_process(tiny_ckpt, tmp_path, single_process, fsdp):
     mark = marker()
     result = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                  "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), "--sp", "2"], timeout=180, **mark)
+                  "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), "--sp", "2", *fsdp], timeout=180, **mark)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(".mp4") == 1  # rank 0 alone saves and prints
     _check_same_clip(tmp_path / "out", single_process)
+    if fsdp:
+        sidecar = _outputs(tmp_path / "out")[1]
+        assert (sidecar["fsdp"], sidecar["fsdp_degree"]) == ("FULL_SHARD", 2)
+        assert sidecar["memory"]["param_bytes_per_rank"] < sidecar["memory"]["total_param_bytes"]
     assert marked_processes(mark) == []
 
 
 @pytest.mark.parametrize("args, message", [
     (["--sp", "3"], "sp_size 3 does not divide"),
     (["--sp", "0"], "sp_size"),
+    (["--sp", "2", "--fsdp", "HYBRID_SHARD"], "HYBRID_SHARD replicates across nodes"),
+    (["--set", "fsdp_cpu_offload=true"], "fsdp_cpu_offload: true keeps parameter shards in host memory"),
 ])
 def test_bad_parallel_settings_exit_2_before_any_rank_starts(tiny_ckpt, tmp_path, capsys, args, message):
     code = main(_args(tiny_ckpt, tmp_path / "out") + args)

@@ -160,7 +160,7 @@ def test_stop_with_interrupt_gives_the_job_back(queue):
     wait_until(lambda: queue.get(job_id)["state"] == "running", 30, "the job to start")
     assert runner.stop(interrupt=True, timeout=30)
     job = queue.get(job_id)
-    assert job["state"] == "queued" and job["attempts"] == 1
+    assert job["state"] == "queued" and job["attempts"] == 0  # interrupted is not an attempt
     assert runner.stats["released"] == 1
 
 

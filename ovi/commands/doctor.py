@@ -1,0 +1,270 @@
+"""`ovi doctor [CONFIG] [--gpus N --gpu-memory GB]`: what this machine has, and which settings fit.
+
+This machine: Python, torch and its CUDA, each GPU with its free memory, NCCL / gloo, flash-attn, CPU
+cores and memory, free disk where checkpoints and outputs go, and whether the config's files are there.
+
+Then, for the config's model (default: the three real configs) on each machine profile (--gpus and
+--gpu-memory, else 1x24 GB, 4x24 GB as configs/rtx3090_x4.yaml, 8x80 GB, plus this machine's GPUs):
+the settings (sp, FSDP strategy, fsdp offload, cpu_offload, fp8) whose expected peak per GPU fits,
+fastest first, with the expected speed relative to one GPU running NO_SHARD in bf16 without offload.
+Peaks come from ovi.parallel.memory, the model the FSDP `auto` strategy uses; speeds from its
+spec-sheet speed model. Both are estimates (see the footnote it prints). `--measure` runs the tiny and
+mid presets on this machine's CPU and prints measured peak / estimate.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+REAL_CONFIGS = ("ovi_720x720_5s", "ovi_960x960_5s", "ovi_960x960_10s")
+PROFILES = ((1, 24.0), (4, 24.0), (8, 80.0))
+HEADS = 24  # Ulysses splits the real model's 24 heads: sp must divide it
+STRATEGY_CHOICES = ("NO_SHARD", "FULL_SHARD", "SHARD_GRAD_OP", "FULL_SHARD+offload")
+SHOWN = 3
+
+
+def add_doctor_parser(subparsers) -> None:
+    p = subparsers.add_parser("doctor", help="this machine, and the settings that fit (memory per GPU, speed)")
+    p.add_argument("config", nargs="?", default=None, help="a config (default: the three real-weight configs)")
+    p.add_argument("--gpus", type=int, default=None, help="plan for this many GPUs (with --gpu-memory)")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory per GPU to plan for")
+    p.add_argument("--all", action="store_true", help="list every setting that fits, not the fastest three")
+    p.add_argument("--json", action="store_true", help="one JSON object per machine fact and per setting")
+    p.add_argument("--measure", action="store_true",
+                   help="also run tiny and mid on this CPU and compare measured peaks with the estimates")
+    p.set_defaults(func=run_doctor)
+
+
+# ---- this machine ----------------------------------------------------------------------------------
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _existing(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def machine_facts(cfg) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from ovi.parallel.memory import GB, free_device_memory
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            gpus.append({"index": i, "name": torch.cuda.get_device_name(i), "free_gb": free / GB,
+                         "total_gb": total / GB, "capability": list(torch.cuda.get_device_capability(i))})
+    flash = {name: _version(dist_name) if importlib.util.find_spec(module) else None
+             for name, module, dist_name in (("flash-attn 2", "flash_attn", "flash-attn"),
+                                             ("flash-attn 3", "flash_attn_interface", "flash-attn-3"))}
+    disks = {}
+    for key in ("ckpt_dir", "output_dir"):
+        where = _existing(Path(getattr(cfg, key)))
+        disks[key] = {"path": str(getattr(cfg, key)), "free_gb": shutil.disk_usage(where).free / GB}
+    nccl = None
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        nccl = ".".join(map(str, torch.cuda.nccl.version()))
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(), "gpus": gpus, "nccl": nccl,
+            "gloo": dist.is_gloo_available(), "flash_attn": flash, "cpu_cores": os.cpu_count(),
+            "host_memory_free_gb": free_device_memory(torch.device("cpu")) / GB, "disk": disks,
+            "checkpoints": checkpoint_files(cfg)}
+
+
+def checkpoint_files(cfg) -> dict[str, bool]:
+    from ovi.model.configs import RANDOM_ARCHITECTURES
+    from ovi.specs import FP8_CHECKPOINT_FILE, FUSION_DIR, MMAUDIO_VAE_FILE, MMAUDIO_VOCODER_FILE, MODEL_SPECS, T5_DIR
+    from ovi.specs import T5_FILE, WAN_VAE_FILE
+    root = Path(cfg.ckpt_dir)
+    files = {f"{FUSION_DIR}/{MODEL_SPECS[cfg.model_name].checkpoint_file}": True, f"{T5_DIR}/{T5_FILE}": True}
+    if cfg.fp8:
+        files[f"{FUSION_DIR}/{FP8_CHECKPOINT_FILE}"] = True
+    if cfg.model not in RANDOM_ARCHITECTURES:
+        files.update({WAN_VAE_FILE: True, MMAUDIO_VAE_FILE: True, MMAUDIO_VOCODER_FILE: True})
+    return {name: (root / name).is_file() for name in files}
+
+
+def print_machine(facts: dict) -> None:
+    print("This machine")
+    print(f"  python {facts['python']}, torch {facts['torch']}, CUDA "
+          f"{facts['cuda'] or 'none (CPU build)'}{'' if facts['cuda_available'] else ', no GPU visible'}")
+    for gpu in facts["gpus"]:
+        print(f"  GPU {gpu['index']}: {gpu['name']} (sm {gpu['capability'][0]}{gpu['capability'][1]}), "
+              f"{gpu['free_gb']:.1f} of {gpu['total_gb']:.1f} GB free")
+    print(f"  collectives: nccl {facts['nccl'] or 'not available'}, gloo {'yes' if facts['gloo'] else 'no'}")
+    flash = ", ".join(f"{k} {v or 'not installed'}" for k, v in facts["flash_attn"].items())
+    print(f"  attention: {flash} (SDPA otherwise)")
+    print(f"  CPU: {facts['cpu_cores']} cores, {facts['host_memory_free_gb']:.1f} GB memory available")
+    for key, disk in facts["disk"].items():
+        print(f"  disk: {disk['free_gb']:.1f} GB free at {key} {disk['path']}")
+    missing = [name for name, ok in facts["checkpoints"].items() if not ok]
+    print(f"  checkpoints: {'all found' if not missing else 'missing ' + ', '.join(missing)}")
+
+
+# ---- settings that fit -----------------------------------------------------------------------------
+def settings_for(gpus: int) -> list:
+    """Every single-node setting on `gpus` GPUs (cfg 1): sp x replicas = gpus, each strategy, offloads, fp8."""
+    from ovi.parallel.memory import Setting
+    out = []
+    for sp in (d for d in range(1, gpus + 1) if gpus % d == 0 and HEADS % d == 0):
+        replicas = gpus // sp
+        for choice in STRATEGY_CHOICES:
+            strategy, _, offload = choice.partition("+")
+            if strategy == "NO_SHARD" and replicas > 1:
+                continue  # replicas exist only to hold shards
+            for cpu_offload in (False, True):
+                for fp8 in (False, True):
+                    out.append(Setting(sp=sp, replicas=replicas, strategy=strategy,
+                                       fsdp=1 if strategy == "NO_SHARD" else gpus, fsdp_offload=bool(offload),
+                                       cpu_offload=cpu_offload, fp8=fp8))
+    return out
+
+
+def configured_setting(cfg, gpus: int):
+    """The setting `cfg` asks for on `gpus` GPUs (None when its degrees do not fit that many)."""
+    from ovi.errors import ConfigError
+    from ovi.parallel.dims import ParallelDims
+    from ovi.parallel.memory import Setting
+    try:
+        dims = ParallelDims.from_config(cfg, gpus)
+    except ConfigError:
+        return None
+    strategy = dims.fsdp_strategy if dims.fsdp_strategy not in (None, "auto") else "NO_SHARD"
+    return Setting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp, strategy=strategy,
+                   fsdp=dims.fsdp if strategy != "NO_SHARD" else 1, fsdp_offload=dims.fsdp_offload,
+                   cpu_offload=cfg.cpu_offload, fp8=cfg.fp8)
+
+
+def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
+    """One row per setting of `config_name` on gpus x memory_gb (and one for the config as written,
+    `configured`): peak, fits, relative speed."""
+    import torch
+
+    from ovi.config import load_config
+    from ovi.parallel.memory import GB, HEADROOM, Setting, estimate, gpu_profile, step_seconds
+    from ovi.pipeline.footprint import workload
+    cfg = load_config(config_name)
+    load = workload(cfg, torch.bfloat16)
+    profile = gpu_profile(memory_gb)
+    baseline = step_seconds(cfg.model, load, Setting(), profile, cfg.sample_steps)
+    configured = configured_setting(cfg, gpus)
+    rows = []
+    for setting in settings_for(gpus) + ([configured] if configured is not None else []):
+        est = estimate(cfg.model, load, setting)
+        rows.append({"doctor": "setting", "config": config_name, "model_name": cfg.model_name, "gpus": gpus,
+                     "gpu_memory_gb": memory_gb, "gpu_profile": profile.name, "label": setting.label(),
+                     "sp": setting.sp, "strategy": setting.strategy, "fsdp": setting.fsdp,
+                     "fsdp_cpu_offload": setting.fsdp_offload, "cpu_offload": setting.cpu_offload, "fp8": setting.fp8,
+                     "peak_gb": est.peak / GB, "phases_gb": {k: v / GB for k, v in est.phases.items()},
+                     "fits": est.peak <= HEADROOM * memory_gb * GB, "configured": setting is configured,
+                     "relative_speed": baseline / step_seconds(cfg.model, load, setting, profile, cfg.sample_steps)})
+    return rows
+
+
+def _flags(row: dict) -> str:
+    parts = [f"sp {row['sp']}", row["strategy"].lower().replace("_", "-")]
+    parts += ["fsdp-offload"] * row["fsdp_cpu_offload"] + ["cpu_offload"] * row["cpu_offload"] + ["fp8"] * row["fp8"]
+    return ", ".join(parts)
+
+
+def print_table(rows: list[dict], show_all: bool) -> None:
+    print()
+    print("| model | GPUs | setting (sp, fsdp strategy, offloads, fp8) | peak / GPU | speed vs 1 GPU |")
+    print("|---|---|---|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model_name"], row["gpus"], row["gpu_memory_gb"]), []).append(row)
+    for (model, gpus, memory), group in groups.items():
+        machine = f"{gpus}x{memory:g} GB"
+        for row in (r for r in group if r["configured"]):
+            verdict = "fits" if row["fits"] else "does NOT fit"
+            print(f"| {model} | {machine} | {row['config']} as written: {_flags(row)} ({verdict}) | "
+                  f"{row['peak_gb']:.1f} GB | {row['relative_speed']:.2f}x |")
+        group = [r for r in group if not r["configured"]]
+        # fastest first; among equals, full precision before fp8, then the smaller peak
+        fits = sorted((r for r in group if r["fits"]),
+                      key=lambda r: (-round(r["relative_speed"], 2), r["fp8"], r["fsdp_cpu_offload"] + r["cpu_offload"],
+                                     r["peak_gb"]))
+        if not fits:
+            best = min(group, key=lambda r: r["peak_gb"])
+            print(f"| {model} | {machine} | nothing fits; smallest: {_flags(best)} | {best['peak_gb']:.1f} GB | - |")
+            continue
+        shown = fits if show_all else fits[:SHOWN]
+        for row in shown:
+            print(f"| {model} | {machine} | {_flags(row)} | {row['peak_gb']:.1f} GB | {row['relative_speed']:.2f}x |")
+        if len(fits) > len(shown):
+            print(f"| {model} | {machine} | ... {len(fits) - len(shown)} more fit (--all) | | |")
+
+
+def print_footnote() -> None:
+    from ovi.parallel.memory import HEADROOM, NVLINK_CARD, PCIE_CARD
+    print(f"\nEstimates (ovi.parallel.memory), not measurements: exact parameter bytes (meta device) + the block "
+          f"activation model; a setting fits when its peak is under {HEADROOM:.0%} of the GPU. The codecs' decode "
+          f"working memory is a rough guess. Speed: upstream's measured SP scaling, FSDP gathers that prefetch "
+          f"cannot hide and per-clip module moves, on '{PCIE_CARD.name}' (<= 48 GB) or '{NVLINK_CARD.name}' "
+          f"spec figures. None of this has been checked on a GPU yet (experiments/gpu_check.py does).")
+
+
+def measure_cpu(as_json: bool) -> list[dict]:
+    """tiny and mid on this CPU: measured peak per rank / the memory model's estimate."""
+    import tempfile
+
+    from ovi.bench.fsdp import measure
+    from ovi.pipeline.random_checkpoint import make_random_checkpoint
+    root = Path(tempfile.mkdtemp(prefix="ovi-doctor-"))
+    records = []
+    for arch in ("tiny", "mid"):
+        make_random_checkpoint(root / arch, arch)
+        for world, strategy in ((1, "NO_SHARD"), (2, "FULL_SHARD")):
+            record = measure(arch, world, strategy, "sp", 2, root / arch)
+            record.pop("latents")
+            records.append({"doctor": "measured", **record})
+            if not as_json:
+                print(f"  {arch} {world} rank(s) {strategy}: measured {record['peak_bytes_per_rank'] / 1e6:.0f} MB, "
+                      f"estimate {record['estimated_peak_bytes'] / 1e6:.0f} MB, "
+                      f"ratio {record['measured_over_estimate']:.2f}")
+    return records
+
+
+def run_doctor(args) -> int:
+    from ovi.config import load_config
+    from ovi.errors import InputError
+    if (args.gpus is None) != (args.gpu_memory is None):
+        raise InputError("give --gpus and --gpu-memory together (e.g. --gpus 4 --gpu-memory 24)")
+    if args.gpus is not None and (args.gpus < 1 or args.gpu_memory <= 0):
+        raise InputError("--gpus must be at least 1 and --gpu-memory a positive number of GB")
+    cfg = load_config(args.config or REAL_CONFIGS[0])
+    facts = machine_facts(cfg)
+    profiles = [(args.gpus, args.gpu_memory)] if args.gpus else list(PROFILES)
+    if args.gpus is None and facts["gpus"]:
+        profiles.append((len(facts["gpus"]), min(g["free_gb"] for g in facts["gpus"])))
+    rows = [row for name in ([args.config] if args.config else REAL_CONFIGS)
+            for gpus, memory in profiles for row in plan_rows(name, gpus, memory)]
+    if args.json:
+        print(json.dumps({"doctor": "machine", **facts}, sort_keys=True))
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    else:
+        print_machine(facts)
+        print_table(rows, args.all)
+        print_footnote()
+    if args.measure:
+        if not args.json:
+            print("\nMeasured on this CPU (one clip, 2 steps; peak = resident high-water mark above the size before loading)")
+        for record in measure_cpu(args.json):
+            if args.json:
+                print(json.dumps(record, sort_keys=True))
+    return 0

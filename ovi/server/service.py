@@ -1,0 +1,204 @@
+"""The server's one core, shared by its two transports (REST + WebSocket/SSE in ovi.server.rest,
+Socket.IO in ovi.server.sio): submitting, job actions, the JSON a client sees, the event stream, the
+token rule and the Runner a `--run` server drives.
+
+A client knows a job by `id`: the id it chose at submit (the seed fork's API), else the queue's
+integer id; `job_id` is always the integer. Job and event JSON carry the seed's fields `id`, `status`,
+`progress`, `videoUrl`, `error`, plus ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+from ovi.errors import InputError
+from ovi.queue.folders import ServerFolders
+from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
+from ovi.request import RequestError
+from ovi.runtime.runner import Runner
+from ovi.server.intake import Refused, check_image, decode_data_url, parse_submission
+from ovi.server.limits import ServerLimits
+
+# Only clip files are served; the output folder also holds the queue database, which must not leak.
+SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
+EVENT_EXTRAS = ("step", "total", "attempt", "priority")
+log = logging.getLogger("ovi.server")
+
+
+class ApiService:
+    """queue: the JobQueue; out_dir: where clips are (and are served from); folders: named configs,
+    LoRAs, uploads; limits: per-request bounds; token: a bearer token every route needs (None: open);
+    run + engine_factory: drive a Runner in this process between `start()` and `stop()`."""
+
+    def __init__(self, queue: JobQueue, *, out_dir: Path, folders: ServerFolders,
+                 limits: ServerLimits, token: str | None = None, run: bool = False,
+                 engine_factory=None):
+        self.queue = queue
+        self.out_root = Path(out_dir).resolve()
+        self.folders = folders
+        self.limits = limits
+        self.token = token or None
+        self.run = run
+        self.engine_factory = engine_factory
+        self.runner: Runner | None = None
+        self.stopping = threading.Event()  # set on shutdown: event streams end
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.stopping.clear()
+        if self.run:
+            self.runner = Runner(self.queue, engine_factory=self.engine_factory, out_dir=self.out_root,
+                                 folders=self.folders).start()
+
+    def begin_shutdown(self) -> None:
+        """First step of a shutdown, safe from a signal handler: streams end, and the running job
+        stops at its next step and goes back to the queue. Waits for nothing."""
+        self.stopping.set()
+        if self.runner is not None:
+            self.runner.stop(interrupt=True, timeout=0)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the Runner (handing its job back) and release its engine; blocks up to `timeout`."""
+        self.begin_shutdown()
+        runner, self.runner = self.runner, None
+        if runner is None:
+            return
+        if runner.stop(interrupt=True, timeout=timeout):
+            runner.close()
+        else:  # stuck outside a step (e.g. loading weights): it dies with the process
+            log.warning("the runner is still busy %ss after the stop; leaving it", timeout)
+
+    # -- the token rule --------------------------------------------------------------------------
+    def authorized(self, *, authorization: str | None = None, token: str | None = None) -> bool:
+        """`Authorization: Bearer <token>`, or the token itself (a query's access_token, a
+        Socket.IO auth payload) for clients that cannot set headers."""
+        if not self.token:
+            return True
+        scheme, _, value = (authorization or "").partition(" ")
+        given = value if scheme.lower() == "bearer" and value else (token or "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    # -- what a client sees ----------------------------------------------------------------------
+    def video_url(self, result: dict | None) -> str | None:
+        for kind in ("mp4", "webm", "wav"):
+            path = (result or {}).get(kind)
+            if path:
+                p = Path(path).resolve()
+                if p.parent == self.out_root and p.suffix.lower() in SERVED_SUFFIXES:
+                    return f"/api/videos/{p.name}"
+        return None
+
+    def job_json(self, job: dict) -> dict:
+        return {**job, "id": job.get("client_id") or job["id"], "job_id": job["id"],
+                "status": job["state"], "videoUrl": self.video_url(job.get("result"))}
+
+    def event_json(self, event: dict) -> dict:
+        return {"id": event.get("client_id") or event["id"], "job_id": event["id"],
+                "status": event["status"], "progress": event["progress"],
+                "videoUrl": self.video_url(event.get("result")), "error": event["error"],
+                "kind": event["kind"], "seq": event["seq"], "time": event["time"],
+                **{k: event[k] for k in EVENT_EXTRAS if k in event}}
+
+    def video_path(self, filename: str) -> Path:
+        """A clip file in the output folder by its plain name; anything that could walk out of it
+        (separators, '..', hidden names, NUL, links out) is refused before touching the disk."""
+        if (not filename or "/" in filename or "\\" in filename or "\x00" in filename
+                or filename.startswith(".")):
+            raise Refused(400, "give a plain file name from a job's videoUrl, without folders")
+        path = (self.out_root / filename).resolve()
+        if path.parent != self.out_root or path.suffix.lower() not in SERVED_SUFFIXES \
+                or not path.is_file():
+            raise Refused(404, f"no clip named {filename}")
+        return path
+
+    # -- actions ---------------------------------------------------------------------------------
+    def submit(self, payload) -> dict:
+        """Check and queue one request body (see ovi.server.intake); the job as JSON. With n > 1
+        the first job, plus `job_ids` of all."""
+        submission = parse_submission(payload, self.folders, self.limits)
+        if submission.client_id is not None and self.queue.find(submission.client_id) is not None:
+            raise Refused(409, f"a job with id {submission.client_id!r} already exists; choose another id")
+        if submission.image is not None:
+            submission.image.store(self.folders.uploads)
+        requests = submission.request.expand(default_seed=submission.default_seed)
+        client_ids = None if submission.client_id is None else [submission.client_id]
+        try:
+            ids = self.queue.submit_many(requests, priority=submission.priority, client_ids=client_ids)
+        except DuplicateJobError as exc:
+            raise Refused(409, str(exc)) from None
+        except RequestError as exc:
+            raise Refused(422, exc.reason, loc=[exc.field] if exc.field else []) from None
+        job = self.job_json(self.queue.get(ids[0]))
+        return {**job, "job_ids": ids} if len(ids) > 1 else job
+
+    def upload(self, data: bytes) -> dict:
+        image = check_image(data, self.limits)
+        image.store(self.folders.uploads)
+        return image.describe()
+
+    def upload_data_url(self, text: str) -> dict:
+        return self.upload(decode_data_url(text, self.limits, loc=["image"]))
+
+    def find(self, ref) -> dict:
+        job = self.queue.find(ref) if ref not in (None, "") else None
+        if job is None:
+            raise Refused(404, f"no job {ref}")
+        return job
+
+    def cancel(self, ref) -> dict:
+        return self._act(ref, self.queue.cancel)
+
+    def retry(self, ref) -> dict:
+        return self._act(ref, self.queue.retry)
+
+    def move(self, ref, *, before=None, after=None, priority=None) -> dict:
+        before = None if before is None else self.find(before)["id"]
+        after = None if after is None else self.find(after)["id"]
+        return self._act(ref, lambda job_id: self.queue.move(job_id, before=before, after=after,
+                                                             priority=priority))
+
+    def _act(self, ref, action) -> dict:
+        job = self.find(ref)
+        try:
+            return self.job_json(action(job["id"]))
+        except InputError as exc:  # not in a state that allows it (already finished, not queued)
+            raise Refused(409, str(exc)) from None
+
+    def set_paused(self, paused: bool) -> dict:
+        (self.queue.pause if paused else self.queue.resume)()
+        return {"paused": self.queue.paused}
+
+    # -- events ----------------------------------------------------------------------------------
+    async def follow(self, since: int | None = None, *, job_id: int | None = None,
+                     timeout: float | None = None) -> AsyncIterator[dict | None]:
+        """Events as client JSON, from after seq `since` (default: from now on). Yields None when
+        idle (a chance to send a keep-alive or notice a gone client). Ends at shutdown, after
+        `timeout` seconds, or, following one job, once that job has settled."""
+        cursor = since if since is not None else await asyncio.to_thread(self.queue.last_event_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait, settled = 0.05, False
+        while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
+            events = await asyncio.to_thread(self.queue.events, cursor, job_id=job_id)
+            for event in events:
+                cursor = event["seq"]
+                yield self.event_json(event)
+            if events:
+                wait = 0.05
+                continue
+            if settled:
+                return
+            if job_id is not None:
+                state = ((await asyncio.to_thread(self.queue.get, job_id)) or {}).get("state")
+                # Settled: read once more, for events written between the read above and now.
+                settled = state in FINISHED or state == "lost"
+                if settled:
+                    continue
+            yield None
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.5)
