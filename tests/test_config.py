@@ -41,7 +41,7 @@ def test_no_argument_gives_the_embedded_tiny_default():
         "tiny_trained", "tiny_trained", str(bundled_ckpt_dir("tiny_trained")), "./outputs")
     assert Path(cfg.ckpt_dir) == CONFIG_DIR.parent / "weights" / "tiny_trained"  # inside the package
     assert (cfg.sample_steps, cfg.mode, cfg.video_frame_height_width, cfg.seed, cfg.dtype) == (
-        16, "t2v", [128, 128], 103, "fp32")
+        8, "t2v", [128, 128], 103, "fp32")
     assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (-1, None, "unipc")  # sp fills from the ranks
     assert cfg.text_prompt  # the default run has something to generate
     cfg.require_available()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_STEPS = "4,8,16,32"
+DEFAULT_STEPS = "1,2,4,8,16,32"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

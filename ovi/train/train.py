@@ -334,7 +334,7 @@ def main(argv=None):
                  if f.type != "tuple" and getattr(args, f.name, None) is not None}
     if (out / "ckpt.pt").is_file():
         saved = torch.load(out / "ckpt.pt", weights_only=False)["cfg"]
-        saved.update({k: v for k, v in overrides.items() if k in ("steps", "eval_every", "ckpt_every")})
+        saved.update({k: v for k, v in overrides.items() if k in ("steps", "eval_every", "ckpt_every", "threads")})
         saved["eval_guidance"] = tuple(saved["eval_guidance"])
         cfg = TrainConfig(**saved)
     else:

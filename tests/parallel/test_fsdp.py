@@ -52,7 +52,7 @@ def _generate(rank, world_size, ckpt, cases):
     from ovi.runtime.rank_engine import build_rank_engine
     out = {}
     for name, (overrides, ranks_per_node) in cases.items():
-        cfg = ovi.load_config(ckpt_dir=ckpt, **SETTINGS, **overrides)
+        cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
         dims = ParallelDims.from_config(cfg, world_size, ranks_per_node=ranks_per_node)
         engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"), dims)
         clip = engine.generate(PROMPT)
@@ -67,7 +67,7 @@ def _generate(rank, world_size, ckpt, cases):
 def references(tiny_ckpt):
     refs = {}
     for fp8 in (False, True):
-        engine = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **SETTINGS, fp8=fp8))
+        engine = ovi.Engine.from_config(ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), **SETTINGS, fp8=fp8))
         refs[fp8] = engine.generate(PROMPT).latents
     return refs
 
@@ -161,7 +161,7 @@ def test_sidecar_and_stats_carry_memory_accounting(two_ranks):
     (dict(FSDP, fsdp_sharding_strategy="NO_SHARD", fsdp_cpu_offload=True), 2, None, "NO_SHARD .* nothing to offload"),
 ])
 def test_bad_combinations_fail_before_any_process_starts(tiny_ckpt, overrides, world, ranks_per_node, message):
-    cfg = ovi.load_config(ckpt_dir=str(tiny_ckpt), **overrides)
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), **overrides)
     with pytest.raises(ConfigError, match=message):
         ParallelDims.from_config(cfg, world, ranks_per_node=ranks_per_node)
     if ranks_per_node is None:
