@@ -47,6 +47,8 @@ def test_quality_bench_fields(capsys, tmp_path):
     assert by[("trained", None)]["steps"] == 2 and by[("trained", None)]["n_clips"] == 2
     default = by[("trained", "default_clip")]
     assert default["prompt"] == ovi.load_config().text_prompt and default["clip_seconds"] > 0
+    # `make demo`'s clip: measured colour, direction and pitch are the ones its prompt names
+    assert default["matches"] and default["expected"] == {"color": "blue", "motion": "left", "pitch": "low"}, default
     for rec in (by[("trained", None)], by[("data+codec", None)], default):
         for key in ("contact_sheet", "spectrograms"):
             assert (tmp_path / rec[key].split("/")[-1]).is_file()
