@@ -25,12 +25,14 @@ against the tensors one forward really keeps alive (tests/parallel/test_memory.p
 are assumed not to materialise the L x L scores (flash / SDPA without a mask).
 The estimate counts tensors, as CUDA's max_memory_allocated does (not the allocator's cache, CUDA
 context or libraries); `ovi bench fsdp` reports measured peak / estimate. On a CPU the measured peak
-comes from torch.profiler's allocation events paired by address (`live_bytes_peak`: frees on gloo's
-worker threads go unrecorded, and a plain running sum counted those buffers alive forever).
+comes from torch.profiler's allocation events, with the allocator counting every thread
+(`count_cpu_allocations`, `allocated_peak`: frees on gloo's worker threads are never recorded as
+events, and a plain running sum of the events counted those buffers alive for the rest of the run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -287,34 +289,46 @@ def free_device_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def allocated_peak(prof) -> int:
-    """The most bytes torch's allocator had handed out at once during a torch.profiler run made with
-    profile_memory=True (on a CPU, what max_memory_allocated is on CUDA), above what was alive when it
-    started. From the allocation events paired by address (`live_bytes_peak`)."""
-    return live_bytes_peak(allocation_events(prof))
+def allocated_peak(prof, *, every_thread: bool = False) -> int:
+    """The most bytes torch's CPU allocator had handed out at once during a torch.profiler run made
+    with profile_memory=True (on a CPU, what max_memory_allocated is on CUDA), above what was alive
+    when it started.
+
+    torch.profiler records allocation events only on threads it profiles, and a collective's buffer is
+    often freed on gloo's worker thread (when it drops the last reference to the finished work): a
+    running sum of the events counts such buffers alive for the rest of the run (measured: +1-2 fused
+    blocks on mid FULL_SHARD, varying with thread timing). With `every_thread` (the run was inside
+    `count_cpu_allocations()`) each event carries the allocator's running total over every thread, and
+    the peak comes from those totals; otherwise from the events paired by address (`live_bytes_peak`,
+    an upper bound)."""
+    events = allocation_events(prof)
+    if not events:
+        return 0
+    if not every_thread:
+        return live_bytes_peak((t, address, nbytes) for t, address, nbytes, _ in events)
+    events.sort()
+    _, _, first_bytes, first_total = events[0]
+    return max(total for *_, total in events) - (first_total - first_bytes)
 
 
-def allocation_events(prof, device_type: str = "cpu") -> list[tuple[int, int, int]]:
-    """(time ns, address, bytes: + allocated, - freed) of every allocation event of `device_type`
-    the profiler recorded (its event tree: the flat event list carries no addresses)."""
+def allocation_events(prof, device_type: str = "cpu") -> list[tuple[int, int, int, int]]:
+    """(time ns, address, bytes: + allocated / - freed, allocator total after it) of every allocation
+    event of `device_type` the profiler recorded (its event tree: the flat event list has no addresses)."""
     out, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         event = stack.pop()
         if event.tag == _EventType.Allocation and event.extra_fields.device.type == device_type:
-            out.append((event.start_time_ns, event.extra_fields.ptr, event.extra_fields.alloc_size))
+            fields = event.extra_fields
+            out.append((event.start_time_ns, fields.ptr, fields.alloc_size, fields.total_allocated))
         stack.extend(event.children)
     return out
 
 
 def live_bytes_peak(events) -> int:
-    """Peak of the bytes alive at once, pairing each free with the allocation at its address.
-
-    The profiler records an event only on threads it profiles. A collective's buffer can be freed on
-    gloo's worker thread (when that thread drops the last reference to the finished work), and that
-    free is never recorded: summing the events would count the buffer as alive for the rest of the run
-    (measured: +1-2 fused blocks on mid FULL_SHARD, varying with thread timing). An address handed out
-    again was freed before, so a new allocation there ends the old one. Frees of blocks allocated
-    before profiling began are not counted (the caller adds the tensors resident at the start)."""
+    """Peak of the bytes alive at once from (time, address, bytes) events, each free paired with the
+    allocation at its address. A free the profiler did not record (made on a thread it does not
+    profile) is inferred when the address is handed out again; until then the block counts as alive.
+    Frees of blocks allocated before profiling began are not counted (callers add what was resident)."""
     live: dict[int, int] = {}
     now = peak = 0
     for _, address, nbytes in sorted(events):
@@ -325,6 +339,24 @@ def live_bytes_peak(events) -> int:
         elif nbytes < 0:
             now -= live.pop(address, 0)
     return peak
+
+
+@contextlib.contextmanager
+def count_cpu_allocations():
+    """Have torch's CPU allocator count the allocations and frees of every thread while profiling
+    (c10's `caffe2_report_cpu_memory_usage` flag; no Python API sets it, so through ctypes). Yields
+    whether it could (False: the flag is not in this build's libc10)."""
+    try:
+        flag = ctypes.c_bool.in_dll(ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so")),
+                                    "FLAGS_caffe2_report_cpu_memory_usage")
+    except (OSError, ValueError):
+        yield False
+        return
+    before, flag.value = flag.value, True
+    try:
+        yield True
+    finally:
+        flag.value = before
 
 
 def _proc_status(key: str) -> int | None:

@@ -10,6 +10,7 @@ rank 0 alone decodes and returns the Clip.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -23,6 +24,7 @@ from ovi.parallel.memory import (
     PeakMeter,
     allocated_peak,
     auto_candidates,
+    count_cpu_allocations,
     choose_strategy,
     estimate,
     free_device_memory,
@@ -105,12 +107,14 @@ class RankEngine:
 
         resident = resident_tensor_bytes(self.engine)
         self.meter.reset()
-        clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
+        cpu_memory = self.config.profile_memory and self.engine.device.type == "cpu"
+        with count_cpu_allocations() if cpu_memory else contextlib.nullcontext(False) as every_thread:
+            clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
         prof = self.engine.last_profile
         if self.config.profile_comms and prof is not None:
             self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
-        if self.config.profile_memory and self.engine.device.type == "cpu" and prof is not None:
-            self.allocated_peaks.append(resident + allocated_peak(prof))
+        if cpu_memory and prof is not None:
+            self.allocated_peaks.append(resident + allocated_peak(prof, every_thread=every_thread))
         self.generation_peaks.append(self.meter.peak())
         if clip is not None:
             clip.meta["comm"] = self.comm_stats.summary()
