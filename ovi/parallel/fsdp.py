@@ -383,7 +383,8 @@ def shard_text_encoder(encoder: nn.Module, mesh: DeviceMesh, *, offload: bool = 
 
 class FsdpLoader:
     """A `fusion_loader` for ovi.pipeline.components.load_components: loads shard by shard and keeps
-    the ShardedFusionModel it made (`.sharded`)."""
+    the ShardedFusionModel it made (`.sharded`); with shard_text_model its `shard_text` is the
+    `text_placer` (`.text`: the ShardedTextEncoder)."""
 
     def __init__(self, dims: ParallelDims, device: torch.device):
         self.dims, self.device = dims, device
