@@ -78,7 +78,7 @@ class OviConfig:
     image_path: str | None = None
     video_negative_prompt: str = "jitter, bad hands, blur, distortion"
     audio_negative_prompt: str = "robotic, muffled, echo, distorted"
-    shard_text_model: bool = False
+    shard_text_model: bool = False          # shard the umT5 text encoder with FSDP too (needs use_fsdp)
     # --- the seed fork's keys --------------------------------------------------------------------
     use_fsdp: bool = False
     fsdp_sharding_strategy: str = "FULL_SHARD"
@@ -90,6 +90,7 @@ class OviConfig:
     model: str | None = None                # architecture preset; None -> derived from model_name
     attention_backend: str = "auto"
     cfg_parallel: bool = False
+    world_size: int | None = None           # ranks to run; null: cfg x sp. More only with FSDP (replicas hold shards)
     lora: list = field(default_factory=list)  # [{path, weight, name, merge}] or "path:weight" strings
     lightning: bool = False
     dtype: str = "auto"
@@ -150,9 +151,6 @@ class OviConfig:
                 off = "[]" if key == "lora" else "false"
                 problems.append(f"{key}: {show(getattr(self, key))} is not available until the {feature} "
                                 f"feature lands; set {key}: {off}")
-        if self.shard_text_model:
-            problems.append("shard_text_model: true is not supported (upstream Ovi refuses it too); "
-                            "set shard_text_model: false")
         if problems:
             raise NotAvailableError("; ".join(problems))
 
@@ -290,7 +288,7 @@ def _check_types(cfg: OviConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "device_memory_gb"):
+        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "world_size", "device_memory_gb"):
             continue  # checked on their own below
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -349,6 +347,9 @@ def _validate(cfg: OviConfig) -> None:
                                     or cfg.sp_size < 1):
         raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism), or null to "
                                             "use every rank")
+    if cfg.world_size is not None and (isinstance(cfg.world_size, bool) or not isinstance(cfg.world_size, int)
+                                       or cfg.world_size < 1):
+        raise _fail("world_size", cfg.world_size, "must be a number of ranks (at least 1), or null for cfg x sp")
     if cfg.device_memory_gb is not None and (isinstance(cfg.device_memory_gb, bool)
                                              or not isinstance(cfg.device_memory_gb, (int, float))
                                              or cfg.device_memory_gb <= 0):

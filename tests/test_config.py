@@ -221,10 +221,9 @@ def test_pending_features_load_but_refuse_to_run(key, value, feature):
     assert f"set {key}: {'[]' if key == 'lora' else 'false'}" in msg
 
 
-def test_require_available_allows_sp_and_refuses_shard_text_model():
+def test_require_available_allows_sp_and_shard_text_model():
     load_config(None, sp_size=4, fp8=True, cpu_offload=True).require_available()
-    with pytest.raises(NotAvailableError, match="shard_text_model: true is not supported.*upstream"):
-        load_config(None, shard_text_model=True).require_available()
+    load_config(None, use_fsdp=True, shard_text_model=True).require_available()  # FSDP shards it (ParallelDims checks)
     both = load_config(None, qint8=True, lightning=True)
     with pytest.raises(NotAvailableError, match="lightning: true.*; qint8: true"):
         both.require_available()
@@ -253,4 +252,4 @@ def test_parse_set_option():
 def test_every_field_is_a_known_key():
     assert set(UPSTREAM_KEYS) | set(SEED_KEYS) | {
         "model", "attention_backend", "cfg_parallel", "lora", "lightning", "dtype", "device",
-        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb"} == set(FIELDS)
+        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb", "world_size"} == set(FIELDS)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
+from ovi.checkpoint.loading import read_rows_from
 from ovi.errors import CheckpointError
 from ovi.specs import BYTE_TOKENIZER_FILE, T5_DIR, T5_FILE, TOKENIZER_DIR, WORD_TOKENIZER_FILE
 
@@ -134,11 +135,22 @@ def make_t5(architecture: str | dict):
     return UMT5EncoderModel(config)
 
 
+def _check_fits(weights: Path, architecture: str, model, sd: dict[str, torch.Tensor]) -> None:
+    """What load_state_dict(strict=True) checks, for a sharded load that copies rows instead."""
+    want = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    problems = [f"missing {k}" for k in want if k not in sd] + [f"unexpected {k}" for k in sd if k not in want]
+    problems += [f"{k}: {tuple(sd[k].shape)} in the file, {shape} in the model" for k, shape in want.items()
+                 if k in sd and tuple(sd[k].shape) != shape]
+    if problems:
+        raise CheckpointError(f"{weights} does not fit the '{architecture}' umT5 encoder: {'; '.join(problems[:8])}")
+
+
 class T5TextEncoder:
     """encode(texts) -> list of [true_len, d_model] embeddings (trimmed; the DiT re-pads them)."""
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self.reads = None  # RowReads of a sharded load
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +158,12 @@ class T5TextEncoder:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_checkpoint_dir(cls, ckpt_dir, architecture: str, dtype=torch.float32, device="cpu"):
+    def from_checkpoint_dir(cls, ckpt_dir, architecture: str, dtype=torch.float32, device="cpu", *, place=None):
+        """The encoder of `architecture` from upstream's layout under `ckpt_dir`, in `dtype` on `device`.
+
+        `place(meta_model) -> {name: (destination, first_row)}` loads it sharded instead: the model is
+        built on the meta device, `place` shards it and gives it empty local tensors, and only those rows
+        of each tensor are read from the memory-mapped file (`reads` records them)."""
         base = Path(ckpt_dir) / T5_DIR
         weights, tok_dir = base / T5_FILE, base / TOKENIZER_DIR
         if not weights.is_file():
@@ -158,7 +175,15 @@ class T5TextEncoder:
         except KeyError as exc:
             raise CheckpointError(f"{weights}: unexpected key {exc} for Wan's umT5 encoder") from exc
         with torch.device("meta"):
-            model = make_t5(architecture)
+            model = make_t5(architecture).to(dtype)
+        if place is not None:
+            _check_fits(weights, architecture, model, sd)
+            model.requires_grad_(False)
+            with torch.no_grad():
+                reads = read_rows_from(sd, place(model))
+            encoder = cls(model.eval(), tokenizer)
+            encoder.reads = reads
+            return encoder
         try:
             model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
         except RuntimeError as exc:

@@ -59,10 +59,12 @@ class Components:
         }
 
 
-def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None) -> Components:
+def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None, text_placer=None
+                    ) -> Components:
     """Every component of `cfg` in `dtype` (on the CPU with cpu_offload). `fusion_loader(path,
     architecture, storage=, compute=)` loads the fusion DiT instead of a plain `load_fusion_model`
-    on the device (FSDP's sharded loading; ovi.parallel.fsdp)."""
+    on the device (FSDP's sharded loading; ovi.parallel.fsdp); `text_placer(meta_model)` shards the
+    text encoder and has only this rank's rows read (shard_text_model; T5TextEncoder)."""
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
     load_device = torch.device("cpu") if cfg.cpu_offload else device
@@ -87,7 +89,8 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loa
     if fusion_loader is None:
         fusion_loader = functools.partial(load_fusion_model, device=load_device)
     model = fusion_loader(ckpt, architecture, storage=storage, compute=dtype)
-    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device)
+    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device,
+                                             place=text_placer)
     if codecs == "toy":
         return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)
     if codecs == "shapes":

@@ -20,6 +20,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.distributed.fsdp import FSDPModule
 from torch.profiler import record_function
 
 from ovi import __version__
@@ -164,7 +165,8 @@ class Engine:
         cfg.require_available()
         dims = ParallelDims.from_config(cfg)
         if dims.world_size > 1:
-            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
+            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} / world_size {cfg.world_size} "
+                             f"need {dims.world_size} ranks: "
                              "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
                              "Engine")
         if dims.needs_process_group:
@@ -235,8 +237,9 @@ class Engine:
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module | None):
-        """With cpu_offload, keep `module` on the accelerator only while it is used."""
-        if module is None or not self.config.cpu_offload or self.device.type == "cpu":
+        """With cpu_offload, keep `module` on the accelerator only while it is used (an FSDP-sharded
+        module places its own shards: fsdp_cpu_offload)."""
+        if module is None or not self.config.cpu_offload or self.device.type == "cpu" or isinstance(module, FSDPModule):
             yield module
             return
         module.to(self.device)

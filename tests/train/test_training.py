@@ -28,7 +28,9 @@ def _fixed_batch_loss(tr, ds):
 
 
 def test_a_few_steps_from_scratch_lower_the_loss_and_export_loads(tmp_path):
-    cfg = TrainConfig(data="gate", steps=30, batch=4, lr=1e-3, warmup=5, eval_every=0, ckpt_every=1000)
+    # threads: keep the test process's own setting (the recipe's 2 would leak into later tests)
+    cfg = TrainConfig(data="gate", steps=30, batch=4, lr=1e-3, warmup=5, eval_every=0, ckpt_every=1000,
+                      threads=torch.get_num_threads())
     fresh = Trainer(cfg, tmp_path)  # the same seeded init train() starts from
     ds = Dataset(make_specs(cfg), fresh.tokenizer, fresh.vcodec, fresh.acodec)
     before = _fixed_batch_loss(fresh, ds)
