@@ -78,7 +78,7 @@ def main(path: str) -> int:
                           "rel_err_vs_cpu_fp32": rel, "forward_seconds": secs}, out)
                     del model
         for tensor_cores in (False, True):
-            cfg = ovi.load_config(ckpt_dir=f"{root}/tiny", device="cuda", dtype="bf16", use_tensor_cores=tensor_cores)
+            cfg = ovi.load_config(model_name="tiny", ckpt_dir=f"{root}/tiny", device="cuda", dtype="bf16", use_tensor_cores=tensor_cores)
             engine = ovi.Engine.from_config(cfg)
             clip = engine.generate("a red ball bounces")
             emit({"check": "engine_generate", "use_tensor_cores": tensor_cores, "timings": clip.meta["timings"],

@@ -4,8 +4,9 @@ What the CPU machines cannot show, recorded as JSON lines:
   - configure_fsdp_for_ampere on CUDA: bf16 MixedPrecisionPolicy over fp32 weights, one nccl rank,
     output vs the fp32 CPU reference and max_memory_allocated;
   - WorkerGroups on nccl (one rank per GPU; one rank on a 1-GPU machine): NO_SHARD, FULL_SHARD with
-    fsdp_cpu_offload (pinned host shards), fp8 + FULL_SHARD, and with >= 2 GPUs FULL_SHARD /
-    SHARD_GRAD_OP over the GPUs: final latents vs NO_SHARD, CUDA peak vs the memory model's estimate;
+    fsdp_cpu_offload (pinned host shards; also with the text encoder sharded: FSDP moves its inputs),
+    fp8 + FULL_SHARD, and with >= 2 GPUs FULL_SHARD / SHARD_GRAD_OP / shard_text_model over the GPUs:
+    final latents vs NO_SHARD, CUDA peak vs the memory model's estimate;
   - the real architecture at real size with random weights: one fused forward at the 720x720 5 s token
     count (parameters + activations vs the estimate), and the Wan2.2 VAE decoding a 5 s 704x704 clip
     (the decode working memory the model only guesses).
@@ -27,12 +28,15 @@ def _worker_group_points(emit, out, root: str, arch: str, hw, gpus: int, device:
     ckpt = make_random_checkpoint(f"{root}/{arch}", arch, fp8=True)
     points = [("NO_SHARD", 1, {}), ("FULL_SHARD+offload", 1, dict(fsdp_sharding_strategy="FULL_SHARD",
                                                                    fsdp_cpu_offload=True)),
-              ("FULL_SHARD fp8", 1, dict(fsdp_sharding_strategy="FULL_SHARD", fp8=True))]
+              ("FULL_SHARD fp8", 1, dict(fsdp_sharding_strategy="FULL_SHARD", fp8=True)),
+              ("FULL_SHARD+offload+text", 1, dict(fsdp_sharding_strategy="FULL_SHARD", fsdp_cpu_offload=True,
+                                                  shard_text_model=True))]
     if gpus >= 2:
         points += [("FULL_SHARD", gpus, dict(fsdp_sharding_strategy="FULL_SHARD")),
                    ("SHARD_GRAD_OP", gpus, dict(fsdp_sharding_strategy="SHARD_GRAD_OP")),
                    ("FULL_SHARD fp8", gpus, dict(fsdp_sharding_strategy="FULL_SHARD", fp8=True)),
-                   ("FULL_SHARD alone", gpus, dict(fsdp_sharding_strategy="FULL_SHARD", sp_size=1))]
+                   ("FULL_SHARD alone", gpus, dict(fsdp_sharding_strategy="FULL_SHARD", sp_size=1)),
+                   ("FULL_SHARD+text", gpus, dict(fsdp_sharding_strategy="FULL_SHARD", shard_text_model=True))]
     reference = {}
     for name, world, overrides in points:
         fsdp = dict(use_fsdp=True, **overrides) if overrides else {}
@@ -50,6 +54,7 @@ def _worker_group_points(emit, out, root: str, arch: str, hw, gpus: int, device:
               "estimated_peak_bytes": mems[0]["estimated_peak_bytes"],
               "measured_over_estimate": max(m["peak_bytes_per_rank"] for m in mems) / mems[0]["estimated_peak_bytes"],
               "param_bytes_per_rank": max(m["param_bytes_per_rank"] for m in mems),
+              "text_param_bytes_per_rank": max(m["text_param_bytes_per_rank"] for m in mems),
               "peak_param_bytes_per_rank": max(m["peak_param_bytes_per_rank"] for m in mems),
               "measured_peak": mems[0]["measured_peak"], "denoise_seconds": clip.meta["timings"]["denoise"]}, out)
 

@@ -103,9 +103,44 @@ def plot_fsdp(records: list[dict]) -> None:
     fig.savefig(PLOTS / "fsdp.png", dpi=110)
 
 
+def plot_quality(records: list[dict]) -> None:
+    """Held-out accuracy and bounce sync of the trained tiny model against sampling steps, with the
+    untrained floor and the training data's ceiling as reference lines."""
+    trained = sorted((r for r in records if r["weights"] == "trained" and r.get("kind") is None),
+                     key=lambda r: r["steps"])
+    refs = {r["weights"]: r for r in records if r["weights"] in ("untrained", "data+codec")}
+    fig, (acc, sync) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["steps"] for r in trained]
+    for key, color in (("color", "tab:red"), ("motion", "tab:blue"), ("pitch", "tab:green")):
+        acc.plot(steps, [r[f"{key}_accuracy"] for r in trained], marker="o", color=color, label=f"{key} (trained)")
+        if "untrained" in refs:
+            acc.axhline(refs["untrained"][f"{key}_accuracy"], color=color, ls=":", lw=1)
+    acc.axhline(0.9, color="grey", ls="--", lw=1, label="goal 0.9")
+    acc.set_xscale("log", base=2)
+    acc.set_xticks(steps, [str(s) for s in steps])
+    acc.set_ylim(-0.05, 1.05)
+    acc.set_xlabel("sampling steps")
+    acc.set_ylabel("held-out accuracy (dotted: untrained floor)")
+    acc.legend(fontsize=8)
+    sync.plot(steps, [r["sync_error_frames"] for r in trained], marker="o", color="tab:purple", label="trained")
+    for name, ls in (("untrained", ":"), ("data+codec", "--")):
+        if name in refs and refs[name]["sync_error_frames"] is not None:
+            sync.axhline(refs[name]["sync_error_frames"], color="grey", ls=ls, lw=1, label=name)
+    sync.set_xscale("log", base=2)
+    sync.set_xticks(steps, [str(s) for s in steps])
+    sync.set_xlabel("sampling steps")
+    sync.set_ylabel("bounce: |contact - click| (frames)")
+    sync.legend(fontsize=8)
+    fig.suptitle(f"trained tiny Ovi, {trained[0]['held_out_combinations']} held-out combinations x "
+                 f"{trained[0]['seeds']} seeds" if trained else "trained tiny Ovi")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "quality.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("lora", plot_lora)):
+    for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("quality", plot_quality),
+                       ("lora", plot_lora)):
         records = load(name)
         if records:
             plot(records)

@@ -26,11 +26,17 @@ from ovi.request import (
     config_field_check,
     show,
 )
-from ovi.specs import MODEL_SPECS
+from ovi.specs import BUNDLED_CKPT_DIR, BUNDLED_WEIGHTS_DIR, MODEL_SPECS
 
 # Shipped yaml files live inside the package so they exist in a wheel too; configs/*.yaml at the repo
 # root are identical copies for people browsing the repo (a test keeps them in sync).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_ckpt_dir(model_name: str) -> Path:
+    """Where `ckpt_dir: bundled` points for `model_name`: weights shipped inside the package (upstream's
+    layout), so the embedded default finds them from any working directory and in an installed wheel."""
+    return Path(__file__).resolve().parent / BUNDLED_WEIGHTS_DIR / model_name
 DEFAULT_CONFIG = "tiny"
 
 FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
@@ -70,7 +76,7 @@ class OviConfig:
     image_path: str | None = None
     video_negative_prompt: str = "jitter, bad hands, blur, distortion"
     audio_negative_prompt: str = "robotic, muffled, echo, distorted"
-    shard_text_model: bool = False
+    shard_text_model: bool = False          # shard the umT5 text encoder with FSDP too (needs use_fsdp)
     # --- the seed fork's keys --------------------------------------------------------------------
     use_fsdp: bool = False
     fsdp_sharding_strategy: str = "FULL_SHARD"
@@ -82,6 +88,7 @@ class OviConfig:
     model: str | None = None                # architecture preset; None -> derived from model_name
     attention_backend: str = "auto"
     cfg_parallel: bool = False
+    world_size: int | None = None           # ranks to run; null: cfg x sp. More only with FSDP (replicas hold shards)
     lora: list = field(default_factory=list)  # [{path, weight, name, merge[, branch]}] or "path:weight" strings
     lightning: bool = False                   # few-step Lightning profile (ovi.lora.presets)
     dtype: str = "auto"
@@ -119,12 +126,18 @@ class OviConfig:
 
     def replace(self, **overrides) -> "OviConfig":
         """A validated copy with `overrides` applied. If `model_name` changes and `model` was the
-        architecture derived from the old name (and is not overridden), it is derived again."""
+        architecture derived from the old name (and is not overridden), it is derived again; so is a
+        ckpt_dir that was the old name's bundled weights (`ckpt_dir: bundled`): the new name's bundled
+        weights, or upstream's default ./ckpts when it has none."""
         data = self.to_dict()
         if "model_name" in overrides and "model" not in overrides:
             old = MODEL_SPECS.get(self.model_name)
             if old is not None and self.model == old.architecture:
                 data["model"] = None
+        if "model_name" in overrides and "ckpt_dir" not in overrides \
+                and Path(self.ckpt_dir) == bundled_ckpt_dir(self.model_name):
+            new = MODEL_SPECS.get(overrides["model_name"])
+            data["ckpt_dir"] = BUNDLED_CKPT_DIR if new is not None and new.bundled else OviConfig.ckpt_dir
         return load_config(data, **overrides)
 
     def require_available(self) -> None:
@@ -135,9 +148,6 @@ class OviConfig:
             if getattr(self, key):
                 problems.append(f"{key}: {show(getattr(self, key))} is not available until the {feature} "
                                 f"feature lands; set {key}: false")
-        if self.shard_text_model:
-            problems.append("shard_text_model: true is not supported (upstream Ovi refuses it too); "
-                            "set shard_text_model: false")
         if problems:
             raise NotAvailableError("; ".join(problems))
 
@@ -275,7 +285,7 @@ def _check_types(cfg: OviConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "device_memory_gb"):
+        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "world_size", "device_memory_gb"):
             continue  # checked on their own below
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -314,6 +324,15 @@ def _validate(cfg: OviConfig) -> None:
     elif cfg.model not in architectures:
         raise _fail("model", cfg.model, f"unknown architecture preset; choose one of {', '.join(architectures)} "
                                         f"(or leave it out to follow model_name)")
+    if cfg.ckpt_dir == BUNDLED_CKPT_DIR:
+        spec = MODEL_SPECS[cfg.model_name]
+        if not spec.bundled or cfg.model != spec.architecture:
+            shipped = ", ".join(n for n, s in MODEL_SPECS.items() if s.bundled)
+            raise _fail("ckpt_dir", cfg.ckpt_dir, f"model_name {cfg.model_name!r} (architecture {cfg.model!r}) has no "
+                                                  f"bundled weights (only {shipped} ships with the package); set ckpt_dir "
+                                                  "to a checkpoint folder in upstream's layout (the random presets tiny "
+                                                  "and mid make theirs on first use, e.g. ./outputs/tiny_ckpt)")
+        cfg.ckpt_dir = str(bundled_ckpt_dir(cfg.model_name))
 
     if isinstance(cfg.profile_dir, Path):
         cfg.profile_dir = str(cfg.profile_dir)
@@ -325,6 +344,9 @@ def _validate(cfg: OviConfig) -> None:
                                     or cfg.sp_size < 1):
         raise _fail("sp_size", cfg.sp_size, "must be at least 1 (1 = no sequence parallelism), or null to "
                                             "use every rank")
+    if cfg.world_size is not None and (isinstance(cfg.world_size, bool) or not isinstance(cfg.world_size, int)
+                                       or cfg.world_size < 1):
+        raise _fail("world_size", cfg.world_size, "must be a number of ranks (at least 1), or null for cfg x sp")
     if cfg.device_memory_gb is not None and (isinstance(cfg.device_memory_gb, bool)
                                              or not isinstance(cfg.device_memory_gb, (int, float))
                                              or cfg.device_memory_gb <= 0):

@@ -11,7 +11,7 @@ def _records(capsys):
 
 
 def test_bench_pipeline_fields(capsys, tiny_ckpt):
-    assert main(["bench", "pipeline", "--json", "--runs", "1", "--set", f"ckpt_dir={tiny_ckpt}",
+    assert main(["bench", "pipeline", "--json", "--runs", "1", "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}",
                  "--set", "sample_steps=2"]) == 0
     (rec,) = _records(capsys)
     for key in ("bench", "config", "world_size", "stage_seconds", "non_model_share", "flops_per_step", "achieved_flops"):

@@ -39,7 +39,7 @@ def test_csv_batch_with_tags_and_save_latents(tmp_path, tiny_ckpt):
         w.writerow(["<S>Hello there<E> a man speaks. <AUDCAP>Clear male voice<ENDAUDCAP>"])
         w.writerow(["Rain on a window. <AUDCAP>Soft rain<ENDAUDCAP>"])
     out = tmp_path / "out"
-    code = main(["generate", "--prompt", str(prompts), "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2",
+    code = main(["generate", "--prompt", str(prompts), "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2",
                  "--out", str(out), "--save-latents", "--quiet", "--set", "each_example_n_times=2"])
     assert code == 0
     assert len(list(out.glob("*.mp4"))) == 4
@@ -58,7 +58,7 @@ def test_csv_batch_with_tags_and_save_latents(tmp_path, tiny_ckpt):
 ])
 def test_bad_input_exits_2_and_writes_no_clip(tmp_path, tiny_ckpt, capsys, args, message):
     out = tmp_path / "out"
-    code = main(["generate", "--quiet", "--set", f"ckpt_dir={tiny_ckpt}", "--out", str(out), *args])
+    code = main(["generate", "--quiet", "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--out", str(out), *args])
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
@@ -71,6 +71,6 @@ def test_corrupt_checkpoint_exits_2(tmp_path, tiny_ckpt, capsys):
     shutil.copytree(tiny_ckpt, ckpt)
     f = ckpt / "Ovi" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
-    code = main(["generate", "--quiet", "--set", f"ckpt_dir={ckpt}", "--out", str(tmp_path / "out")])
+    code = main(["generate", "--quiet", "--set", "model_name=tiny", "--set", f"ckpt_dir={ckpt}", "--out", str(tmp_path / "out")])
     assert code == 2 and "model.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import yaml
 
 from ovi.config import (
     CONFIG_DIR,
+    bundled_ckpt_dir,
     FIELDS,
     OviConfig,
     load_config,
@@ -37,10 +38,11 @@ def test_no_argument_gives_the_embedded_tiny_default():
     cfg = load_config()
     assert cfg == load_config(REPO_CONFIGS / "tiny.yaml")
     assert (cfg.model_name, cfg.model, cfg.ckpt_dir, cfg.output_dir) == (
-        "tiny", "tiny", "./outputs/tiny_ckpt", "./outputs")
+        "tiny_trained", "tiny_trained", str(bundled_ckpt_dir("tiny_trained")), "./outputs")
+    assert Path(cfg.ckpt_dir) == CONFIG_DIR.parent / "weights" / "tiny_trained"  # inside the package
     assert (cfg.sample_steps, cfg.mode, cfg.video_frame_height_width, cfg.seed, cfg.dtype) == (
         8, "t2v", [128, 128], 103, "fp32")
-    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (1, None, "unipc")  # sp fills from the ranks
+    assert (cfg.slg_layer, cfg.sp_size, cfg.solver_name) == (-1, None, "unipc")  # sp fills from the ranks
     assert cfg.text_prompt  # the default run has something to generate
     cfg.require_available()
 
@@ -160,7 +162,7 @@ def test_overrides_apply_on_top_and_values_are_normalised():
     assert (cfg.seed, cfg.shift, cfg.fsdp_sharding_strategy) == (7, 3.0, "SHARD_GRAD_OP")
     assert isinstance(cfg.shift, float) and cfg.video_frame_height_width == [256, 320]
     assert cfg.ckpt_dir == "/data/ckpts" and cfg.height_width == (256, 320)
-    assert cfg.slg_layer_index is None and load_config().slg_layer_index == 1
+    assert cfg.slg_layer_index is None and load_config(None, slg_layer=1).slg_layer_index == 1
     assert load_config(None, slg_layer=0).slg_layer_index is None
     assert load_config(None, slg_layer=-1).slg_layer_index is None
 
@@ -187,10 +189,21 @@ def test_to_dict_round_trips_and_replace_validates():
         cfg.replace(sed=1)
 
 
+def test_bundled_ckpt_dir_is_only_for_models_that_ship_weights():
+    with pytest.raises(ConfigError, match="ckpt_dir 'bundled': model_name 'tiny' .* has no bundled weights.*"
+                                          "set ckpt_dir"):
+        load_config(None, model_name="tiny")
+    with pytest.raises(ConfigError, match="has no bundled weights"):
+        load_config(None, model="tiny")  # tiny dims cannot load the trained weights
+    assert load_config(None, model_name="tiny", ckpt_dir="x").ckpt_dir == "x"
+
+
 def test_replace_model_name_rederives_the_architecture_unless_set():
     cfg = load_config()
     assert cfg.replace(model_name="720x720_5s").model == "ovi"
-    pinned = load_config(None, model_name="720x720_5s", model="tiny")  # tiny dims, 720 spec
+    assert cfg.replace(model_name="720x720_5s").ckpt_dir == "./ckpts"  # the bundled folder was tiny_trained's
+    assert cfg.replace(model_name="720x720_5s", ckpt_dir="/w").ckpt_dir == "/w"
+    pinned = load_config(None, model_name="720x720_5s", model="tiny", ckpt_dir="c")  # tiny dims, 720 spec
     assert pinned.replace(model_name="960x960_5s").model == "tiny"  # explicit choice is kept
     assert cfg.replace(model_name="720x720_5s", model="tiny").model == "tiny"
 
@@ -207,14 +220,12 @@ def test_pending_features_load_but_refuse_to_run(key, value, feature):
     assert f"set {key}: false" in msg
 
 
-def test_require_available_allows_sp_and_refuses_shard_text_model():
+def test_require_available_allows_sp_and_shard_text_model():
     load_config(None, sp_size=4, fp8=True, cpu_offload=True).require_available()
-    with pytest.raises(NotAvailableError, match="shard_text_model: true is not supported.*upstream"):
-        load_config(None, shard_text_model=True).require_available()
+    load_config(None, use_fsdp=True, shard_text_model=True).require_available()  # FSDP shards it (ParallelDims checks)
     load_config(None, lora=["a.safetensors:0.5"], lightning=True).require_available()  # LoRA has landed
-    both = load_config(None, qint8=True, shard_text_model=True)
-    with pytest.raises(NotAvailableError, match="qint8: true.*; shard_text_model: true"):
-        both.require_available()
+    with pytest.raises(NotAvailableError, match="qint8: true is not available"):
+        load_config(None, qint8=True, lightning=True).require_available()
     load_config(None, use_fsdp=True, fsdp_sharding_strategy="auto").require_available()  # FSDP has landed
 
 
@@ -240,4 +251,4 @@ def test_parse_set_option():
 def test_every_field_is_a_known_key():
     assert set(UPSTREAM_KEYS) | set(SEED_KEYS) | {
         "model", "attention_backend", "cfg_parallel", "lora", "lightning", "dtype", "device",
-        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb"} == set(FIELDS)
+        "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb", "world_size"} == set(FIELDS)

@@ -29,7 +29,13 @@ def test_doctor_json_rows_follow_the_memory_model(capsys):
     machine, rows = records[0], records[1:]
     assert machine["doctor"] == "machine" and machine["gloo"] is True
     assert {r["gpus"] for r in rows} == {4} and {r["model_name"] for r in rows} == {"960x960_10s"}
-    by = {(r["sp"], r["strategy"], r["fsdp_cpu_offload"], r["cpu_offload"], r["fp8"]): r for r in rows}
+    by = {(r["sp"], r["strategy"], r["fsdp_cpu_offload"], r["cpu_offload"], r["fp8"]): r for r in rows
+          if not r["shard_text_model"]}
+    text = {(r["sp"], r["strategy"]): r for r in rows if r["shard_text_model"] and not (
+        r["fsdp_cpu_offload"] or r["cpu_offload"] or r["fp8"])}
+    # shard_text_model: the umT5's 11.4 GB split over the 4 GPUs instead of held whole by each
+    assert text[(4, "FULL_SHARD")]["peak_gb"] < by[(4, "FULL_SHARD", False, False, False)]["peak_gb"] - 5
+    assert (4, "NO_SHARD") not in text  # only a sharding strategy shards it
     none, full = by[(4, "NO_SHARD", False, False, False)], by[(4, "FULL_SHARD", False, False, False)]
     assert full["peak_gb"] < none["peak_gb"] and not none["fits"]
     assert by[(4, "SHARD_GRAD_OP", False, False, False)]["peak_gb"] > none["peak_gb"]

@@ -59,6 +59,8 @@ def measure(arch: str, world: int, strategy: str, layout: str, steps: int, ckpt_
               "estimated_peak_bytes": ranks[0]["estimated_peak_bytes"],
               "measured_over_estimate": top("peak_bytes_per_rank") / ranks[0]["estimated_peak_bytes"],
               "per_rank_peak_bytes": [r["peak_bytes_per_rank"] for r in ranks],
+              "text_param_bytes_per_rank": top("text_param_bytes_per_rank"),
+              "text_total_param_bytes": ranks[0]["text_total_param_bytes"],
               "first_generation_peak_bytes_per_rank": max(first),
               "peak_rss_bytes_per_rank": max(r["peak_rss_bytes_per_rank"] or 0 for r in ranks) or None,
               "peak_param_gathered_bytes": top("peak_param_bytes_per_rank") - top("param_bytes_per_rank"),

@@ -224,11 +224,13 @@ class RowReads:
     tensors: int = 0
     largest_read: int = 0
 
-    def add(self, part: torch.Tensor) -> None:
+    def fill(self, dest: torch.Tensor, part: torch.Tensor) -> None:
+        """Copy `part` (rows just read) into `dest`, cast to its dtype, and count the read."""
         nbytes = part.numel() * part.element_size()
         self.bytes_read += nbytes
         self.tensors += 1
         self.largest_read = max(self.largest_read, nbytes)
+        dest.copy_(part.to(dest.dtype))
 
 
 def read_rows(path: str | Path, targets: dict[str, tuple[torch.Tensor, int]]) -> RowReads:
@@ -238,24 +240,25 @@ def read_rows(path: str | Path, targets: dict[str, tuple[torch.Tensor, int]]) ->
     A safetensors file is read slice by slice (`get_slice`: only those rows leave the disk); a .pt file
     is memory-mapped, so only the pages holding those rows are touched."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_rows_from(read_state_dict(path, device="meta"), targets)  # memory-mapped
     reads = RowReads()
-
-    def fill(dest: torch.Tensor, part: torch.Tensor) -> None:
-        reads.add(part)
-        dest.copy_(part.to(dest.dtype))
-
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            names = {fusion_key(k): k for k in f.keys()}
-            for key, (dest, start) in targets.items():
-                if dest.shape[0]:
-                    fill(dest, f.get_slice(names[key])[start:start + dest.shape[0]])
-    else:
-        sd = read_state_dict(path, device="meta")  # memory-mapped
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        names = {fusion_key(k): k for k in f.keys()}
         for key, (dest, start) in targets.items():
             if dest.shape[0]:
-                fill(dest, sd[key][start:start + dest.shape[0]])
+                reads.fill(dest, f.get_slice(names[key])[start:start + dest.shape[0]])
+    return reads
+
+
+def read_rows_from(state_dict: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, int]]) -> RowReads:
+    """`read_rows` from a state dict whose tensors are memory-mapped (torch.load(mmap=True)): slicing
+    rows touches only the pages that hold them."""
+    reads = RowReads()
+    for key, (dest, start) in targets.items():
+        if dest.shape[0]:
+            reads.fill(dest, state_dict[key][start:start + dest.shape[0]])
     return reads
 
 

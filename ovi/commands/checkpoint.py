@@ -19,7 +19,8 @@ def add_checkpoint_parser(subparsers) -> None:
     mk.set_defaults(func=_make_tiny)
     ins = sub.add_parser("inspect", help="check a fusion checkpoint file (or a ckpt_dir) against the model")
     ins.add_argument("path")
-    ins.add_argument("--arch", choices=["ovi", "tiny"], default=None, help="architecture (default: closest)")
+    from ovi.model.configs import ARCHITECTURES  # plain dicts: cheap to import at parser build
+    ins.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help="architecture (default: closest)")
     ins.set_defaults(func=_inspect)
     cv = sub.add_parser("convert", help="re-save a fusion checkpoint with another storage dtype")
     cv.add_argument("src")

@@ -5,9 +5,9 @@ cores and memory, free disk where checkpoints and outputs go, and whether the co
 
 Then, for the config's model (default: the three real configs) on each machine profile (--gpus and
 --gpu-memory, else 1x24 GB, 4x24 GB as configs/rtx3090_x4.yaml, 8x80 GB, plus this machine's GPUs):
-the settings (sp, FSDP strategy, fsdp offload, cpu_offload, fp8) whose expected peak per GPU fits,
-fastest first, with the expected speed relative to one GPU running NO_SHARD in bf16 without offload.
-Peaks come from ovi.parallel.memory, the model the FSDP `auto` strategy uses; speeds from its
+the settings (sp, FSDP strategy, fsdp offload, shard_text_model, cpu_offload, fp8) whose expected peak
+per GPU fits, fastest first, with the expected speed relative to one GPU running NO_SHARD in bf16
+without offload. Peaks come from ovi.parallel.memory, the model the FSDP `auto` strategy uses; speeds from its
 spec-sheet speed model. Both are estimates (see the footnote it prints). `--measure` runs the tiny and
 mid presets on this machine's CPU and prints measured peak / estimate.
 """
@@ -125,11 +125,12 @@ def settings_for(gpus: int) -> list:
             strategy, _, offload = choice.partition("+")
             if strategy == "NO_SHARD" and replicas > 1:
                 continue  # replicas exist only to hold shards
-            for cpu_offload in (False, True):
-                for fp8 in (False, True):
-                    out.append(Setting(sp=sp, replicas=replicas, strategy=strategy,
-                                       fsdp=1 if strategy == "NO_SHARD" else gpus, fsdp_offload=bool(offload),
-                                       cpu_offload=cpu_offload, fp8=fp8))
+            for shard_text in (False, True) if strategy != "NO_SHARD" else (False,):
+                for cpu_offload in (False, True):
+                    for fp8 in (False, True):
+                        out.append(Setting(sp=sp, replicas=replicas, strategy=strategy,
+                                           fsdp=1 if strategy == "NO_SHARD" else gpus, fsdp_offload=bool(offload),
+                                           cpu_offload=cpu_offload, fp8=fp8, shard_text=shard_text))
     return out
 
 
@@ -145,7 +146,7 @@ def configured_setting(cfg, gpus: int):
     strategy = dims.fsdp_strategy if dims.fsdp_strategy not in (None, "auto") else "NO_SHARD"
     return Setting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp, strategy=strategy,
                    fsdp=dims.fsdp if strategy != "NO_SHARD" else 1, fsdp_offload=dims.fsdp_offload,
-                   cpu_offload=cfg.cpu_offload, fp8=cfg.fp8)
+                   cpu_offload=cfg.cpu_offload, fp8=cfg.fp8, shard_text=dims.shard_text)
 
 
 def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
@@ -167,7 +168,8 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
         rows.append({"doctor": "setting", "config": config_name, "model_name": cfg.model_name, "gpus": gpus,
                      "gpu_memory_gb": memory_gb, "gpu_profile": profile.name, "label": setting.label(),
                      "sp": setting.sp, "strategy": setting.strategy, "fsdp": setting.fsdp,
-                     "fsdp_cpu_offload": setting.fsdp_offload, "cpu_offload": setting.cpu_offload, "fp8": setting.fp8,
+                     "fsdp_cpu_offload": setting.fsdp_offload, "shard_text_model": setting.shard_text,
+                     "cpu_offload": setting.cpu_offload, "fp8": setting.fp8,
                      "peak_gb": est.peak / GB, "phases_gb": {k: v / GB for k, v in est.phases.items()},
                      "fits": est.peak <= HEADROOM * memory_gb * GB, "configured": setting is configured,
                      "relative_speed": baseline / step_seconds(cfg.model, load, setting, profile, cfg.sample_steps)})
@@ -176,13 +178,14 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
 
 def _flags(row: dict) -> str:
     parts = [f"sp {row['sp']}", row["strategy"].lower().replace("_", "-")]
-    parts += ["fsdp-offload"] * row["fsdp_cpu_offload"] + ["cpu_offload"] * row["cpu_offload"] + ["fp8"] * row["fp8"]
+    parts += ["fsdp-offload"] * row["fsdp_cpu_offload"] + ["shard-text"] * row["shard_text_model"]
+    parts += ["cpu_offload"] * row["cpu_offload"] + ["fp8"] * row["fp8"]
     return ", ".join(parts)
 
 
 def print_table(rows: list[dict], show_all: bool) -> None:
     print()
-    print("| model | GPUs | setting (sp, fsdp strategy, offloads, fp8) | peak / GPU | speed vs 1 GPU |")
+    print("| model | GPUs | setting (sp, fsdp strategy, offloads, text sharding, fp8) | peak / GPU | speed vs 1 GPU |")
     print("|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -197,7 +200,7 @@ def print_table(rows: list[dict], show_all: bool) -> None:
         # fastest first; among equals, full precision before fp8, then the smaller peak
         fits = sorted((r for r in group if r["fits"]),
                       key=lambda r: (-round(r["relative_speed"], 2), r["fp8"], r["fsdp_cpu_offload"] + r["cpu_offload"],
-                                     r["peak_gb"]))
+                                     r["shard_text_model"], r["peak_gb"]))
         if not fits:
             best = min(group, key=lambda r: r["peak_gb"])
             print(f"| {model} | {machine} | nothing fits; smallest: {_flags(best)} | {best['peak_gb']:.1f} GB | - |")
@@ -263,7 +266,8 @@ def run_doctor(args) -> int:
         print_footnote()
     if args.measure:
         if not args.json:
-            print("\nMeasured on this CPU (one clip, 2 steps; peak = resident high-water mark above the size before loading)")
+            print("\nMeasured on this CPU (one clip, 2 steps, gloo ranks; peak = torch's allocator peak from "
+                  "torch.profiler's allocation events, as `ovi bench fsdp` measures it)")
         for record in measure_cpu(args.json):
             if args.json:
                 print(json.dumps(record, sort_keys=True))

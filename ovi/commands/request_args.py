@@ -1,8 +1,8 @@
 """The per-clip and engine flags that `ovi generate` and `ovi queue submit` share.
 
 Per-clip flags are built from GenerateRequest's fields (their CLI help lives in the field metadata),
-so the two commands take the same flags by construction. Engine flags (--sp, --fsdp, --set for engine
-keys, --save-latents) become the request's `engine` overrides; `--set` of a per-clip config key
+so the two commands take the same flags by construction. Engine flags (--sp, --fsdp, --world-size, --set for
+engine keys, --save-latents) become the request's `engine` overrides; `--set` of a per-clip config key
 (e.g. --set sample_steps=4) sets the request field it defaults (steps).
 """
 
@@ -54,6 +54,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group("engine settings")
     engine.add_argument("--sp", type=int, help="sequence-parallel ranks (sp_size)")
     engine.add_argument("--fsdp", metavar="STRATEGY", help="enable FSDP with this sharding strategy")
+    engine.add_argument("--world-size", type=int, metavar="N",
+                        help="ranks to run (world_size; default cfg x sp); more than cfg x sp with --fsdp: the "
+                             "extra ranks are replicas that hold shards (e.g. --world-size 4 --sp 1 --fsdp FULL_SHARD)")
     engine.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key (per-clip keys set the request field they default)")
     engine.add_argument("--save-latents", action="store_true", default=None,
@@ -90,6 +93,8 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         fields["loras"] = [{**entry, "path": lora_ref(entry["path"])} for entry in loras]
     if args.sp is not None:
         engine["sp_size"] = args.sp
+    if args.world_size is not None:
+        engine["world_size"] = args.world_size
     if args.fsdp:
         engine.update(use_fsdp=True, fsdp_sharding_strategy=args.fsdp)
     if args.save_latents:

@@ -35,10 +35,16 @@ TINY_AUDIO_CONFIG = {
 MID_VIDEO_CONFIG = {**TINY_VIDEO_CONFIG, "dim": 512, "ffn_dim": 1536, "freq_dim": 128, "num_heads": 8, "num_layers": 4}
 MID_AUDIO_CONFIG = {**TINY_AUDIO_CONFIG, "dim": 512, "ffn_dim": 1536, "freq_dim": 128, "num_heads": 8, "num_layers": 4}
 
+# The trained tiny model (`tiny_trained`, DESIGN §5): tiny's widths with a wider FFN, and text_len 32
+# (its word-level prompts are ~15 tokens; upstream pads to 512). 4 heads keep sp=2/4 possible.
+TINY_TRAINED_VIDEO_CONFIG = {**TINY_VIDEO_CONFIG, "ffn_dim": 512, "text_len": 32}
+TINY_TRAINED_AUDIO_CONFIG = {**TINY_AUDIO_CONFIG, "ffn_dim": 512, "text_len": 32}
+
 ARCHITECTURES = {
     "ovi": (OVI_VIDEO_CONFIG, OVI_AUDIO_CONFIG),
     "tiny": (TINY_VIDEO_CONFIG, TINY_AUDIO_CONFIG),
     "mid": (MID_VIDEO_CONFIG, MID_AUDIO_CONFIG),
+    "tiny_trained": (TINY_TRAINED_VIDEO_CONFIG, TINY_TRAINED_AUDIO_CONFIG),
 }
 RANDOM_ARCHITECTURES = ("tiny", "mid")  # made on demand from a seed; no downloaded weights
 

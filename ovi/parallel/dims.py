@@ -15,6 +15,11 @@ block), and each holds its own sharded copy. FULL_SHARD and SHARD_GRAD_OP shard 
 per node)), replicated across nodes. `fsdp_strategy` is None when FSDP is off, "auto" until the ranks
 resolve it (they know their devices' memory; see ovi.parallel.memory), then the strategy that runs.
 
+The number of ranks comes from the launcher (torchrun's WORLD_SIZE, `WorkerGroup(world_size=N)`) or the
+config's `world_size` (`ovi generate --world-size N`); unset, it is cfg x sp. So replicas are asked for as
+more ranks than cfg x sp with a sharding strategy (`--world-size 4 --sp 1 --fsdp FULL_SHARD`: FSDP alone
+over 4 ranks). `shard_text` (shard_text_model) shards the text encoder over the same shard groups.
+
 Built and validated once, before any process starts (`from_config`), then handed to every rank: nobody
 re-derives a degree. A degree the config leaves unset (sp_size: null) fills from the world size, as
 torchtitan fills its -1 degree.
@@ -40,6 +45,7 @@ class ParallelDims:
     fsdp: int = 1
     fsdp_strategy: str | None = None    # None: FSDP off; "auto": resolved on the ranks
     fsdp_offload: bool = False          # shards live in host memory (fsdp_cpu_offload)
+    shard_text: bool = False            # the text encoder is sharded too (shard_text_model)
 
     def __post_init__(self):
         if self.world_size < 1 or self.sp < 1 or self.cfg not in (1, 2) or self.fsdp < 1:
@@ -56,7 +62,8 @@ class ParallelDims:
                                   f"of ranks or sp_size")
             raise ConfigError(f"world size {self.world_size} must equal cfg ({self.cfg}) x sp ({self.sp}); "
                               f"set sp_size to {max(1, self.world_size // self.cfg)} (or leave it out to use every "
-                              f"rank) or change the number of ranks")
+                              f"rank), change the number of ranks (world_size), or shard with FSDP "
+                              f"(use_fsdp: true, fsdp_sharding_strategy FULL_SHARD: the extra ranks hold shards)")
         if self.per_cfg % self.fsdp:
             raise ConfigError(f"the FSDP degree {self.fsdp} must divide the {self.per_cfg} ranks of a CFG group "
                               f"(a shard group runs the same passes in lockstep)")
@@ -64,15 +71,22 @@ class ParallelDims:
             raise ConfigError(f"an FSDP degree of {self.fsdp} needs a sharding strategy, got {self.fsdp_strategy}")
         if self.fsdp_offload and not sharding:
             raise ConfigError(_OFFLOAD_NEEDS_SHARDING)
+        if self.shard_text and not sharding:
+            raise ConfigError(_TEXT_NEEDS_SHARDING)
 
     @classmethod
     def from_config(cls, cfg, world_size: int | None = None, *, ranks_per_node: int | None = None
                     ) -> "ParallelDims":
-        """The degrees a config asks for on `world_size` ranks (None: as many as the config needs),
-        checked against both backbones' head counts (Ulysses splits heads across the SP group) and the
-        FSDP settings. `ranks_per_node`: ranks on each node (None: all on one, as a WorkerGroup's)."""
+        """The degrees a config asks for on `world_size` ranks (None: the config's world_size, else as
+        many as cfg x sp), checked against both backbones' head counts (Ulysses splits heads across the
+        SP group) and the FSDP settings. `ranks_per_node`: ranks on each node (None: all on one, as a
+        WorkerGroup's)."""
         cfg_degree = 2 if cfg.cfg_parallel else 1
         sp = cfg.sp_size
+        if world_size is not None and cfg.world_size is not None and world_size != cfg.world_size:
+            raise ConfigError(f"world_size: {cfg.world_size} in the config, but {world_size} ranks were started; "
+                              f"start {cfg.world_size} ranks or set world_size to {world_size} (or null)")
+        world_size = world_size if world_size is not None else cfg.world_size
         if world_size is None:
             world_size = (sp or 1) * cfg_degree
         elif world_size < 1:
@@ -88,7 +102,7 @@ class ParallelDims:
             cls(world_size=world_size, sp=sp, cfg=cfg_degree, fsdp_strategy=strategy)  # raises the degree error
         fsdp = _fsdp_degree(cfg, world_size // cfg_degree, world_size, ranks_per_node)
         dims = cls(world_size=world_size, sp=sp, cfg=cfg_degree, fsdp=fsdp, fsdp_strategy=strategy,
-                   fsdp_offload=bool(cfg.use_fsdp and cfg.fsdp_cpu_offload))
+                   fsdp_offload=bool(cfg.use_fsdp and cfg.fsdp_cpu_offload), shard_text=bool(cfg.shard_text_model))
         video, audio = architecture(cfg.model)
         for branch, config in (("video", video), ("audio", audio)):
             dims.check_heads(config["num_heads"], branch)
@@ -116,12 +130,13 @@ class ParallelDims:
 
     def with_fsdp(self, strategy: str, offload: bool) -> "ParallelDims":
         """These dims with the strategy `auto` resolved to (NO_SHARD keeps every parameter on every rank)."""
-        return replace(self, fsdp_strategy=strategy, fsdp_offload=offload,
-                       fsdp=self.fsdp if strategy in SHARDING_STRATEGIES else 1)
+        shards = strategy in SHARDING_STRATEGIES
+        return replace(self, fsdp_strategy=strategy, fsdp_offload=offload, fsdp=self.fsdp if shards else 1,
+                       shard_text=self.shard_text and shards)
 
     def describe(self) -> dict:
         return {"world_size": self.world_size, "sp": self.sp, "cfg": self.cfg, "fsdp": self.fsdp,
-                "fsdp_strategy": self.fsdp_strategy, "fsdp_offload": self.fsdp_offload}
+                "fsdp_strategy": self.fsdp_strategy, "fsdp_offload": self.fsdp_offload, "shard_text": self.shard_text}
 
     def sp_rank(self, rank: int) -> int:
         return rank % self.sp
@@ -152,9 +167,17 @@ _OFFLOAD_NEEDS_SHARDING = ("fsdp_cpu_offload: true keeps parameter shards in hos
                            "or set fsdp_cpu_offload: false (cpu_offload: true is upstream's whole-module offload)")
 
 
+_TEXT_NEEDS_SHARDING = ("shard_text_model: true shards the text encoder with FSDP, which needs a sharding strategy; set "
+                        "use_fsdp: true with fsdp_sharding_strategy FULL_SHARD (or another sharding strategy, or "
+                        "auto), or set shard_text_model: false")
+
+
 def _fsdp_degree(cfg, per_cfg: int, world_size: int, ranks_per_node: int | None) -> int:
     """The FSDP degree the config asks for (`per_cfg`: ranks that run the same passes); ConfigError for
     combinations that cannot run."""
+    if not cfg.use_fsdp or cfg.fsdp_sharding_strategy == "NO_SHARD":
+        if cfg.shard_text_model:
+            raise ConfigError(_TEXT_NEEDS_SHARDING)
     if not cfg.use_fsdp:
         if cfg.fsdp_cpu_offload:
             raise ConfigError(_OFFLOAD_NEEDS_SHARDING)

@@ -30,6 +30,10 @@ replicate dimension).
 
 Sharded loading: the model is built on the meta device in its storage dtypes (ovi.checkpoint), sharded
 there, given empty local shards, and each rank reads only its own rows of every tensor from the file.
+
+The text encoder (`shard_text_model`): the same path over the same shard groups (`shard_text_encoder`,
+`FsdpLoader.shard_text`); units are its token embedding and each block, freed after they run, each
+block prefetching the next through FSDP's own forward hooks (they run through `forward`).
 """
 
 from __future__ import annotations
@@ -84,17 +88,23 @@ def _nbytes(params) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def unit_parameters(model: FusionModel) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """(name, parameter) pairs each unit owns, HEADS (the rest) included, as fully_shard assigns them."""
+def owned_parameters(model: nn.Module, units: dict[str, list[nn.Module]]) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """(name, parameter) pairs each of `units` owns, HEADS (the rest) included, as fully_shard assigns
+    them: a unit owns the parameters of its modules that no earlier unit owns."""
     owner = {}
-    for unit, modules in shard_units(model).items():
+    for unit, modules in units.items():
         for module in modules:
             for param in module.parameters():
                 owner.setdefault(id(param), unit)
-    out: dict[str, list] = {unit: [] for unit in [*shard_units(model), HEADS]}
+    out: dict[str, list] = {unit: [] for unit in [*units, HEADS]}
     for name, param in model.named_parameters():
         out[owner.get(id(param), HEADS)].append((name, param))
     return out
+
+
+def unit_parameters(model: FusionModel) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """(name, parameter) pairs each DiT unit owns, HEADS included."""
+    return owned_parameters(model, shard_units(model))
 
 
 def unit_param_bytes(model: FusionModel) -> dict[str, int]:
@@ -141,6 +151,16 @@ def fsdp_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
     if shard_groups == 1:
         return init_device_mesh(device_type, (dims.fsdp,), mesh_dim_names=("shard",))
     return init_device_mesh(device_type, (shard_groups, dims.fsdp), mesh_dim_names=("replicate", "shard"))
+
+
+def _free_gather_buffer_after_copy_out(unit: FSDPModule) -> None:
+    """Have the forward hooks' all-gathers free their buffer as soon as it is copied out. By default
+    FSDP2 keeps the last hook-driven gather's buffer until the next hook-driven gather (an overlap meant
+    for implicit prefetching in training); here that is the last embedding unit's buffer, held through
+    every fused block until the heads run. An async unshard (which the hooks then wait for at once)
+    frees it at copy-out; the numbers are the same. The setter lost its public name in torch 2.13."""
+    setter = getattr(unit, "set_unshard_async_op", None) or unit._set_unshard_async_op
+    setter(True)
 
 
 # ---- the block schedule ----------------------------------------------------------------------------
@@ -272,6 +292,8 @@ def shard_fusion_model(model: FusionModel, mesh: DeviceMesh, *, strategy: str, o
             units[name].set_custom_all_gather(ByteAllGather())
     fully_shard(model, **kwargs)
     units[HEADS] = model
+    for unit in units.values():
+        _free_gather_buffer_after_copy_out(unit)
     schedule = FusedBlockSchedule(model, units, sizes, {unit: params[0][0] for unit, params in owned.items()}, keep)
     log.info("FSDP %s over %d ranks%s: %d units, largest %.1f MB", strategy, mesh.size(-1),
              " (shards in host memory)" if offload else "", len(units), max(sizes.values()) / 1e6)
@@ -307,20 +329,82 @@ def load_sharded_fusion_model(path, architecture: str, *, mesh: DeviceMesh, stra
     return sharded
 
 
+# ---- the text encoder (shard_text_model) ----------------------------------------------------------
+def text_shard_units(encoder: nn.Module) -> dict[str, list[nn.Module]]:
+    """FSDP units of a transformers T5-family encoder (UMT5EncoderModel, umT5): the token embedding
+    (256k x 4096 in the real one, the largest unit) and each block; the root keeps the final norm."""
+    stack = encoder.encoder
+    return {"token_embed": [stack.embed_tokens], **{f"block.{i}": [block] for i, block in enumerate(stack.block)}}
+
+
+def tie_input_embedding(encoder: nn.Module) -> None:
+    """Make the encoder's `shared` and `encoder.embed_tokens` (tied weights, two Embedding modules) one
+    module. FSDP swaps a parameter on the modules of its unit only: the other name would keep the
+    unsharded tensor, and the root unit would gather it again."""
+    encoder.shared = encoder.encoder.embed_tokens
+
+
+@dataclass
+class ShardedTextEncoder:
+    """A text encoder under FSDP2: gathered one block at a time (the next one prefetched) whenever it
+    encodes, freed after each; `accounting()` reports its parameter bytes per rank."""
+    model: nn.Module
+    unit_bytes: dict[str, int]
+    reads: RowReads | None = None
+
+    def accounting(self) -> dict:
+        return {"text_param_bytes_per_rank": storage_bytes(self.model.parameters()),
+                "text_total_param_bytes": sum(self.unit_bytes.values()),
+                "text_largest_unit_bytes": max(self.unit_bytes.values()),
+                **({"text_load_bytes_read": self.reads.bytes_read, "text_load_largest_read": self.reads.largest_read}
+                   if self.reads is not None else {})}
+
+
+def shard_text_encoder(encoder: nn.Module, mesh: DeviceMesh, *, offload: bool = False) -> ShardedTextEncoder:
+    """Apply FSDP2 to a T5-family text encoder (meta or materialised). It runs once per clip, so under
+    every sharding strategy its units are freed right after they run (`reshard_after_forward`); each
+    block prefetches the next (FSDP's own forward prefetch: the blocks run through `forward`)."""
+    tie_input_embedding(encoder)
+    pin = mesh.device_type == "cuda"
+    kwargs = dict(mesh=mesh, reshard_after_forward=True,
+                  offload_policy=CPUOffloadPolicy(pin_memory=pin) if offload else OffloadPolicy())
+    units = text_shard_units(encoder)
+    sizes = {unit: _nbytes(p for _, p in params) for unit, params in owned_parameters(encoder, units).items()}
+    for modules in units.values():
+        fully_shard(modules, **kwargs)
+    fully_shard(encoder, **kwargs)
+    for module in [group[0] for group in units.values()] + [encoder]:
+        _free_gather_buffer_after_copy_out(module)
+    blocks = [units[f"block.{i}"][0] for i in range(len(encoder.encoder.block))]
+    for block, following in zip(blocks, blocks[1:]):
+        block.set_modules_to_forward_prefetch([following])
+    return ShardedTextEncoder(encoder, sizes)
+
+
 class FsdpLoader:
     """A `fusion_loader` for ovi.pipeline.components.load_components: loads shard by shard and keeps
-    the ShardedFusionModel it made (`.sharded`)."""
+    the ShardedFusionModel it made (`.sharded`); with shard_text_model its `shard_text` is the
+    `text_placer` (`.text`: the ShardedTextEncoder)."""
 
     def __init__(self, dims: ParallelDims, device: torch.device):
         self.dims, self.device = dims, device
         self.mesh = fsdp_mesh(dims, device.type)
         self.sharded: ShardedFusionModel | None = None
+        self.text: ShardedTextEncoder | None = None
 
     def __call__(self, path, architecture: str, *, storage: torch.dtype, compute: torch.dtype) -> FusionModel:
         self.sharded = load_sharded_fusion_model(path, architecture, mesh=self.mesh, strategy=self.dims.fsdp_strategy,
                                                  offload=self.dims.fsdp_offload, storage=storage, compute=compute,
                                                  device=self.device)
         return self.sharded.model
+
+    def shard_text(self, encoder: nn.Module) -> dict[str, tuple[torch.Tensor, int]]:
+        """A `text_placer` for ovi.pipeline.components.load_components: shard the meta-device text
+        encoder over this loader's mesh, give it empty local shards on the device (the host with
+        offload) and return, per parameter, (local shard, its first global row) for the loader to fill."""
+        self.text = shard_text_encoder(encoder, self.mesh, offload=self.dims.fsdp_offload)
+        encoder.to_empty(device=torch.device("cpu") if self.dims.fsdp_offload else self.device)
+        return {name: (param.to_local(), _row_offset(param)) for name, param in encoder.named_parameters()}
 
 
 # ---- the seed fork's entry point -------------------------------------------------------------------

@@ -3,11 +3,14 @@ and the choice the FSDP `auto` strategy makes from it. `ovi doctor` prints the s
 
 Three phases of a generation, and what is on the device in each:
 
-* text:    the text encoder (its parameters + a small working set), and whatever stays resident;
+* text:    the text encoder's parameters (with shard_text_model: its shards plus the units gathered at
+           once, as for the DiT), and whatever stays resident; its working set is not counted (the
+           real umT5's attention scores are about 0.1 GB, against 11.4 GB of parameters);
 * denoise: the DiT's parameters - all of them (NO_SHARD), this rank's shards (sharded; none on the
            device with fsdp offload) plus the units gathered at once (`ParamLayout.gathered_peak`:
-           FULL_SHARD/HYBRID about two fused blocks, the running one and the next one's gather in
-           flight; SHARD_GRAD_OP the whole model) - and the activations of one fused block (below);
+           FULL_SHARD/HYBRID the running fused block plus the next one's gather in flight, i.e. its
+           all-gather buffer and, on gloo, the flat copy gloo makes of it; SHARD_GRAD_OP the whole
+           model) - and the activations of one fused block (below);
 * decode:  the codecs' parameters and working memory (a `Workload` input).
 Upstream's `cpu_offload` keeps every component off the device except in its own phase (the DiT too,
 unless FSDP manages it). Parameter bytes are counted exactly on the meta device (storage dtypes, fp8
@@ -21,11 +24,15 @@ rotation: 5 D l b + 24 D l, with the text keys/values) and the FFN's (2 F l b + 
 against the tensors one forward really keeps alive (tests/parallel/test_memory.py). Attention kernels
 are assumed not to materialise the L x L scores (flash / SDPA without a mask).
 The estimate counts tensors, as CUDA's max_memory_allocated does (not the allocator's cache, CUDA
-context or libraries); `ovi bench fsdp` reports measured peak / estimate.
+context or libraries); `ovi bench fsdp` reports measured peak / estimate. On a CPU the measured peak
+comes from torch.profiler's allocation events, with the allocator counting every thread
+(`count_cpu_allocations`, `allocated_peak`: frees on gloo's worker threads are never recorded as
+events, and a plain running sum of the events counted those buffers alive for the rest of the run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -33,12 +40,14 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch import nn
+from torch._C._profiler import _EventType
 
 from ovi.checkpoint.loading import FP8, storage_dtype_for
 from ovi.model import FusionModel
 from ovi.model.configs import architecture as architecture_configs
 from ovi.parallel.dims import SHARDING_STRATEGIES
-from ovi.parallel.fsdp import HEADS, unit_parameters
+from ovi.parallel.fsdp import HEADS, owned_parameters, text_shard_units, tie_input_embedding, unit_parameters
 
 GB = 1e9
 
@@ -105,6 +114,15 @@ def param_layout(architecture: str, storage: torch.dtype, compute: torch.dtype) 
     return ParamLayout(units, {unit: tuple(items) for unit, items in tensors.items()})
 
 
+def text_param_layout(encoder: nn.Module) -> ParamLayout:
+    """Unit and tensor sizes of a T5-family text encoder (meta device is fine) as shard_text_encoder
+    splits it: the token embedding, each block, the root's final norm (HEADS)."""
+    tie_input_embedding(encoder)
+    tensors = {unit: tuple((p.shape[0], p.numel() // p.shape[0] * p.element_size()) for _, p in params)
+               for unit, params in owned_parameters(encoder, text_shard_units(encoder)).items()}
+    return ParamLayout({unit: sum(rows * row for rows, row in items) for unit, items in tensors.items()}, tensors)
+
+
 def storage_for(fp8: bool, compute: torch.dtype) -> torch.dtype:
     return FP8 if fp8 else compute
 
@@ -137,6 +155,7 @@ class Workload:
     text_encoder_bytes: int
     codec_bytes: int
     decode_bytes: int = 0        # the codecs' working memory while decoding one clip
+    text_layout: ParamLayout | None = None  # the text encoder's FSDP units (for shard_text_model)
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,7 @@ class Setting:
     cpu_offload: bool = False
     fp8: bool = False
     scheme: str = "optimized"
+    shard_text: bool = False     # the text encoder sharded too (with a sharding strategy)
 
     @property
     def world_size(self) -> int:
@@ -159,7 +179,7 @@ class Setting:
     def label(self) -> str:
         parts = [f"{self.world_size} ranks", f"sp={self.sp}"] + (["cfg=2"] if self.cfg == 2 else [])
         parts.append(self.strategy + ("+fsdp_offload" if self.fsdp_offload else ""))
-        parts += ["cpu_offload"] * self.cpu_offload + ["fp8"] * self.fp8
+        parts += ["shard_text"] * self.shard_text + ["cpu_offload"] * self.cpu_offload + ["fp8"] * self.fp8
         return " ".join(parts)
 
 
@@ -194,11 +214,18 @@ def estimate(architecture: str, workload: Workload, setting: Setting, *, compute
         dit_idle = 0 if setting.cpu_offload else layout.total
     acts = activation_bytes(architecture, workload.video_tokens, workload.audio_tokens, sp=setting.sp,
                             scheme=setting.scheme, compute=compute)
-    text = 0 if setting.cpu_offload else workload.text_encoder_bytes
+    if sharded and setting.shard_text and workload.text_layout is not None:
+        # the text encoder's shards stay (on the host with fsdp offload); it gathers while it encodes
+        text_layout = workload.text_layout
+        text = 0 if setting.fsdp_offload and device != "cpu" else text_layout.shard_bytes(setting.fsdp)
+        encoding = text + text_layout.gathered_peak("FULL_SHARD", setting.fsdp, gloo=device == "cpu")
+    else:
+        text = 0 if setting.cpu_offload else workload.text_encoder_bytes
+        encoding = workload.text_encoder_bytes
     codecs = 0 if setting.cpu_offload else workload.codec_bytes
     parts = {"dit_params": shards, "dit_gathered": gathered, "activations": acts, "text_encoder": text,
              "codecs": codecs}
-    phases = {"text": dit_idle + workload.text_encoder_bytes + codecs,
+    phases = {"text": dit_idle + encoding + codecs,
               "denoise": sum(parts.values()),
               "decode": dit_idle + text + workload.codec_bytes + workload.decode_bytes}
     return Estimate(setting, phases, parts, device)
@@ -213,7 +240,8 @@ def auto_candidates(base: Setting, fsdp: int, *, offload_required: bool) -> list
     replicas, which exist only to hold shards), FULL_SHARD over `fsdp` ranks, FULL_SHARD + offload (only
     the last with offload_required)."""
     full = replace(base, strategy="FULL_SHARD", fsdp=fsdp, fsdp_offload=False)
-    out = [] if offload_required else [replace(full, strategy="NO_SHARD", fsdp=1)] * (base.replicas == 1) + [full]
+    no_shard = replace(full, strategy="NO_SHARD", fsdp=1, shard_text=False)
+    out = [] if offload_required else [no_shard] * (base.replicas == 1) + [full]
     return out + [replace(full, fsdp_offload=True)]
 
 
@@ -261,15 +289,74 @@ def free_device_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def allocated_peak(prof) -> int:
-    """The largest net amount torch's allocator handed out during a torch.profiler run made with
-    profile_memory=True, from its allocation events (on a CPU, what max_memory_allocated is on CUDA)."""
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+def allocated_peak(prof, *, every_thread: bool = False) -> int:
+    """The most bytes torch's CPU allocator had handed out at once during a torch.profiler run made
+    with profile_memory=True (on a CPU, what max_memory_allocated is on CUDA), above what was alive
+    when it started.
+
+    torch.profiler records allocation events only on threads it profiles, and a collective's buffer is
+    often freed on gloo's worker thread (when it drops the last reference to the finished work): a
+    running sum of the events counts such buffers alive for the rest of the run (measured: +1-2 fused
+    blocks on mid FULL_SHARD, varying with thread timing). With `every_thread` (the run was inside
+    `count_cpu_allocations()`) each event carries the allocator's running total over every thread, and
+    the peak comes from those totals; otherwise from the events paired by address (`live_bytes_peak`,
+    an upper bound)."""
+    events = allocation_events(prof)
+    if not events:
+        return 0
+    if not every_thread:
+        return live_bytes_peak((t, address, nbytes) for t, address, nbytes, _ in events)
+    events.sort()
+    _, _, first_bytes, first_total = events[0]
+    return max(total for *_, total in events) - (first_total - first_bytes)
+
+
+def allocation_events(prof, device_type: str = "cpu") -> list[tuple[int, int, int, int]]:
+    """(time ns, address, bytes: + allocated / - freed, allocator total after it) of every allocation
+    event of `device_type` the profiler recorded (its event tree: the flat event list has no addresses)."""
+    out, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == device_type:
+            fields = event.extra_fields
+            out.append((event.start_time_ns, fields.ptr, fields.alloc_size, fields.total_allocated))
+        stack.extend(event.children)
+    return out
+
+
+def live_bytes_peak(events) -> int:
+    """Peak of the bytes alive at once from (time, address, bytes) events, each free paired with the
+    allocation at its address. A free the profiler did not record (made on a thread it does not
+    profile) is inferred when the address is handed out again; until then the block counts as alive.
+    Frees of blocks allocated before profiling began are not counted (callers add what was resident)."""
+    live: dict[int, int] = {}
     now = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        now += event.nbytes()
-        peak = max(peak, now)
+    for _, address, nbytes in sorted(events):
+        if nbytes > 0:
+            now += nbytes - live.pop(address, 0)
+            live[address] = nbytes
+            peak = max(peak, now)
+        elif nbytes < 0:
+            now -= live.pop(address, 0)
     return peak
+
+
+@contextlib.contextmanager
+def count_cpu_allocations():
+    """Have torch's CPU allocator count the allocations and frees of every thread while profiling
+    (c10's `caffe2_report_cpu_memory_usage` flag; no Python API sets it, so through ctypes). Yields
+    whether it could (False: the flag is not in this build's libc10)."""
+    try:
+        flag = ctypes.c_bool.in_dll(ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so")),
+                                    "FLAGS_caffe2_report_cpu_memory_usage")
+    except (OSError, ValueError):
+        yield False
+        return
+    before, flag.value = flag.value, True
+    try:
+        yield True
+    finally:
+        flag.value = before
 
 
 def _proc_status(key: str) -> int | None:
@@ -382,10 +469,11 @@ def step_seconds(architecture: str, workload: Workload, setting: Setting, profil
     blocks = sum(1 for unit in layout.units if unit.startswith("block."))
     n = setting.fsdp
     exposed = 0.0
+
+    def gather(nbytes):
+        seconds = nbytes * (n - 1) / n / (profile.peer_gbps * GB)
+        return seconds + (nbytes / n / (profile.pinned_gbps * GB) if setting.fsdp_offload else 0.0)
     if setting.strategy in SHARDING_STRATEGIES:
-        def gather(nbytes):
-            seconds = nbytes * (n - 1) / n / (profile.peer_gbps * GB)
-            return seconds + (nbytes / n / (profile.pinned_gbps * GB) if setting.fsdp_offload else 0.0)
         if setting.strategy == "SHARD_GRAD_OP":
             exposed = gather(layout.total) / steps
         else:
@@ -393,8 +481,11 @@ def step_seconds(architecture: str, workload: Workload, setting: Setting, profil
             hidden = max(0.0, gather(layout.block) - per_block)
             unhidden = gather(layout.total - blocks * layout.block)  # embeddings and heads: no prefetch
             exposed = passes * (blocks * hidden + unhidden)
+    text_sharded = setting.shard_text and setting.strategy in SHARDING_STRATEGIES and workload.text_layout is not None
+    if text_sharded:
+        exposed += gather(workload.text_layout.total) / steps  # the text encoder, gathered once per clip
     moved = 0
-    if setting.cpu_offload:
-        moved = workload.text_encoder_bytes + workload.codec_bytes
+    if setting.cpu_offload:  # upstream's whole-module moves (FSDP places a sharded text encoder itself)
+        moved = (0 if text_sharded else workload.text_encoder_bytes) + workload.codec_bytes
         moved += layout.total if setting.strategy not in SHARDING_STRATEGIES else 0
     return compute_s + exposed + 2 * moved / (profile.pageable_gbps * GB) / steps

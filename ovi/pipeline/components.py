@@ -6,7 +6,8 @@
     <ckpt_dir>/MMAudio/ext_weights/v1-16.pth       audio VAE         (real model only; ovi.codecs.mmaudio)
     <ckpt_dir>/MMAudio/ext_weights/best_netG.pt    BigVGAN vocoder   (real model only; ovi.codecs.mmaudio)
 
-The random-weight presets (tiny, mid) use toy codecs (ovi.codecs.toy) and make their checkpoint on first use.
+The random-weight presets (tiny, mid) use toy codecs (ovi.codecs.toy) and make their checkpoint on first use;
+the trained tiny model (tiny_trained) uses the shapes codecs (ovi.codecs.shapes) and its bundled weights.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import torch
 from ovi.checkpoint.loading import FP8, fusion_checkpoint_path, load_fusion_model
 from ovi.codecs.base import AudioCodec, VideoCodec
 from ovi.codecs.mmaudio import MMAudioCodec
+from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import T5TextEncoder
 from ovi.codecs.toy import ToyAudioCodec, ToyVideoCodec
 from ovi.codecs.wan_vae import WanVideoCodec
 from ovi.errors import CheckpointError
 from ovi.model.configs import RANDOM_ARCHITECTURES
-from ovi.pipeline.random_checkpoint import ensure_random_checkpoint
+from ovi.pipeline.random_checkpoint import RANDOM_MARKER, ensure_random_checkpoint
 from ovi.specs import (
     FP8_CHECKPOINT_FILE,
     FUSION_DIR,
@@ -57,16 +59,25 @@ class Components:
         }
 
 
-def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None) -> Components:
+def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None, text_placer=None
+                    ) -> Components:
     """Every component of `cfg` in `dtype` (on the CPU with cpu_offload). `fusion_loader(path,
     architecture, storage=, compute=)` loads the fusion DiT instead of a plain `load_fusion_model`
-    on the device (FSDP's sharded loading; ovi.parallel.fsdp)."""
+    on the device (FSDP's sharded loading; ovi.parallel.fsdp); `text_placer(meta_model)` shards the
+    text encoder and has only this rank's rows read (shard_text_model; T5TextEncoder)."""
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
     load_device = torch.device("cpu") if cfg.cpu_offload else device
+    codecs = "toy" if architecture in RANDOM_ARCHITECTURES else spec.codecs
+    marker = Path(cfg.ckpt_dir) / FUSION_DIR / RANDOM_MARKER
+    if architecture not in RANDOM_ARCHITECTURES and marker.is_file():
+        made_for = marker.read_text().strip()
+        raise CheckpointError(f"{cfg.ckpt_dir} holds a random '{made_for}' checkpoint (made on first use or by "
+                              f"`ovi checkpoint make-tiny`), not weights for '{architecture}'; set model_name: "
+                              f"{made_for} to run it, or point ckpt_dir at {architecture}'s weights")
     if architecture in RANDOM_ARCHITECTURES:
         ensure_random_checkpoint(cfg.ckpt_dir, architecture, fp8=cfg.fp8)
-    else:
+    elif codecs == "real":
         codec_files = real_codec_paths(cfg.ckpt_dir)  # checked before the large DiT loads
 
     storage = FP8 if cfg.fp8 else dtype
@@ -78,9 +89,12 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loa
     if fusion_loader is None:
         fusion_loader = functools.partial(load_fusion_model, device=load_device)
     model = fusion_loader(ckpt, architecture, storage=storage, compute=dtype)
-    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device)
-    if architecture in RANDOM_ARCHITECTURES:
+    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device,
+                                             place=text_placer)
+    if codecs == "toy":
         return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)
+    if codecs == "shapes":
+        return Components(text, model, ShapesVideoCodec(), ShapesAudioCodec(), ckpt, storage)
     video_codec, audio_codec = load_real_codecs(codec_files, dtype=dtype, device=load_device)
     return Components(text, model, video_codec, audio_codec, ckpt, storage)
 

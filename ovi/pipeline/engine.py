@@ -25,6 +25,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.distributed.fsdp import FSDPModule
 from torch.profiler import record_function
 
 from ovi import __version__
@@ -114,6 +115,14 @@ class Plan:
         return self.audio_latent_shape[0]
 
 
+def pin_fixed(latent: torch.Tensor, fixed) -> torch.Tensor:
+    """Overwrite a codec's fixed latent entries (see VideoCodec.fixed_latents); training does the same."""
+    if fixed is None:
+        return latent
+    mask, values = fixed
+    return torch.where(mask, values, latent)
+
+
 class GuidedPredictor:
     """One step's guided velocities on one rank: the positive pass, then the negative pass (with SLG),
     combined per modality. CFG-parallel (ovi.runtime) swaps this for one that splits the passes."""
@@ -168,7 +177,8 @@ class Engine:
         cfg.require_available()
         dims = ParallelDims.from_config(cfg)
         if dims.world_size > 1:
-            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} need {dims.world_size} ranks: "
+            raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} / world_size {cfg.world_size} "
+                             f"need {dims.world_size} ranks: "
                              "run them with ovi.runtime.WorkerGroup (or `ovi generate --sp N`), not a single-process "
                              "Engine")
         if dims.needs_process_group:
@@ -260,8 +270,9 @@ class Engine:
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module | None):
-        """With cpu_offload, keep `module` on the accelerator only while it is used."""
-        if module is None or not self.config.cpu_offload or self.device.type == "cpu":
+        """With cpu_offload, keep `module` on the accelerator only while it is used (an FSDP-sharded
+        module places its own shards: fsdp_cpu_offload)."""
+        if module is None or not self.config.cpu_offload or self.device.type == "cpu" or isinstance(module, FSDPModule):
             yield module
             return
         module.to(self.device)
@@ -324,11 +335,14 @@ class Engine:
         audio_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
         is_i2v = image_latent is not None
         timesteps = video_solver.timesteps
+        video_fixed = self.fixed_latents(self.components.video_codec, video)
+        audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
         with self.model_scope():
             for i, t in enumerate(timesteps):
                 with record_function(f"denoise_step/{i}"):
                     if is_i2v:
                         video[:, :1] = image_latent
+                    video, audio = pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
                     v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
                     video = video_solver.step(v[None], t, video[None])[0]
                     audio = audio_solver.step(a[None], t, audio[None])[0]
@@ -336,7 +350,15 @@ class Engine:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
             video[:, :1] = image_latent
-        return video, audio
+        return pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
+
+    def fixed_latents(self, codec, latent: torch.Tensor):
+        """The codec's fixed latent entries (e.g. coordinate channels) on this latent's device, or None."""
+        fixed = codec.fixed_latents(tuple(latent.shape))
+        if fixed is None:
+            return None
+        mask, values = fixed
+        return mask.to(latent.device), values.to(latent.device, latent.dtype)
 
     @torch.no_grad()
     def decode(self, plan: Plan, video_latent, audio_latent):
@@ -393,7 +415,7 @@ class Engine:
 
     def text_to_image(self, plan: Plan) -> torch.Tensor:
         if self.image_generator is None:
-            if self.config.model in RANDOM_ARCHITECTURES:
+            if self.config.model in RANDOM_ARCHITECTURES or self.spec.codecs != "real":  # toy worlds: no FLUX
                 self.image_generator = ToyImageGenerator()
             else:
                 self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / FLUX_DIR, self.device)

@@ -14,9 +14,10 @@ import functools
 
 import torch
 
+from ovi.codecs.text import make_t5
 from ovi.codecs.toy import ToyVideoCodec
 from ovi.model.configs import RANDOM_ARCHITECTURES
-from ovi.parallel.memory import Workload
+from ovi.parallel.memory import ParamLayout, Workload, text_param_layout
 from ovi.pipeline.images import snap_to_area
 from ovi.specs import MODEL_SPECS
 
@@ -39,7 +40,6 @@ def sequence_lengths(model_name: str, height_width) -> tuple[int, int]:
 @functools.lru_cache(maxsize=None)
 def _component_params(architecture: str) -> tuple[int, int]:
     """(text encoder, codecs) parameter counts of an architecture, built on the meta device."""
-    from ovi.codecs.text import make_t5
     with torch.device("meta"):
         text = sum(p.numel() for p in make_t5(architecture).parameters())
         if architecture in RANDOM_ARCHITECTURES:
@@ -49,6 +49,13 @@ def _component_params(architecture: str) -> tuple[int, int]:
         codecs = sum(sum(p.numel() for p in m.parameters())
                      for m in (make_wan22_vae(), MMAudioVAE(MMAudioVAEConfig()), BigVGANGenerator(BigVGANConfig())))
     return text, codecs
+
+
+@functools.lru_cache(maxsize=None)
+def text_layout(architecture: str, dtype: torch.dtype) -> ParamLayout:
+    """The text encoder's FSDP units in `dtype` (shard_text_model), counted on the meta device."""
+    with torch.device("meta"):
+        return text_param_layout(make_t5(architecture).to(dtype))
 
 
 def workload(cfg, dtype: torch.dtype, height_width=None) -> Workload:
@@ -63,4 +70,4 @@ def workload(cfg, dtype: torch.dtype, height_width=None) -> Workload:
     if cfg.model not in RANDOM_ARCHITECTURES:
         decode += WAN_DECODER_BYTES_PER_PIXEL * 4 * height * width
     return Workload(video_tokens=video_tokens, audio_tokens=audio_tokens, text_encoder_bytes=text * dtype.itemsize,
-                    codec_bytes=codecs * dtype.itemsize, decode_bytes=decode)
+                    codec_bytes=codecs * dtype.itemsize, decode_bytes=decode, text_layout=text_layout(cfg.model, dtype))

@@ -15,6 +15,7 @@ import torch
 from ovi.checkpoint.adapter import hf_t5_to_wan
 from ovi.checkpoint.loading import FP8, convert_checkpoint, save_state_dict
 from ovi.codecs.text import T5_CONFIGS, make_t5
+from ovi.errors import CheckpointError
 from ovi.model import FusionModel
 from ovi.model.configs import architecture
 from ovi.specs import (
@@ -28,6 +29,7 @@ from ovi.specs import (
 )
 
 log = logging.getLogger(__name__)
+RANDOM_MARKER = "random_architecture.txt"  # written last: marks a folder as a (complete) random checkpoint
 
 
 def make_tiny(ckpt_dir: str | Path, seed: int = 0, fp8: bool = False) -> Path:
@@ -61,7 +63,7 @@ def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int =
         tok_dir.mkdir(parents=True, exist_ok=True)
         (tok_dir / BYTE_TOKENIZER_FILE).write_text(
             json.dumps({"type": "bytes", "max_length": T5_CONFIGS[arch]["max_length"]}))
-        (ckpt_dir / FUSION_DIR / "random_architecture.txt").write_text(arch)
+        (ckpt_dir / FUSION_DIR / RANDOM_MARKER).write_text(arch)
     finally:
         torch.random.set_rng_state(generator_state)
     return ckpt_dir
@@ -70,7 +72,7 @@ def make_random_checkpoint(ckpt_dir: str | Path, arch: str = "tiny", seed: int =
 def is_random_checkpoint_dir(ckpt_dir: str | Path, arch: str = "tiny") -> bool:
     """Whether ckpt_dir holds a complete random checkpoint of `arch` (as make_random_checkpoint writes)."""
     ckpt_dir = Path(ckpt_dir)
-    marker = ckpt_dir / FUSION_DIR / "random_architecture.txt"
+    marker = ckpt_dir / FUSION_DIR / RANDOM_MARKER
     return (marker.is_file() and marker.read_text().strip() == arch
             and (ckpt_dir / FUSION_DIR / MODEL_SPECS[arch].checkpoint_file).is_file()
             and (ckpt_dir / T5_DIR / T5_FILE).is_file()
@@ -80,6 +82,13 @@ def is_random_checkpoint_dir(ckpt_dir: str | Path, arch: str = "tiny") -> bool:
 def ensure_random_checkpoint(ckpt_dir: str | Path, arch: str, fp8: bool = False) -> None:
     """Random-weight presets (tiny, mid) make their checkpoint on first use, deterministically."""
     ckpt_dir = Path(ckpt_dir)
+    marker = ckpt_dir / FUSION_DIR / RANDOM_MARKER
+    if not marker.is_file() and (ckpt_dir / FUSION_DIR / MODEL_SPECS[arch].checkpoint_file).is_file():
+        # A real or trained checkpoint lives here (e.g. the bundled weights after model_name was switched
+        # to a random preset): never overwrite it with random weights.
+        raise CheckpointError(f"{ckpt_dir} holds a checkpoint that is not a random '{arch}' one; the random "
+                              f"preset '{arch}' makes its own weights: set ckpt_dir to another folder (e.g. "
+                              f"./outputs/{arch}_ckpt)")
     if not is_random_checkpoint_dir(ckpt_dir, arch) or (fp8 and not (ckpt_dir / FUSION_DIR / FP8_CHECKPOINT_FILE).is_file()):
         log.info("making the random %s checkpoint in %s", arch, ckpt_dir)
         make_random_checkpoint(ckpt_dir, arch, fp8=fp8)

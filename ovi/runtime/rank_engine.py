@@ -10,6 +10,7 @@ rank 0 alone decodes and returns the Clip.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -23,6 +24,7 @@ from ovi.parallel.memory import (
     PeakMeter,
     allocated_peak,
     auto_candidates,
+    count_cpu_allocations,
     choose_strategy,
     estimate,
     free_device_memory,
@@ -73,13 +75,14 @@ class RankEngine:
     measures the generation's peak memory; `stats()` reports them."""
 
     def __init__(self, engine: Engine, rank: int, comm_stats: CommStats, sp_comm: GroupComm | None, scheme: str,
-                 *, meter: PeakMeter | None = None, sharded=None, memory: dict | None = None):
+                 *, meter: PeakMeter | None = None, sharded=None, memory: dict | None = None, sharded_text=None):
         self.engine, self.rank, self.comm_stats, self.sp_comm = engine, rank, comm_stats, sp_comm
         self.dims = engine.dims
         self.sp_scheme = scheme
         self.profiled_comm: list[tuple[int, dict]] = []  # (steps, {op: seconds}) per profiled generation
         self.meter = meter or PeakMeter(engine.device)
         self.sharded = sharded                           # ShardedFusionModel when FSDP shards the DiT
+        self.sharded_text = sharded_text                 # ShardedTextEncoder with shard_text_model
         self.memory = dict(memory or {})                 # load-time accounting, estimate
         self.generation_peaks: list[int] = []           # PeakMeter per generation (CUDA allocated, or CPU RSS)
         self.allocated_peaks: list[int] = []            # CPU allocator peaks (profile_memory)
@@ -104,12 +107,14 @@ class RankEngine:
 
         resident = resident_tensor_bytes(self.engine)
         self.meter.reset()
-        clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
+        cpu_memory = self.config.profile_memory and self.engine.device.type == "cpu"
+        with count_cpu_allocations() if cpu_memory else contextlib.nullcontext(False) as every_thread:
+            clip = self.engine.generate(request, progress=step_done, **fields)  # profiled per the config
         prof = self.engine.last_profile
         if self.config.profile_comms and prof is not None:
             self.profiled_comm.append((max(1, steps_run), profiled_comm_seconds(prof)))
-        if self.config.profile_memory and self.engine.device.type == "cpu" and prof is not None:
-            self.allocated_peaks.append(resident + allocated_peak(prof))
+        if cpu_memory and prof is not None:
+            self.allocated_peaks.append(resident + allocated_peak(prof, every_thread=every_thread))
         self.generation_peaks.append(self.meter.peak())
         if clip is not None:
             clip.meta["comm"] = self.comm_stats.summary()
@@ -131,6 +136,12 @@ class RankEngine:
                    "param_bytes_per_rank": sum(units.values()), "total_param_bytes": sum(units.values()),
                    "largest_block_bytes": max(units.values()), "peak_param_bytes_per_rank": sum(units.values()),
                    "param_device": str(self.engine.device)}
+        if self.sharded_text is not None:
+            out.update(self.sharded_text.accounting())
+        else:
+            text = storage_bytes(self.engine.components.text_encoder.model.parameters())
+            out.update(text_param_bytes_per_rank=text, text_total_param_bytes=text)
+        out["text_sharded"] = self.sharded_text is not None
         out.update(self.memory)
         rss = self.generation_peaks[-1] if self.generation_peaks else None
         if self.engine.device.type == "cuda":
@@ -174,7 +185,7 @@ def memory_setting(cfg, dims: ParallelDims) -> MemorySetting:
     """The memory model's view of a config running on `dims`."""
     return MemorySetting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp,
                          strategy=dims.fsdp_strategy or "NO_SHARD", fsdp=dims.fsdp, fsdp_offload=dims.fsdp_offload,
-                         cpu_offload=cfg.cpu_offload, fp8=cfg.fp8,
+                         cpu_offload=cfg.cpu_offload, fp8=cfg.fp8, shard_text=dims.shard_text,
                          scheme="optimized" if cfg.use_optimized_comms else "upstream")
 
 
@@ -221,7 +232,10 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
         sp_comm = _make_groups(rank, dims.all_sp_groups(), stats)
         cfg_comm = _make_groups(rank, dims.all_cfg_groups(), stats)
     loader = FsdpLoader(dims, device) if dims.fsdp_strategy in SHARDING_STRATEGIES else None
-    components = load_components(cfg, device=device, dtype=dtype, fusion_loader=loader)
+    components = load_components(cfg, device=device, dtype=dtype, fusion_loader=loader,
+                                 text_placer=loader.shard_text if loader is not None and dims.shard_text else None)
+    if loader is not None and loader.text is not None:
+        loader.text.reads = components.text_encoder.reads
     # The config's LoRA set (`lora:`) is applied once here, before SP touches the model; on FSDP-sharded
     # weights each rank merges its own rows (ovi.lora.manager). Requests with another set switch it per request.
     loras = preload_loras(cfg, components.model)
@@ -240,4 +254,5 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
                             "async_comms": bool(cfg.enable_async_comms and dims.sp > 1),
                             "fsdp": dims.fsdp_strategy, "fsdp_degree": dims.fsdp, "fsdp_cpu_offload": dims.fsdp_offload,
                             **fsdp_info}
-    return RankEngine(engine, rank, stats, sp_comm, scheme, meter=meter, sharded=sharded, memory=memory)
+    return RankEngine(engine, rank, stats, sp_comm, scheme, meter=meter, sharded=sharded, memory=memory,
+                      sharded_text=loader.text if loader is not None else None)

@@ -18,7 +18,7 @@ PROMPT = "A red ball bounces. <AUDCAP>thuds<ENDAUDCAP>"
 
 @pytest.fixture(scope="module")
 def cfg(tiny_ckpt):
-    return ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2)
+    return ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_lightning_makes_exactly_four_forwards(engine, loras, tmp_path):
 def test_cli_generate_with_lora(tmp_path, tiny_ckpt, loras, monkeypatch):
     monkeypatch.chdir(loras["a"].parent)  # a relative path is made absolute for the runner
     out = tmp_path / "out"
-    code = main(["generate", "--quiet", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "1", "--out", str(out),
+    code = main(["generate", "--quiet", "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "1", "--out", str(out),
                  "--lora", "a.safetensors:0.5", "--lora", str(loras["b"])])
     assert code == 0
     (sidecar,) = out.glob("*.json")

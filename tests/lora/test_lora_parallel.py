@@ -12,7 +12,7 @@ PROMPT = "A red ball bounces. <AUDCAP>thuds<ENDAUDCAP>"
 
 
 def test_two_rank_sp_with_loras_equals_one_rank(tiny_ckpt, tmp_path):
-    cfg = ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2, sp_size=2)
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2, sp_size=2)
     single = ovi.Engine.from_config(cfg.replace(sp_size=1))
     video = single.model.video_model
     a = write_wan(tmp_path / "a.safetensors", random_factors(video, 4, seed=1, scale=0.2), 4.0)
@@ -37,8 +37,8 @@ FSDP_SETTINGS = dict(sample_steps=2, video_frame_height_width=[96, 160])
 def _fsdp_generations(rank, world_size, ckpt_dir, config_lora, requests):
     from ovi.runtime.rank_engine import build_rank_engine
 
-    cfg = ovi.load_config(ckpt_dir=ckpt_dir, **FSDP_SETTINGS, use_fsdp=True, fsdp_sharding_strategy="FULL_SHARD",
-                          sp_size=1, lora=[config_lora])
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt_dir, **FSDP_SETTINGS, use_fsdp=True,
+                          fsdp_sharding_strategy="FULL_SHARD", sp_size=1, lora=[config_lora])
     engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
     sharded = type(engine.engine.model.video_model.blocks[0].self_attn.q.weight).__name__
     out = []
@@ -53,10 +53,11 @@ def test_fsdp_sharded_weights_take_merged_and_unmerged_loras(tiny_ckpt, tmp_path
     """FULL_SHARD over 2 ranks: the config's LoRA is merged into each rank's rows at load; requests then
     switch to a mixed merged + unmerged set and to weight 0 (the base), all equal to one unsharded rank
     with the same config."""
-    probe = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **FSDP_SETTINGS)).model.video_model
+    tiny = dict(model_name="tiny", ckpt_dir=str(tiny_ckpt), **FSDP_SETTINGS)
+    probe = ovi.Engine.from_config(ovi.load_config(**tiny)).model.video_model
     a = write_wan(tmp_path / "a.safetensors", random_factors(probe, 4, seed=1, scale=0.2), 4.0)
     b = write_diffusers(tmp_path / "b.safetensors", random_factors(probe, 8, seed=2, scale=0.2), 8.0)
-    single = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **FSDP_SETTINGS, lora=[f"{a}:1.0"]))
+    single = ovi.Engine.from_config(ovi.load_config(**tiny, lora=[f"{a}:1.0"]))
     requests = [ovi.GenerateRequest(PROMPT, seed=4),  # no loras: the config's set
                 ovi.GenerateRequest(PROMPT, seed=4, loras=({"path": str(a), "weight": 0.7},
                                                            {"path": str(b), "weight": 0.3, "merge": False})),

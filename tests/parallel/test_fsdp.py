@@ -1,7 +1,8 @@
 """FSDP sharded inference on gloo ranks: every strategy, alone and with SP (and CFG-parallel, fp8,
-offload, auto), gives the single-rank latents (fp32, 1e-4); per-rank parameter bytes and the bytes
-each rank read while loading stay within a shard's share; bad combinations fail before any process
-starts. Several cases share one set of ranks (rank start-up dominates on 2 cores)."""
+offload, auto, the text encoder sharded too), gives the single-rank latents (fp32, 1e-4); per-rank
+parameter bytes and the bytes each rank read while loading stay within a shard's share; the seed's
+configure_fsdp_for_ampere shards a loaded model; bad combinations fail before any process starts.
+Several cases share one set of ranks (rank start-up dominates on 2 cores)."""
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ TWO_RANKS = {
     "FULL_SHARD+offload sp2": dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", fsdp_cpu_offload=True, sp_size=2),
     "FULL_SHARD cfg2": dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", cfg_parallel=True),
     "FULL_SHARD fp8 sp2": dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", sp_size=2, fp8=True),
+    "FULL_SHARD+text sp2": dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", sp_size=2, shard_text_model=True),
     "auto ample": dict(FSDP, fsdp_sharding_strategy="auto", sp_size=2, device_memory_gb=64),
     "auto little": dict(FSDP, fsdp_sharding_strategy="auto", sp_size=2),  # device_memory_gb: see below
 }
@@ -35,24 +37,50 @@ def _between_full_and_no_shard_gb() -> float:
     """A device size FULL_SHARD fits and NO_SHARD does not, by the memory model `auto` uses."""
     from ovi.parallel.memory import HEADROOM, Setting, estimate
     from ovi.pipeline.footprint import workload
-    load = workload(ovi.load_config(**SETTINGS), torch.float32)
+    load = workload(ovi.load_config(model_name="tiny", ckpt_dir="unused", **SETTINGS), torch.float32)
     peak = lambda **kw: estimate("tiny", load, Setting(sp=2, **kw), compute=torch.float32, device="cpu").peak  # noqa
     full, none = peak(strategy="FULL_SHARD", fsdp=2), peak()
     assert full < none
     return (full + none) / 2 / HEADROOM / 1e9
-# 4 ranks: HYBRID_SHARD over 2 "nodes" of 2 (shards within one, replicated across), with sp 2 x 2 replicas,
-# and FULL_SHARD with CFG-parallel and SP.
+# 4 ranks: HYBRID_SHARD over 2 "nodes" of 2 (shards within one, replicated across; the text encoder too),
+# with sp 2 x 2 replicas and alone (sp 1 x 4 replicas), and FULL_SHARD with CFG-parallel and SP.
 FOUR_RANKS = {
-    "HYBRID_SHARD sp2 x2 nodes": (dict(FSDP, fsdp_sharding_strategy="HYBRID_SHARD", sp_size=2), 2),
+    "HYBRID_SHARD+text sp2 x2 nodes": (dict(FSDP, fsdp_sharding_strategy="HYBRID_SHARD", sp_size=2,
+                                            shard_text_model=True), 2),
+    "HYBRID_SHARD alone x2 nodes": (dict(FSDP, fsdp_sharding_strategy="HYBRID_SHARD", sp_size=1), 2),
     "FULL_SHARD cfg2 sp2": (dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", cfg_parallel=True, sp_size=2), None),
 }
 
 
-def _generate(rank, world_size, ckpt, cases):
+def _ampere(world_size):
+    """configure_fsdp_for_ampere on a loaded tiny FusionModel: its forward before and after sharding."""
+    from ovi.model import FusionModel
+    from ovi.model.configs import architecture
+    from ovi.parallel.fsdp import configure_fsdp_for_ampere
+    torch.manual_seed(0)  # the same weights and inputs on every rank
+    model = FusionModel(*architecture("tiny")).eval().requires_grad_(False)
+    video, audio = torch.randn(48, 3, 6, 10), torch.randn(40, 20)
+    context = torch.randn(12, model.video_config["text_dim"])
+    args = ([video], [audio], torch.tensor([900.0]), [context], [context], 3 * 6 * 10 // 4, 40)
+    with torch.no_grad():
+        before = model(*args)
+    try:
+        configure_fsdp_for_ampere(model, 0, world_size + 1)
+    except ValueError as exc:
+        refused = str(exc)
+    sharded = configure_fsdp_for_ampere(model, 0, world_size)
+    with torch.no_grad():
+        after = sharded(*args)
+    local = sum(p.to_local().numel() for p in sharded.parameters())
+    return {"before": before, "after": after, "refused": refused, "local_numel": local,
+            "total_numel": sum(p.numel() for p in sharded.parameters())}
+
+
+def _generate(rank, world_size, ckpt, cases, ampere=False):
     from ovi.runtime.rank_engine import build_rank_engine
-    out = {}
+    out = {"ampere": _ampere(world_size)} if ampere else {}
     for name, (overrides, ranks_per_node) in cases.items():
-        cfg = ovi.load_config(ckpt_dir=ckpt, **SETTINGS, **overrides)
+        cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
         dims = ParallelDims.from_config(cfg, world_size, ranks_per_node=ranks_per_node)
         engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"), dims)
         clip = engine.generate(PROMPT)
@@ -67,7 +95,7 @@ def _generate(rank, world_size, ckpt, cases):
 def references(tiny_ckpt):
     refs = {}
     for fp8 in (False, True):
-        engine = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **SETTINGS, fp8=fp8))
+        engine = ovi.Engine.from_config(ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), **SETTINGS, fp8=fp8))
         refs[fp8] = engine.generate(PROMPT).latents
     return refs
 
@@ -76,7 +104,7 @@ def references(tiny_ckpt):
 def two_ranks(tiny_ckpt):
     cases = {name: (dict(overrides), None) for name, overrides in TWO_RANKS.items()}
     cases["auto little"][0]["device_memory_gb"] = _between_full_and_no_shard_gb()
-    return run_ranks(_generate, 2, str(tiny_ckpt), cases, timeout=600)
+    return run_ranks(_generate, 2, str(tiny_ckpt), cases, True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +129,8 @@ def test_four_rank_latents_equal_single_rank(four_ranks, references, name):
 
 def test_full_shard_holds_a_shard_and_loading_reads_only_it(two_ranks, four_ranks):
     for results, name, degree in ((two_ranks, "FULL_SHARD sp2", 2), (two_ranks, "FULL_SHARD alone", 2),
-                                  (four_ranks, "HYBRID_SHARD sp2 x2 nodes", 2), (four_ranks, "FULL_SHARD cfg2 sp2", 2)):
+                                  (four_ranks, "HYBRID_SHARD+text sp2 x2 nodes", 2), (four_ranks, "FULL_SHARD cfg2 sp2", 2),
+                                  (four_ranks, "HYBRID_SHARD alone x2 nodes", 2)):
         for rank, result in enumerate(results):
             mem = result[name]["memory"]
             assert mem["fsdp"] == degree, (name, rank)
@@ -114,6 +143,41 @@ def test_full_shard_holds_a_shard_and_loading_reads_only_it(two_ranks, four_rank
             assert mem["load_largest_read"] < largest
             # Gathering one fused block (plus the heads) at a time stays far below the whole model.
             assert mem["peak_param_bytes_per_rank"] <= mem["param_bytes_per_rank"] + largest + 2 * largest
+
+
+def test_text_encoder_shards_like_the_dit(two_ranks, four_ranks):
+    """shard_text_model: each rank holds (and read from the file) only its share of the umT5 encoder,
+    over the same shard groups as the DiT (a node's ranks with HYBRID_SHARD)."""
+    for results, name in ((two_ranks, "FULL_SHARD+text sp2"), (four_ranks, "HYBRID_SHARD+text sp2 x2 nodes")):
+        for rank, result in enumerate(results):
+            mem = result[name]["memory"]
+            total, largest = mem["text_total_param_bytes"], mem["text_largest_unit_bytes"]
+            assert mem["text_sharded"], (name, rank)
+            assert mem["text_param_bytes_per_rank"] <= total / 2 * 1.05 + largest, (name, rank, mem)
+            assert mem["text_param_bytes_per_rank"] < 0.6 * total, (name, rank, mem)
+            assert mem["text_load_bytes_read"] <= mem["text_param_bytes_per_rank"], (name, rank, mem)
+            assert mem["text_load_largest_read"] < largest
+    plain = two_ranks[0]["FULL_SHARD sp2"]["memory"]
+    assert not plain["text_sharded"] and plain["text_param_bytes_per_rank"] == plain["text_total_param_bytes"]
+    sharded = two_ranks[0]["FULL_SHARD+text sp2"]["memory"]
+    assert sharded["text_total_param_bytes"] == plain["text_total_param_bytes"]
+
+
+def test_configure_fsdp_for_ampere_shards_a_loaded_model(two_ranks):
+    for rank, result in enumerate(two_ranks):
+        ampere = result["ampere"]
+        for before, after in zip(ampere["before"], ampere["after"]):
+            torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+        assert ampere["local_numel"] <= ampere["total_numel"] / 2 * 1.05, rank
+        assert "configure_fsdp_for_ampere(num_gpus=3) needs a process group of 3 ranks (have 2)" in ampere["refused"]
+
+
+def test_mixed_precision_casts_only_wider_storage():
+    from ovi.checkpoint.loading import FP8
+    from ovi.parallel.fsdp import mixed_precision
+    assert mixed_precision(torch.float32, torch.bfloat16).param_dtype == torch.bfloat16  # fp32 file, bf16 run
+    assert mixed_precision(torch.float32, torch.float32).param_dtype is None              # fp32 CPU runs stay fp32
+    assert mixed_precision(FP8, torch.bfloat16).param_dtype is None                       # fp8 shards gather as fp8
 
 
 def test_strategies_gather_as_documented(two_ranks):
@@ -159,9 +223,13 @@ def test_sidecar_and_stats_carry_memory_accounting(two_ranks):
     (dict(sp_size=1), 2, None, "world size 2 must equal cfg \\(1\\) x sp \\(1\\)"),
     (dict(fsdp_cpu_offload=True), 1, None, "fsdp_cpu_offload: true .* needs FSDP"),
     (dict(FSDP, fsdp_sharding_strategy="NO_SHARD", fsdp_cpu_offload=True), 2, None, "NO_SHARD .* nothing to offload"),
+    (dict(shard_text_model=True), 1, None, "shard_text_model: true .* needs a sharding strategy"),
+    (dict(FSDP, fsdp_sharding_strategy="NO_SHARD", shard_text_model=True), 1, None, "shard_text_model: true"),
+    (dict(FSDP, fsdp_sharding_strategy="FULL_SHARD", world_size=4), 2, None, "world_size: 4 in the config, but 2"),
+    (dict(FSDP, fsdp_sharding_strategy="HYBRID_SHARD", world_size=4), None, None, "HYBRID_SHARD .*one node"),
 ])
 def test_bad_combinations_fail_before_any_process_starts(tiny_ckpt, overrides, world, ranks_per_node, message):
-    cfg = ovi.load_config(ckpt_dir=str(tiny_ckpt), **overrides)
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), **overrides)
     with pytest.raises(ConfigError, match=message):
         ParallelDims.from_config(cfg, world, ranks_per_node=ranks_per_node)
     if ranks_per_node is None:

@@ -2,6 +2,8 @@
 matches the tensors one fused forward really keeps alive, and the order of the `auto` choice."""
 
 import collections
+import contextlib
+import threading
 import weakref
 
 import pytest
@@ -18,9 +20,12 @@ from ovi.parallel.memory import (
     GB,
     Setting,
     activation_bytes,
+    allocated_peak,
     auto_candidates,
+    count_cpu_allocations,
     choose_strategy,
     estimate,
+    live_bytes_peak,
     param_layout,
 )
 from ovi.pipeline.footprint import sequence_lengths, workload
@@ -132,3 +137,40 @@ def test_sequence_lengths_follow_the_engines_plan(tiny_engine):
     assert sequence_lengths("tiny", [96, 160]) == (plan.vid_seq_len, plan.audio_seq_len)
     assert collections.Counter(sequence_lengths(m, [960, 960])[1] for m in ("960x960_5s", "960x960_10s")) == {
         157: 1, 314: 1}
+
+
+def test_sharding_the_text_encoder_leaves_its_shard_resident():
+    load = workload(ovi.load_config("ovi_720x720_5s"), torch.bfloat16)
+    text = load.text_layout
+    assert text.total == load.text_encoder_bytes and text.embed == 256384 * 4096 * 2  # umT5's token embedding
+    plain = estimate("ovi", load, Setting(sp=4, strategy="FULL_SHARD", fsdp=4))
+    sharded = estimate("ovi", load, Setting(sp=4, strategy="FULL_SHARD", fsdp=4, shard_text=True))
+    assert sharded.parts["text_encoder"] == text.shard_bytes(4) < plain.parts["text_encoder"] / 3.9
+    # while encoding: its shards plus what is gathered at once (the embedding with its all-gather buffer)
+    encoding = text.shard_bytes(4) + text.gathered_peak("FULL_SHARD", 4)
+    assert sharded.phases["text"] - plain.phases["text"] == encoding - text.total
+    assert encoding < text.total
+    # NO_SHARD never shards it, even when asked
+    assert estimate("ovi", load, Setting(sp=4, shard_text=True)).peak == estimate("ovi", load, Setting(sp=4)).peak
+
+
+def test_allocator_peak_counts_frees_made_on_other_threads():
+    """A buffer freed on a thread torch.profiler does not profile (gloo's worker, for a collective's
+    output) leaves no event; counting every thread's allocations gives the true peak anyway."""
+    def run(every_thread):
+        with count_cpu_allocations() if every_thread else contextlib.nullcontext(False) as counting, \
+                torch.profiler.profile(profile_memory=True) as prof:
+            held = [torch.empty(2_500_000)]  # 10 MB, freed on another thread
+            worker = threading.Thread(target=held.clear)
+            worker.start()
+            worker.join()
+            first = torch.empty(1_000_000)   # 4 MB
+            second = torch.empty(2_000_000)  # 8 MB: 12 MB alive at the peak
+            del first, second
+        return allocated_peak(prof, every_thread=counting)
+    assert 12_000_000 <= run(every_thread=True) < 12_100_000
+    assert run(every_thread=False) >= 12_000_000  # events alone: an upper bound
+    # Events alone, paired by address (time, address, bytes): A's free was never recorded, but its
+    # address handed out again proves it was freed. A running sum would say 250.
+    events = [(1, 0xA, 100), (2, 0xB, 50), (3, 0xA, 100), (4, 0xB, -50), (5, 0xC, 10), (6, 0xD, -30)]
+    assert live_bytes_peak(events) == 150

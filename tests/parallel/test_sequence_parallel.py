@@ -21,7 +21,7 @@ def _generate(rank, world_size, ckpt, overrides):
     """Both modes on one set of ranks (rank start-up dominates on 2 cores)."""
     import ovi
     from ovi.runtime.rank_engine import build_rank_engine
-    cfg = ovi.load_config(ckpt_dir=ckpt, **SETTINGS, **overrides)
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
     engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
     latents = {}
     for mode in ("t2v", "i2v"):
@@ -33,7 +33,7 @@ def _generate(rank, world_size, ckpt, overrides):
 @pytest.fixture(scope="module")
 def reference(tiny_ckpt):
     import ovi
-    engine = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), **SETTINGS))
+    engine = ovi.Engine.from_config(ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), **SETTINGS))
     return {mode: engine.generate(PROMPT, mode=mode, image=_image() if mode == "i2v" else None).latents
             for mode in ("t2v", "i2v")}
 

@@ -74,12 +74,14 @@ def test_t2i2v_runs_through_the_image_step(tiny_engine):
 
 
 def test_cpu_offload_gives_the_same_result(tiny_ckpt, tiny_engine):
-    engine = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=4, cpu_offload=True))
+    engine = ovi.Engine.from_config(ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=4,
+                                                    slg_layer=1, cpu_offload=True))
     assert torch.equal(engine.generate(PROMPT).latents["video"], tiny_engine.generate(PROMPT).latents["video"])
 
 
 def test_fp8_engine_runs(tiny_ckpt):
-    engine = ovi.Engine.from_config(ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2, fp8=True))
+    engine = ovi.Engine.from_config(ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2,
+                                                    fp8=True))
     clip = engine.generate(PROMPT)
     assert clip.meta["storage_dtype"] == "float8_e4m3fn" and np.isfinite(clip.audio).all()
 

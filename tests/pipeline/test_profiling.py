@@ -23,7 +23,7 @@ def _load_with_tensorboard_plugin(run_dir):
 
 def test_generate_profile_dir_writes_a_trace_tensorboard_loads(tmp_path, tiny_ckpt):
     trace_dir = tmp_path / "traces"
-    assert main(["generate", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--quiet",
+    assert main(["generate", "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--quiet",
                  "--out", str(tmp_path / "out"), "--profile", str(trace_dir)]) == 0
     [trace] = trace_files(trace_dir)
     names = _names(trace)

@@ -23,7 +23,8 @@ from ovi.codecs.mmaudio import VOCODER_FILE, MMAudioCodec
 from ovi.codecs.wan_vae import VAE_FILE as VIDEO_VAE_FILE
 from ovi.codecs.wan_vae import WanVideoCodec, make_wan22_vae
 from ovi.model import configs
-from ovi.pipeline.random_checkpoint import make_random_checkpoint
+from ovi.pipeline.random_checkpoint import RANDOM_MARKER, make_random_checkpoint
+from ovi.specs import FUSION_DIR
 
 DATA = Path(__file__).parent / "data"
 SMALL_WAN = dict(base_dim=8, decoder_base_dim=12)  # z_dim stays 48: the DiT's in_dim
@@ -50,6 +51,7 @@ def miniature_real_setup(tmp_path, monkeypatch):
 
     # Upstream's layout: fusion DiT + umT5 (random, tiny), Wan2.2 VAE in Wan names, MMAudio files.
     ckpt = make_random_checkpoint(tmp_path / "ckpts", "tiny")
+    (ckpt / FUSION_DIR / RANDOM_MARKER).unlink()  # upstream's folders carry no "made at random" marker
     torch.manual_seed(0)
     vae = make_wan22_vae(**SMALL_WAN)
     torch.save(diffusers_to_wan22_vae(vae.state_dict()), ckpt / VIDEO_VAE_FILE)

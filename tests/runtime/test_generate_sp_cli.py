@@ -16,7 +16,7 @@ PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Thuds<ENDAUDCAP>"
 
 
 def _args(tiny_ckpt, out):
-    return ["generate", "--prompt", PROMPT, "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--seed", "5",
+    return ["generate", "--prompt", PROMPT, "--set", "model_name=tiny", "--set", f"ckpt_dir={tiny_ckpt}", "--steps", "2", "--seed", "5",
             "--out", str(out), "--save-latents", "--quiet"]
 
 
@@ -34,22 +34,27 @@ def single_process(tiny_ckpt, tmp_path_factory):
     return _outputs(out)
 
 
-def _check_same_clip(out, single_process):
+def _check_same_clip(out, single_process, sp=2):
     latents, sidecar = _outputs(out)
     reference, ref_sidecar = single_process
     for key in ("video", "audio"):
         torch.testing.assert_close(latents[key], reference[key], atol=1e-4, rtol=1e-4)
-    assert sidecar["world_size"] == 2 and sidecar["sp"] == 2 and ref_sidecar["world_size"] == 1
+    assert sidecar["world_size"] == 2 and sidecar["sp"] == sp and ref_sidecar["world_size"] == 1
     assert sidecar["seed"] == ref_sidecar["seed"] == 5
 
 
-def test_generate_sp_2_runs_gloo_ranks_and_matches_one_process(tiny_ckpt, tmp_path, single_process):
+@pytest.mark.parametrize("flags, sp", [(["--sp", "2"], 2), (["--world-size", "2", "--sp", "1", "--fsdp", "full_shard"], 1)],
+                         ids=["sp", "fsdp replicas"])
+def test_generate_runs_gloo_ranks_and_matches_one_process(tiny_ckpt, tmp_path, single_process, flags, sp):
     mark = marker()
-    result = run([sys.executable, "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), "--sp", "2"],
-                 timeout=180, **mark)
+    result = run([sys.executable, "-m", "ovi.cli", *_args(tiny_ckpt, tmp_path / "out"), *flags], timeout=180, **mark)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith(".mp4")
-    _check_same_clip(tmp_path / "out", single_process)
+    _check_same_clip(tmp_path / "out", single_process, sp)
+    if sp == 1:  # FSDP alone: two replicas of sp 1, each holding half of the model
+        sidecar = _outputs(tmp_path / "out")[1]
+        assert (sidecar["fsdp"], sidecar["fsdp_degree"]) == ("FULL_SHARD", 2)
+        assert sidecar["memory"]["param_bytes_per_rank"] < 0.6 * sidecar["memory"]["total_param_bytes"]
     assert marked_processes(mark) == []  # its ranks ended with it
 
 
@@ -73,6 +78,11 @@ def test_generate_under_torchrun_matches_one_process(tiny_ckpt, tmp_path, single
     (["--sp", "0"], "sp_size"),
     (["--sp", "2", "--fsdp", "HYBRID_SHARD"], "HYBRID_SHARD replicates across nodes"),
     (["--set", "fsdp_cpu_offload=true"], "fsdp_cpu_offload: true keeps parameter shards in host memory"),
+    (["--world-size", "2", "--sp", "1"], "world size 2 must equal cfg (1) x sp (1)"),
+    (["--world-size", "4", "--fsdp", "HYBRID_SHARD"], "HYBRID_SHARD replicates across nodes"),
+    (["--world-size", "3", "--sp", "2", "--fsdp", "FULL_SHARD"], "world size 3 is not divisible by cfg (1) x sp (2)"),
+    (["--world-size", "0"], "world_size 0: must be a number of ranks"),
+    (["--set", "shard_text_model=true"], "shard_text_model: true shards the text encoder with FSDP"),
 ])
 def test_bad_parallel_settings_exit_2_before_any_rank_starts(tiny_ckpt, tmp_path, capsys, args, message):
     code = main(_args(tiny_ckpt, tmp_path / "out") + args)

@@ -23,7 +23,7 @@ def test_runner_processes_20_tiny_model_jobs_end_to_end_with_progress_events(que
     """The real engine (default factory) on the tiny model: 20 playable mp4s, engine loaded once."""
     from ovi.pipeline.output import probe_media
     ids = queue.submit_many([{"prompt": f"A cat number {i}", "seed": i, "steps": 3,
-                              "engine": {"ckpt_dir": str(tiny_ckpt)}} for i in range(20)])
+                              "engine": {"model_name": "tiny", "ckpt_dir": str(tiny_ckpt)}} for i in range(20)])
     events = queue.subscribe(since=0, poll=0.01)
     runner = Runner(queue)
     assert runner.run(until_empty=True) == 20

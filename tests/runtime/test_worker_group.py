@@ -22,7 +22,7 @@ REQUEST_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def cfg(tiny_ckpt):
-    return ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2, sp_size=2)
+    return ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2, sp_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_ranks_exit_by_themselves_when_the_parent_dies(tiny_ckpt):
     code = (
         "import os, signal, ovi\n"
         "from ovi.runtime import WorkerGroup\n"
-        f"cfg = ovi.load_config(ckpt_dir={str(tiny_ckpt)!r}, sample_steps=2, sp_size=2)\n"
+        f"cfg = ovi.load_config(model_name='tiny', ckpt_dir={str(tiny_ckpt)!r}, sample_steps=2, sp_size=2)\n"
         "group = WorkerGroup(cfg, world_size=2)\n"
         "print('PIDS', *group.pids, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"  # no close(), no atexit: only the ranks' watchdogs act
@@ -155,7 +155,7 @@ def test_world_size_must_match_the_config_before_anything_starts(cfg):
 
 def test_a_config_without_sp_size_runs_sp_across_the_group(tiny_ckpt, reference):
     """WorkerGroup(load_config(), world_size=2): sp fills from the ranks, and says so."""
-    cfg = ovi.load_config(ckpt_dir=str(tiny_ckpt), sample_steps=2)
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2)
     assert cfg.sp_size is None
     with WorkerGroup(cfg, world_size=2, request_timeout=REQUEST_TIMEOUT) as group:
         clip = group.generate("A red ball bounces", seed=0)

@@ -43,7 +43,7 @@ def live_server(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("served")
     (root / "configs").mkdir()
     tiny = (CONFIG_DIR / "tiny.yaml").read_text()
-    (root / "configs" / f"{CONFIG}.yaml").write_text(f"{tiny}\nckpt_dir: {tiny_ckpt}\nsample_steps: 3\n")
+    (root / "configs" / f"{CONFIG}.yaml").write_text(f"{tiny}\nmodel_name: tiny\nckpt_dir: {tiny_ckpt}\nsample_steps: 3\n")
     with LiveServer(create_app(root / "queue.db", run=True, token=TOKEN)) as server:
         yield server
 

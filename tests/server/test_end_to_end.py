@@ -15,7 +15,7 @@ def test_a_rest_request_reaches_a_two_rank_clip_unchanged(tmp_path, tiny_ckpt):
     configs = tmp_path / "configs"
     configs.mkdir()
     tiny = (CONFIG_DIR / "tiny.yaml").read_text()
-    (configs / "tiny_sp2.yaml").write_text(f"{tiny}\nckpt_dir: {tiny_ckpt}\nsp_size: 2\n")
+    (configs / "tiny_sp2.yaml").write_text(f"{tiny}\nmodel_name: tiny\nckpt_dir: {tiny_ckpt}\nsp_size: 2\n")
     body = {"prompt": "A blue square moves left. <AUDCAP>a low tone<ENDAUDCAP>", "seed": 11,
             "steps": 2, "solver": "euler", "height_width": [96, 160], "video_guidance_scale": 3.5,
             "negative_prompt": "blur", "config": "tiny_sp2"}

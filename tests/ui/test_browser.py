@@ -81,12 +81,12 @@ def _generate_from_page(page, shots: list[Path], name: str):
     return state
 
 
-def test_studio_in_jupyterlab_and_voila(tmp_path, tiny_ckpt):
+def test_studio_in_jupyterlab_and_voila(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: `apt-get install -y chromium` (make test does it as root)")
     from playwright.sync_api import sync_playwright
 
-    env = {**os.environ, "OVI_CKPT_DIR": str(tiny_ckpt), "JUPYTER_PLATFORM_DIRS": "1"}
+    env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1"}
     shots = [tmp_path / "screenshots"] + ([Path(os.environ["OVI_SCREENSHOT_DIR"])]
                                           if os.environ.get("OVI_SCREENSHOT_DIR") else [])
     servers = []

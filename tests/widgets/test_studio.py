@@ -163,20 +163,20 @@ def test_engine_panel_settings_become_engine_overrides(studio, tiny_ckpt):
     panel.sp.value, panel.cfg_parallel.value, panel.fsdp.value = None, False, "FULL_SHARD"
     panel.fixed_factory = None
     # FSDP shards through a process group even on one rank: the panel's factory starts a WorkerGroup.
-    with panel.engine_factory()({"config": None, "engine": {"ckpt_dir": str(tiny_ckpt)}}) as group:
+    with panel.engine_factory()({"config": None, "engine": {"model_name": "tiny", "ckpt_dir": str(tiny_ckpt)}}) as group:
         assert isinstance(group, WorkerGroup) and group.world_size == 1
         assert group.stats()[0]["memory"]["strategy"] == "FULL_SHARD"
 
 
 def test_real_tiny_generation_reaches_the_gallery_and_a_missing_lora_fails_its_job(tmp_path, tiny_ckpt):
-    studio = Studio(tmp_path / "queue.db", engine={"ckpt_dir": str(tiny_ckpt)}, autostart=False, poll=0.05)
+    studio = Studio(tmp_path / "queue.db", engine={"model_name": "tiny", "ckpt_dir": str(tiny_ckpt)}, autostart=False, poll=0.05)
     try:
         studio.form.steps.value = 2
         good = studio.submit()
         studio.form.lora_path.value = "adapters/missing.safetensors"
         studio.form.lora_add.click()
         lora = studio.submit()
-        assert studio.queue.get(good)["request"]["engine"] == {"ckpt_dir": str(tiny_ckpt)}
+        assert studio.queue.get(good)["request"]["engine"] == {"model_name": "tiny", "ckpt_dir": str(tiny_ckpt)}
         runner = studio.engine_panel.start()
         for job_id in (good, lora):
             for _ in studio.queue.subscribe(job_id=job_id, since=0, until_finished=True, timeout=120):

@@ -1,0 +1,267 @@
+"""Synthetic audio-visual clips for the trained tiny model (DESIGN §5's vocabulary).
+
+One object (colour x shape) on a grey background moves left / right / up / down at constant speed or
+bounces on the floor; the soundtrack is a steady tone (low / middle / high) plus, for bounces, a click at
+every floor contact. Everything is drawn analytically from a `ClipSpec`, so a clip is a pure function of
+its spec (and a spec a pure function of a seed), which makes data, held-out sets and metrics reproducible.
+
+Tones and clicks are built on the audio codec's grid (whole cycles per 512-sample latent frame, see
+`ovi.codecs.shapes.ShapesAudioCodec`), so the codec represents them exactly: low = 218.75 Hz, middle =
+437.5 Hz, high = 875 Hz (the checks take the nearest of 220 / 440 / 880 Hz).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+COLORS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
+BACKGROUND = (0.5, 0.5, 0.5)  # mid grey: none of the four colours, and 0 in the [-1, 1] pixel range
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("left", "right", "up", "down", "bounce")
+PITCHES = {"low": 220.0, "middle": 440.0, "high": 880.0}
+# Whole cycles per 512-sample frame at 16 kHz (31.25 Hz grid) nearest each nominal pitch.
+PITCH_CYCLES = {"low": 7, "middle": 14, "high": 28}
+
+FPS = 24
+NUM_FRAMES = 17
+HEIGHT = WIDTH = 128
+SAMPLE_RATE = 16000
+SAMPLES_PER_LATENT = 512
+AUDIO_LATENTS = 22
+NUM_SAMPLES = AUDIO_LATENTS * SAMPLES_PER_LATENT
+
+# Bounces: one floor contact, always at frame 8 (a click at audio latent 10, 7.68 frames). A contact frame
+# drawn from 6-10 was tried first: after 2,500 steps the model drew bounces but put the clicks at random
+# times (no click within 1 frame of a contact), i.e. it had not learned to time audio by video. With one
+# timing both streams learn it; the sync figure then says the two agree, not that one follows the other.
+BOUNCE_CONTACT = 8.0
+BOUNCE_PERIOD = 16.0
+
+TONE_AMPLITUDE = 0.3
+CLICK_AMPLITUDE = 0.025  # per codec tone; the 20 in-phase tones sum to a 0.5 peak at the contact
+
+# Held-out (colour, shape, motion, pitch) combinations: never trained on, used by the quality bench.
+# Every single word still occurs in training, only these combinations do not. Chosen to cover each
+# colour, motion and pitch at least once (bounces twice, for the sync figure).
+HELD_OUT = (
+    ("red", "triangle", "left", "high"),
+    ("green", "circle", "right", "low"),
+    ("blue", "square", "up", "middle"),
+    ("yellow", "triangle", "down", "low"),
+    ("red", "square", "bounce", "middle"),
+    ("blue", "circle", "bounce", "high"),
+    ("green", "triangle", "up", "high"),
+    ("yellow", "square", "right", "middle"),
+    ("blue", "triangle", "down", "high"),
+    ("green", "square", "left", "middle"),
+    ("yellow", "circle", "bounce", "low"),
+    ("red", "circle", "down", "low"),
+)
+
+
+def all_combinations() -> list[tuple[str, str, str, str]]:
+    return [(c, s, m, p) for c in COLORS for s in SHAPES for m in MOTIONS for p in PITCHES]
+
+
+def training_combinations() -> list[tuple[str, str, str, str]]:
+    held = set(HELD_OUT)
+    return [combo for combo in all_combinations() if combo not in held]
+
+
+def caption(color: str, shape: str, motion: str, pitch: str, variant: int = 0) -> str:
+    """Ovi-style prompt: "A blue square moves left. <AUDCAP>a low tone<ENDAUDCAP>".
+
+    Variant 1 mentions the bounce clicks in the audio caption too; both forms are trained so a prompt that
+    leaves the clicks out still gets them.
+    """
+    video = f"A {color} {shape} bounces." if motion == "bounce" else f"A {color} {shape} moves {motion}."
+    sound = f"a {pitch} tone"
+    if motion == "bounce" and variant == 1:
+        sound += " and clicks"
+    return f"{video} <AUDCAP>{sound}<ENDAUDCAP>"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    color: str
+    shape: str
+    motion: str
+    pitch: str
+    size: float          # half-width of the object in pixels
+    x0: float            # centre at frame 0 (pixels); for bounces x stays
+    y0: float
+    speed: float         # pixels per frame (linear motions)
+    period: float        # bounce: frames between contacts
+    contact: float       # bounce: frame of one floor contact
+    height: float        # bounce: apex above the floor in pixels
+    caption_variant: int = 0
+
+    @property
+    def prompt(self) -> str:
+        return caption(self.color, self.shape, self.motion, self.pitch, self.caption_variant)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_spec(combo: tuple[str, str, str, str], rng: random.Random) -> ClipSpec:
+    """Placement for one (colour, shape, motion, pitch) combination, with a little jitter.
+
+    Linear motions cross more than half the frame (67-77 px in 16 frames, so the direction is unmistakable
+    after 8x8-pixel pooling) from near one edge, the other coordinate near the middle; bounces stand near
+    the middle with their floor contact at frame 8 (BOUNCE_CONTACT) so the fall and the rise both show.
+    A prompt names no position, so a narrow placement costs nothing, and it gives the model a sharp
+    target from pure noise: runs with objects placed anywhere (or anywhere in the middle third) had
+    learned no direction from the prompt after 1,000-1,250 steps, while a two-clip run with fixed
+    placement learned it in 750.
+    """
+    color, shape, motion, pitch = combo
+    size = rng.uniform(14.0, 16.0)
+    margin = size + 2.0
+    speed = rng.uniform(4.2, 4.8)
+    start = margin + rng.uniform(0.0, 4.0)      # distance of the start from the edge it leaves
+    cross = 64.0 + rng.uniform(-4.0, 4.0)
+    x0 = y0 = 0.0
+    if motion == "right":
+        x0, y0 = start, cross
+    elif motion == "left":
+        x0, y0 = WIDTH - start, cross
+    elif motion == "down":
+        x0, y0 = cross, start
+    elif motion == "up":
+        x0, y0 = cross, HEIGHT - start
+    else:
+        x0 = 64.0 + rng.uniform(-6.0, 6.0)
+    return ClipSpec(color=color, shape=shape, motion=motion, pitch=pitch, size=size, x0=x0, y0=y0, speed=speed,
+                    period=BOUNCE_PERIOD, contact=BOUNCE_CONTACT, height=rng.uniform(55.0, 65.0),
+                    caption_variant=rng.randint(0, 1))
+
+
+def floor_y(spec: ClipSpec) -> float:
+    return HEIGHT - spec.size - 2.0
+
+
+def track(spec: ClipSpec) -> np.ndarray:
+    """[NUM_FRAMES, 2] object centre (x, y) per frame, y pointing down."""
+    t = np.arange(NUM_FRAMES, dtype=np.float64)
+    if spec.motion == "bounce":
+        y = floor_y(spec) - spec.height * np.abs(np.sin(np.pi * (t - spec.contact) / spec.period))
+        return np.stack([np.full_like(t, spec.x0), y], 1)
+    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.motion]
+    return np.stack([spec.x0 + dx * spec.speed * t, spec.y0 + dy * spec.speed * t], 1)
+
+
+def contact_frames(spec: ClipSpec) -> list[int]:
+    """Frames (integers, inside the clip) where a bouncing object touches the floor."""
+    if spec.motion != "bounce":
+        return []
+    out, k = [], math.ceil((0 - spec.contact) / spec.period)
+    while spec.contact + k * spec.period <= NUM_FRAMES - 1:
+        c = spec.contact + k * spec.period
+        if c >= 0 and abs(c - round(c)) < 1e-6:
+            out.append(int(round(c)))
+        k += 1
+    return out
+
+
+def _mask(shape: str, cx: float, cy: float, size: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] (1-px soft edge) of one shape centred at (cx, cy)."""
+    if shape == "circle":
+        d = np.hypot(xx - cx, yy - cy) - size
+    elif shape == "square":
+        d = np.maximum(np.abs(xx - cx), np.abs(yy - cy)) - size * 0.9
+    else:  # upright isosceles triangle: apex up, base down
+        top, bottom = cy - size, cy + size
+        half = (yy - top) / (2 * size) * size  # half-width grows from 0 at the apex to size at the base
+        d = np.maximum(np.maximum(top - yy, yy - bottom), np.abs(xx - cx) - half)
+    return np.clip(0.5 - d, 0.0, 1.0)
+
+
+def render_video(spec: ClipSpec) -> np.ndarray:
+    """float32 [3, NUM_FRAMES, HEIGHT, WIDTH] in [-1, 1]."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64) + 0.5
+    bg = np.asarray(BACKGROUND)[:, None, None]
+    fg = np.asarray(COLORS[spec.color])[:, None, None]
+    frames = []
+    for cx, cy in track(spec):
+        m = _mask(spec.shape, cx, cy, spec.size, yy, xx)[None]
+        frames.append(bg * (1 - m) + fg * m)
+    video = np.stack(frames, 1) * 2.0 - 1.0
+    return video.astype(np.float32)
+
+
+def click_latent_frames(spec: ClipSpec) -> list[int]:
+    """Audio latent frames (32 ms each) whose start is nearest each contact frame's time."""
+    return [int(round(c / FPS * SAMPLE_RATE / SAMPLES_PER_LATENT)) for c in contact_frames(spec)]
+
+
+def render_audio(spec: ClipSpec, codec_cycles: tuple[int, ...]) -> np.ndarray:
+    """float32 [NUM_SAMPLES]: the tone as a phase-0 cosine on the codec grid, clicks as one in-phase burst of
+    all the codec's tones at the start of a latent frame (so both round-trip through the codec exactly)."""
+    n = np.arange(NUM_SAMPLES, dtype=np.float64)
+    wave = TONE_AMPLITUDE * np.cos(2 * np.pi * PITCH_CYCLES[spec.pitch] * n / SAMPLES_PER_LATENT)
+    local = np.arange(SAMPLES_PER_LATENT, dtype=np.float64)
+    burst = CLICK_AMPLITUDE * sum(np.cos(2 * np.pi * k * local / SAMPLES_PER_LATENT) for k in codec_cycles)
+    for f in click_latent_frames(spec):
+        if 0 <= f < AUDIO_LATENTS:
+            wave[f * SAMPLES_PER_LATENT:(f + 1) * SAMPLES_PER_LATENT] += burst
+    return wave.astype(np.float32)
+
+
+def held_out_specs(per_combo: int = 1, seed: int = 1234) -> list[ClipSpec]:
+    rng = random.Random(seed)
+    return [sample_spec(combo, rng) for combo in HELD_OUT for _ in range(per_combo)]
+
+
+def parse_prompt(prompt: str) -> dict[str, str]:
+    """What a prompt in this vocabulary asks for: {color, motion, pitch} (the keys it names)."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    out = {}
+    for key, names in (("color", COLORS), ("pitch", PITCHES)):
+        found = [w for w in words if w in names]
+        if found:
+            out[key] = found[0]
+    if any(w in ("bounces", "bouncing", "bounce") for w in words):
+        out["motion"] = "bounce"
+    else:
+        found = [w for w in words if w in ("left", "right", "up", "down")]
+        if found:
+            out["motion"] = found[0]
+    return out
+
+
+# ---- words -----------------------------------------------------------------------------------------
+NEGATIVE_WORDS = "jitter bad hands blur distortion robotic muffled echo distorted ,".split()
+
+
+def vocabulary() -> list[str]:
+    """The trained tiny model's word vocabulary (its tokenizer ships it in the checkpoint): specials, the
+    prompt tags, every caption word, the default negative prompts' words, and a few words people type
+    ("ball", "to the left"); anything else reads as <unk>."""
+    words = ["<AUDCAP>", "<ENDAUDCAP>", "<S>", "<E>", "a", "an", "the", "moves", "move", "moving", "bounces",
+             "bouncing", "bounce", "tone", "and", "clicks", "click", "to", "of", "on", "floor", "ball", "."]
+    words += list(COLORS) + list(SHAPES) + ["left", "right", "up", "down"] + list(PITCHES) + NEGATIVE_WORDS
+    out = ["<pad>", "</s>", "<unk>"]
+    for w in words:
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def measure_color_stats(n: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-colour mean and std of 8x8-pooled training frames: the shapes codec's normalisation."""
+    import torch
+    import torch.nn.functional as F
+    rng = random.Random(seed)
+    combos = training_combinations()
+    pooled = []
+    for _ in range(n):
+        v = torch.from_numpy(render_video(sample_spec(rng.choice(combos), rng)))
+        pooled.append(F.avg_pool2d(v.transpose(0, 1), 8).transpose(0, 1).reshape(3, -1))
+    allv = torch.cat(pooled, 1)
+    return tuple(float(m) for m in allv.mean(1)), tuple(float(s) for s in allv.std(1))

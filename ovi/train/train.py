@@ -1,0 +1,420 @@
+"""Train the tiny Ovi (`tiny_trained`) on synthetic clips with flow matching, on a CPU.
+
+    python -m ovi.train.train --out runs/NAME [--steps N] [--batch B] [--data full|gate] ...
+    python -m ovi.train.train --out runs/NAME --export DIR     # EMA weights -> upstream's layout in DIR
+
+Objective (Wan / Ovi flow matching): x_t = (1 - σ) x0 + σ ε, the model predicts v = ε - x0 at timestep
+t = 1000 σ, with σ drawn by the same time shift the sampler uses (σ' = sσ / (1 + (s-1)σ), σ ~ U(0,1)).
+Video and audio share one σ per clip, as they share one t in the engine. The codec's fixed latents
+(coordinate channels) stay clean in x_t and are left out of the loss, exactly as the engine pins them.
+Classifier-free guidance: with probability p_uncond a clip is trained with the engine's negative prompts
+(video negative for the video branch, audio negative for the audio branch), which is what the engine's
+negative pass feeds.
+
+Writes to --out: config.json, loss.jsonl, eval.jsonl (held-out accuracy through the real Engine every
+eval_every steps) and ckpt.pt (every ckpt_every steps; a rerun with the same --out resumes from it).
+The defaults of TrainConfig are the shipped recipe (ovi/weights/tiny_trained/training.json records it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
+from ovi.codecs.text import WordTokenizer, make_t5
+from ovi.train import data
+
+# The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
+# classifier-free guidance is trained on exactly what the negative pass feeds.
+VIDEO_NEG = "jitter, bad hands, blur, distortion"
+AUDIO_NEG = "robotic, muffled, echo, distorted"
+ARCHITECTURE = "tiny_trained"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    data: str = "full"           # full | gate (two clips that differ only in the direction word)
+    num_clips: int = 4000        # pre-encoded training clips (full)
+    steps: int = 5000
+    batch: int = 8
+    lr: float = 5e-4
+    warmup: int = 200
+    min_lr_frac: float = 0.1     # cosine decay to this fraction of lr
+    weight_decay: float = 0.01
+    ema: float = 0.998
+    grad_clip: float = 1.0
+    shift: float = 5.0           # timestep shift, the same as the sampler's
+    uniform_frac: float = 0.25   # this fraction of σ drawn unshifted (covers low noise too)
+    p_uncond: float = 0.1
+    curriculum_steps: int = 1000  # first steps draw only red-square-low-tone clips (one per motion word)
+    audio_weight: float = 1.0
+    coords: bool = True          # False: the codec's fixed channels hold zeros (ablation)
+    copies: int = 1              # tiles of the 12 content channels in the video latent
+    # architecture: these defaults are the `tiny_trained` preset (a test keeps them equal); other values
+    # are for experiments and cannot be exported as tiny_trained
+    dim: int = 128
+    ffn_dim: int = 512
+    freq_dim: int = 64
+    num_heads: int = 4
+    num_layers: int = 3
+    text_len: int = 32
+    t5_dim: int = 64
+    t5_layers: int = 2
+    t5_heads: int = 4
+    # evaluation during training
+    eval_every: int = 250
+    eval_steps: int = 8
+    eval_guidance: tuple = (4.0, 3.0)
+    eval_slg: int = -1
+    ckpt_every: int = 250
+    threads: int = 2
+
+
+def model_configs(cfg: TrainConfig) -> tuple[dict, dict]:
+    from ovi.model.configs import OVI_AUDIO_CONFIG, OVI_VIDEO_CONFIG
+    dims = dict(dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, num_heads=cfg.num_heads,
+                num_layers=cfg.num_layers, text_len=cfg.text_len, text_dim=cfg.t5_dim)
+    return {**OVI_VIDEO_CONFIG, **dims}, {**OVI_AUDIO_CONFIG, **dims}
+
+
+def t5_config(cfg: TrainConfig, vocab_size: int) -> dict:
+    return dict(vocab_size=vocab_size, d_model=cfg.t5_dim, d_kv=cfg.t5_dim // cfg.t5_heads, d_ff=2 * cfg.t5_dim,
+                num_layers=cfg.t5_layers, num_heads=cfg.t5_heads, max_length=cfg.text_len)
+
+
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class Dataset:
+    """Pre-encoded clips: video content latents (the 12 unique channels, fp16), audio latents, token ids."""
+
+    def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec):
+        self.specs = specs
+        v, a = [], []
+        for spec in specs:
+            v.append(vcodec.encode_content(torch.from_numpy(data.render_video(spec))).half())
+            a.append(acodec.encode(torch.from_numpy(data.render_audio(spec, acodec.CYCLES))))
+        self.video = torch.stack(v)
+        self.audio = torch.stack(a)
+        self.ids, self.mask = tokenizer([s.prompt for s in specs])
+
+    def __len__(self):
+        return len(self.specs)
+
+
+def make_specs(cfg: TrainConfig) -> list[data.ClipSpec]:
+    rng = random.Random(cfg.seed)
+    if cfg.data == "gate":
+        base = data.sample_spec(("red", "square", "left", "low"), rng)
+        base = dataclasses.replace(base, x0=100.0, y0=64.0, speed=4.5, size=15.0, caption_variant=0)
+        right = dataclasses.replace(base, motion="right", x0=28.0)
+        return [base, right]
+    combos = data.training_combinations()
+    return [data.sample_spec(combos[i % len(combos)], rng) for i in range(cfg.num_clips)]
+
+
+# ---- model ---------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: Path):
+        from ovi.model import FusionModel
+        self.cfg, self.out = cfg, out
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.vcodec, self.acodec = ShapesVideoCodec(copies=cfg.copies, coordinates=cfg.coords), ShapesAudioCodec()
+        self.tokenizer = WordTokenizer(data.vocabulary(), cfg.text_len)
+        self.model = FusionModel(*model_configs(cfg))
+        self.model.init_weights()
+        self.t5 = make_t5(t5_config(cfg, len(self.tokenizer.vocabulary)))
+        self.params = list(self.model.parameters()) + list(self.t5.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema_t5 = copy.deepcopy(self.t5).requires_grad_(False)
+        self.step = 0
+        self.neg_ids, self.neg_mask = self.tokenizer([VIDEO_NEG, AUDIO_NEG])
+        self.vshape = (48, 5, 16, 16)
+        self.vfixed = self.vcodec.fixed_latents(self.vshape)
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        p = min(1.0, (step - c.warmup) / max(1, c.steps - c.warmup))
+        return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+    def encode_text(self, t5, ids, mask) -> list[torch.Tensor]:
+        hidden = t5(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [h[: int(n)] for h, n in zip(hidden, mask.sum(1))]
+
+    def video_latents(self, content12: torch.Tensor) -> torch.Tensor:
+        return self.vcodec.assemble(content12)
+
+    def sample_sigma(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        u = torch.rand(n, generator=gen)
+        s = self.cfg.shift
+        shifted = s * u / (1 + (s - 1) * u)
+        plain = torch.rand(n, generator=gen) < self.cfg.uniform_frac
+        return torch.where(plain, u, shifted).clamp(1e-3, 1.0)
+
+    def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None):
+        model, t5 = model or self.model, t5 or self.t5
+        b = len(idx)
+        x0v, x0a = self.video_latents(ds.video[idx]), ds.audio[idx]
+        sigma = self.sample_sigma(b, gen)
+        ev, ea = torch.randn(x0v.shape, generator=gen), torch.randn(x0a.shape, generator=gen)
+        sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
+        mask, values = self.vfixed
+        xtv = torch.where(mask, values, (1 - sv) * x0v + sv * ev)
+        xta = (1 - sa) * x0a + sa * ea
+        uncond = torch.rand(b, generator=gen) < self.cfg.p_uncond
+        ids = torch.cat([ds.ids[idx], self.neg_ids])
+        masks = torch.cat([ds.mask[idx], self.neg_mask])
+        ctx = self.encode_text(t5, ids, masks)
+        vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
+        actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
+        ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx,
+                       vid_seq_len=self.vshape[1] * self.vshape[2] * self.vshape[3] // 4,
+                       audio_seq_len=x0a.shape[1])
+        keep = (~mask).float()
+        lv = (((torch.stack(ov) - (ev - x0v)) ** 2) * keep).sum() / (keep.sum() * b)
+        la = ((torch.stack(oa) - (ea - x0a)) ** 2).mean()
+        return lv, la, sigma
+
+    @torch.no_grad()
+    def update_ema(self):
+        d = self.cfg.ema if self.step > self.cfg.warmup else 0.0
+        for src, dst in ((self.model, self.ema_model), (self.t5, self.ema_t5)):
+            for p, q in zip(src.parameters(), dst.parameters()):
+                q.lerp_(p, 1 - d)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "t5": self.t5.state_dict(), "ema_model": self.ema_model.state_dict(),
+                "ema_t5": self.ema_t5.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                "cfg": dataclasses.asdict(self.cfg), "torch_rng": torch.random.get_rng_state()}
+
+    def save(self):
+        tmp = self.out / "ckpt.pt.tmp"
+        torch.save(self.state(), tmp)
+        tmp.replace(self.out / "ckpt.pt")
+
+    def load(self, path: Path) -> None:
+        st = torch.load(path, weights_only=False)
+        self.model.load_state_dict(st["model"])
+        self.t5.load_state_dict(st["t5"])
+        self.ema_model.load_state_dict(st["ema_model"])
+        self.ema_t5.load_state_dict(st["ema_t5"])
+        self.opt.load_state_dict(st["opt"])
+        self.step = st["step"]
+        torch.random.set_rng_state(st["torch_rng"])
+
+
+# ---- sampling through the real Engine ------------------------------------------------------------
+def make_engine(model, t5, tokenizer, vcodec, acodec, *, steps=8, shift=5.0, guidance=(4.0, 3.0), slg=-1,
+                solver="unipc"):
+    from ovi.config import load_config
+    from ovi.pipeline.components import Components
+    from ovi.pipeline.engine import Engine
+    from ovi.codecs.text import T5TextEncoder
+    cfg = load_config(dict(model_name=ARCHITECTURE, sample_steps=steps, shift=shift, video_guidance_scale=guidance[0],
+                           audio_guidance_scale=guidance[1], slg_layer=slg, video_frame_height_width=[128, 128],
+                           dtype="fp32", device="cpu", solver_name=solver, video_negative_prompt=VIDEO_NEG,
+                           audio_negative_prompt=AUDIO_NEG))
+    comps = Components(T5TextEncoder(t5.eval(), tokenizer), model.eval(), vcodec, acodec, Path("<memory>"),
+                       torch.float32)
+    return Engine(cfg, comps, torch.device("cpu"), torch.float32)
+
+
+def evaluate(engine, specs: list[data.ClipSpec], seeds=(0,)) -> dict:
+    from ovi.train import metrics
+    hits = {"color": 0, "motion": 0, "pitch": 0}
+    syncs, n, rows = [], 0, []
+    for spec in specs:
+        for seed in seeds:
+            clip = engine.generate(spec.prompt, seed=seed)
+            m = metrics.measure(clip.video, clip.audio)
+            n += 1
+            hits["color"] += m.color == spec.color
+            hits["motion"] += m.motion == spec.motion
+            hits["pitch"] += m.pitch == spec.pitch
+            if spec.motion == "bounce":
+                syncs.append(metrics.sync_error(m, data.NUM_FRAMES))
+            rows.append({"prompt": spec.prompt, "seed": seed, "color": m.color, "motion": m.motion, "pitch": m.pitch})
+    out = {f"{k}_accuracy": v / n for k, v in hits.items()}
+    out["sync_error_frames"] = float(np.mean(syncs)) if syncs else None
+    out["rows"] = rows
+    return out
+
+
+@torch.no_grad()
+def noise_probe(trainer: Trainer, model, t5, specs: list[data.ClipSpec], seed=0) -> dict:
+    """From pure noise at t=1000 (σ=1): how much the prediction changes when only the direction word is
+    swapped, and the direction of the decoded x0-prediction for each prompt."""
+    from ovi.pipeline.images import to_uint8_frames
+    from ovi.train import metrics
+    g = torch.Generator().manual_seed(seed)
+    xv = torch.randn(trainer.vshape, generator=g)
+    mask, values = trainer.vfixed
+    xv = torch.where(mask, values, xv)
+    xa = torch.randn(22, 20, generator=g)
+    preds, dirs = [], []
+    for spec in specs:
+        ids, m = trainer.tokenizer([spec.prompt])
+        ctx = trainer.encode_text(t5, ids, m)
+        ov, oa = model([xv], [xa], torch.tensor([999.0]), ctx, ctx, vid_seq_len=320, audio_seq_len=22)
+        x0 = xv - 0.999 * ov[0]
+        preds.append(ov[0])
+        frames = to_uint8_frames(trainer.vcodec.decode(torch.where(mask, values, x0)))
+        dirs.append(metrics.measure(frames, np.zeros(11264, np.float32)).motion)
+    rel = float((preds[0] - preds[1]).norm() / preds[0].norm())
+    return {"swap_rel_change": rel, "x0_directions": dirs}
+
+
+# ---- export ------------------------------------------------------------------------------------
+def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
+    """Write the EMA weights as a checkpoint folder in upstream's layout (what `ckpt_dir` points at):
+    Ovi/model.safetensors, Wan2.2-TI2V-5B/models_t5_umt5-xxl-enc-bf16.pth (Wan key names), the word
+    tokenizer json, and training.json (recipe, data seed, step, the command that reproduces it)."""
+    import platform
+
+    from ovi.checkpoint.adapter import hf_t5_to_wan
+    from ovi.checkpoint.loading import save_state_dict
+    from ovi.codecs.text import T5_CONFIGS
+    from ovi.model.configs import architecture
+    from ovi.specs import FUSION_DIR, MODEL_SPECS, T5_DIR, T5_FILE, TOKENIZER_DIR, WORD_TOKENIZER_FILE
+    cfg = tr.cfg
+    want_t5 = T5_CONFIGS[ARCHITECTURE]
+    if list(model_configs(cfg)) != list(architecture(ARCHITECTURE)) or \
+            t5_config(cfg, len(tr.tokenizer.vocabulary)) != want_t5:
+        raise ValueError(f"this run's dims differ from the {ARCHITECTURE} preset (ovi.model.configs / "
+                         "ovi.codecs.text.T5_CONFIGS); only a run with the preset's dims can be exported as it")
+    dest = Path(dest)
+    save_state_dict(tr.ema_model.state_dict(), dest / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file)
+    t5_dir = dest / T5_DIR
+    (t5_dir / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = t5_dir / (T5_FILE + ".tmp")
+    torch.save(hf_t5_to_wan({k: v.contiguous() for k, v in tr.ema_t5.state_dict().items()}), tmp)
+    tmp.replace(t5_dir / T5_FILE)
+    (t5_dir / TOKENIZER_DIR / WORD_TOKENIZER_FILE).write_text(tr.tokenizer.to_json())
+    record = {
+        "model_name": ARCHITECTURE, "step": tr.step, "weights": "EMA", "config": dataclasses.asdict(cfg),
+        "command": command or f"python -m ovi.train.train --out runs/{ARCHITECTURE} --steps {cfg.steps} "
+                              f"&& python -m ovi.train.train --out runs/{ARCHITECTURE} --export {dest}",
+        "data": {"seed": cfg.seed, "clips": cfg.num_clips, "held_out": [list(c) for c in data.HELD_OUT]},
+        "torch": torch.__version__, "python": platform.python_version(), "threads": cfg.threads,
+    }
+    (dest / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    return dest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="run folder (logs, ckpt.pt); reruns resume from it")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="write the run's EMA weights to DIR in upstream's layout and exit")
+    for f in dataclasses.fields(TrainConfig):
+        if f.type in ("tuple",):
+            continue
+        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}[f.type]
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.type != "tuple" and getattr(args, f.name, None) is not None}
+    if (out / "ckpt.pt").is_file():
+        saved = torch.load(out / "ckpt.pt", weights_only=False)["cfg"]
+        saved.update({k: v for k, v in overrides.items() if k in ("steps", "eval_every", "ckpt_every", "threads")})
+        saved["eval_guidance"] = tuple(saved["eval_guidance"])
+        cfg = TrainConfig(**saved)
+    else:
+        cfg = TrainConfig(**overrides)
+    if args.export:
+        if not (out / "ckpt.pt").is_file():
+            raise SystemExit(f"no ckpt.pt in {out}: train first (same --out), then --export")
+        tr = Trainer(cfg, out)
+        tr.load(out / "ckpt.pt")
+        print(export(tr, args.export))
+        return
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    train(cfg, out)
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
+    from tqdm import tqdm
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr = Trainer(cfg, out)
+    if (out / "ckpt.pt").is_file():
+        tr.load(out / "ckpt.pt")
+    specs = make_specs(cfg)
+    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec)
+    print(f"data: {len(ds)} clips encoded in {time.time() - t0:.0f}s; params "
+          f"{sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M dit + "
+          f"{sum(p.numel() for p in tr.t5.parameters()) / 1e6:.3f}M t5", flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + tr.step)
+    easy = torch.tensor([i for i, sp in enumerate(specs) if (sp.color, sp.shape, sp.pitch) == ("red", "square", "low")])
+    held = data.held_out_specs() if cfg.data == "full" else specs
+    loss_log = open(out / "loss.jsonl", "a")
+    eval_log = open(out / "eval.jsonl", "a")
+    bar = tqdm(total=cfg.steps, initial=tr.step, mininterval=20, disable=not progress)
+    tr.model.train()
+    t_last = time.time()
+    while tr.step < cfg.steps:
+        lr = tr.lr_at(tr.step)
+        for gparam in tr.opt.param_groups:
+            gparam["lr"] = lr
+        if tr.step < cfg.curriculum_steps:
+            idx = easy[torch.randint(len(easy), (cfg.batch,), generator=gen)]
+        else:
+            idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
+        lv, la, _ = tr.loss(ds, idx, gen)
+        loss = lv + cfg.audio_weight * la
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(tr.params, cfg.grad_clip)
+        tr.opt.step()
+        tr.step += 1
+        tr.update_ema()
+        now = time.time()
+        loss_log.write(json.dumps({"step": tr.step, "loss": loss.item(), "loss_video": lv.item(),
+                                   "loss_audio": la.item(), "lr": lr, "grad_norm": float(gn),
+                                   "sec": round(now - t_last, 3), "wall": round(now - t0, 1)}) + "\n")
+        loss_log.flush()
+        t_last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", v=f"{lv.item():.3f}", a=f"{la.item():.3f}", refresh=False)
+        if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps:
+            tr.save()
+        if cfg.eval_every and (tr.step % cfg.eval_every == 0 or tr.step == cfg.steps):
+            te = time.time()
+            engine = make_engine(tr.ema_model, tr.ema_t5, tr.tokenizer, tr.vcodec, tr.acodec,
+                                 steps=cfg.eval_steps, shift=cfg.shift, guidance=cfg.eval_guidance, slg=cfg.eval_slg)
+            res = evaluate(engine, held, seeds=(0, 1) if cfg.data == "gate" else (0,))
+            probe_specs = specs[:2] if cfg.data == "gate" else [
+                data.ClipSpec("red", "square", "left", "low", 15, 100, 64, 4.5, 16, 8, 60),
+                data.ClipSpec("red", "square", "right", "low", 15, 28, 64, 4.5, 16, 8, 60)]
+            res.update(noise_probe(tr, tr.ema_model, tr.ema_t5, probe_specs))
+            res.update(step=tr.step, wall=round(time.time() - t0, 1), eval_sec=round(time.time() - te, 1))
+            rows = res.pop("rows")
+            eval_log.write(json.dumps({**res, "rows": rows}) + "\n")
+            eval_log.flush()
+            print(json.dumps(res), flush=True)
+            tr.model.train()
+    bar.close()
+    return tr
+
+
+if __name__ == "__main__":
+    main()
