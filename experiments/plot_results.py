@@ -137,6 +137,37 @@ def plot_quality(records: list[dict]) -> None:
     fig.savefig(PLOTS / "quality.png", dpi=110)
 
 
+def plot_lora_quality(distill: list[dict], training: list[dict]) -> None:
+    """Left: the quality bench's accuracies for the full-step model and the 4-step variants (distilled
+    Lightning LoRA or not). Right: a new colour taught by a LoRA, before / after, on held-out prompts in
+    that colour and on the bench's own held-out set (the colours the model knew)."""
+    keys = ("color_accuracy", "motion_accuracy", "pitch_accuracy")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    panels = ((axes[0], [r for r in distill if r["phase"] == "eval"], lambda r: f"{r['variant']}\n{r['steps']} steps, latent RMS to\nthe full-step clip {r['video_latent_rms_to_full']:.3f}"),
+              (axes[1], [r for r in training if r["phase"] in ("before", "after")], lambda r: f"{r['phase']}\n{r['set'].split(',')[0]}\nsync {r['sync_error_frames']:.2f} frames"))
+    for ax, rows, label in panels:
+        if not rows:
+            ax.set_visible(False)
+            continue
+        width = 0.8 / len(keys)
+        for i, key in enumerate(keys):
+            xs = [j + (i - 1) * width for j in range(len(rows))]
+            bars = ax.bar(xs, [r[key] for r in rows], width, label=key.replace("_", " "))
+            for bar, r in zip(bars, rows):
+                ax.annotate(f"{r[key]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=6)
+        ax.set_xticks(range(len(rows)), [label(r) for r in rows], fontsize=7)
+        ax.set_ylim(0, 1.25)
+        ax.legend(fontsize=7, loc="upper center", ncol=3)
+    if distill:
+        clips = distill[-1].get("n_clips")
+        axes[0].set_title(f"distilled 4-step Lightning LoRA vs the full-step model ({clips} held-out clips each)", fontsize=9)
+    if training:
+        axes[1].set_title(f"a LoRA teaches a new {training[0]['attribute']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "lora_quality.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("quality", plot_quality),
@@ -145,6 +176,10 @@ def main() -> int:
         if records:
             plot(records)
             print(f"wrote {PLOTS / (name + '.png')} from {len(records)} records")
+    distill, training = load("lightning_distill"), load("lora_training")
+    if distill or training:
+        plot_lora_quality(distill, training)
+        print(f"wrote {PLOTS / 'lora_quality.png'} from {len(distill) + len(training)} records")
     return 0
 
 

@@ -1,149 +1,185 @@
-"""Teach the tiny model something it never saw with a LoRA (ovi.lora.training), and measure before/after.
+"""Teach the trained tiny model a colour it never saw with a LoRA, and measure it before and after.
 
-    .venv/bin/python experiments/train_lora.py --colour purple --tone 625 --rank 8 --minutes 10
+    .venv/bin/python experiments/train_lora.py --colour purple --rank 8 --minutes 10 --seed 0
 
-Synthetic clips (a square of the new colour moving on a grey background, with a steady tone) are
-encoded by the config's codecs; their prompts by the engine's text encoder. A rank 4-16 LoRA is
-trained with Ovi's flow-matching loss (video / audio loss weights are flags) within a wall-clock budget,
-saved in the native format, then clips are generated for the training prompts without and with it.
-Metrics (stand-ins until `ovi bench quality` from the trained-tiny-model work lands on main):
-`colour_share` - share of pixels nearest the target colour in a small palette; `target_mse` - pixel
-MSE against the synthetic clip of the same prompt; `tone_share` - share of the audio's energy in the
-target tone's bin. Writes experiments/results/lora_training.jsonl (one line per phase) and the LoRA.
+The trained tiny model knows red, green, blue and yellow, and its word tokenizer holds no other colour
+word, so "A purple circle moves up. <AUDCAP>a low tone<ENDAUDCAP>" reaches it as "A <unk> circle ...":
+the base model draws whatever it makes of an unknown word. The LoRA (rank 4-16; the video branch by
+default) learns what such a prompt should show from synthetic clips of a purple object drawn by the
+trained model's own data renderer (ovi.train.data: every shape, motion and tone), encoded by its own
+codecs, with Ovi's flow-matching loss (the codec's fixed coordinate channels pinned and out of the
+loss; video and audio loss weights are flags). The quality bench's held-out combinations, recoloured
+purple, are never trained on.
+
+Measured through the real Engine on those held-out purple combinations (seeds 0..): colour accuracy with
+purple added to the palette, motion and pitch accuracy, before and after (ovi.train.metrics, as `ovi
+bench quality` measures); and `ovi bench quality` on its own held-out set without and with the LoRA
+(what the LoRA costs the four colours the model knew). Writes experiments/results/lora_training.jsonl
+and the LoRA file (its header records the command and seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import random
 import socket
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import ovi
+from ovi.bench import quality
 from ovi.lora import get_lora_config
 from ovi.lora.training import Example, TrainableLoRA, train_flow_matching
+from ovi.train import data, metrics
 from run_bench import write_results  # experiments/ is on sys.path when a script here runs
 
 HERE = Path(__file__).resolve().parent
-COLOURS = {"purple": (0.6, 0.1, 0.7), "orange": (1.0, 0.55, 0.0), "cyan": (0.0, 0.9, 0.9),
-           "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
-BACKGROUND = (0.5, 0.5, 0.5)
-MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+NEW_COLOURS = {"purple": (0.6, 0.1, 0.7), "orange": (1.0, 0.55, 0.0), "cyan": (0.0, 0.9, 0.9)}
 
 
-def synthetic_clip(colour, motion, frames, height, width, samples, sample_rate, tone_hz):
-    """Pixels in [-1, 1] [3, F, H, W] (a square crossing a grey frame) and a tone [samples]."""
-    video = torch.tensor(BACKGROUND).view(3, 1, 1, 1).expand(3, frames, height, width).clone()
-    side = height // 4
-    dx, dy = MOTIONS[motion]
-    for f in range(frames):
-        p = f / max(1, frames - 1)
-        x = int((width - side) * (p if dx > 0 else 1 - p)) if dx else (width - side) // 2
-        y = int((height - side) * (p if dy > 0 else 1 - p)) if dy else (height - side) // 2
-        video[:, f, y: y + side, x: x + side] = torch.tensor(colour).view(3, 1, 1)
-    t = torch.arange(samples, dtype=torch.float64) / sample_rate
-    audio = (0.25 * torch.sin(2 * math.pi * tone_hz * t)).float()
-    return video * 2 - 1, audio
-
-
-def prompt_for(colour, motion, tone_hz):
-    return f"A {colour} square moves {motion}. <AUDCAP>a steady {int(tone_hz)} Hz tone<ENDAUDCAP>"
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, out: str, results: str) -> None:
-    """The flags both LoRA scripts share: budget, optimiser, loss weights, where the LoRA and results go."""
-    parser.add_argument("--config", default=None, help="yaml config (default: the embedded tiny model)")
+def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, lr: float, out: str, results: str) -> None:
+    """The flags both LoRA scripts share: budget, optimiser, loss weights, seed, where things go."""
+    parser.add_argument("--config", default=None, help="yaml config (default: the embedded trained tiny model)")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget for training")
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0, help="LoRA init, data placement and training noise")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 by default: on a CPU shared with other jobs, more threads than free "
+                             "cores make every step many times slower)")
     parser.add_argument("--video-weight", type=float, default=1.0, help="weight of the video flow-matching loss")
     parser.add_argument("--audio-weight", type=float, default=1.0, help="weight of the audio flow-matching loss")
-    parser.add_argument("--out", type=Path, default=HERE / "loras" / out, help="the LoRA file written")
+    parser.add_argument("--out", type=Path, default=Path("experiments/loras") / out, help="the LoRA file written")
     parser.add_argument("--results", type=Path, default=HERE / "results" / results)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N held-out combinations (quick checks)")
+    parser.add_argument("--out-dir", default="experiments/results/lora_quality",
+                        help="contact sheets and spectrograms of the clips the LoRA changes ('' for none)")
 
 
-def clip_metrics(clip, target_video, colour, tone_hz) -> dict:
-    frames = torch.from_numpy(clip.video).float() / 255.0            # [F, H, W, 3] in [0, 1]
-    palette = torch.tensor([COLOURS[colour], BACKGROUND] + [c for n, c in COLOURS.items() if n != colour])
-    nearest = torch.cdist(frames.reshape(-1, 3), palette).argmin(dim=1)
-    target = (target_video.permute(1, 2, 3, 0) + 1) / 2
-    wave = torch.from_numpy(clip.audio).double()
-    spectrum = torch.fft.rfft(wave).abs() ** 2
-    freqs = torch.fft.rfftfreq(wave.numel(), 1 / clip.sample_rate)
-    band = (freqs - tone_hz).abs() < 20
-    return {"colour_share": float((nearest == 0).float().mean()),
-            "target_mse": float(((frames - target) ** 2).mean()),
-            "tone_share": float(spectrum[band].sum() / spectrum.sum().clamp_min(1e-12))}
+def quality_rows(config, steps: int, seeds: int, settings: list[str], out_dir: str, limit=None) -> list[dict]:
+    """`ovi bench quality`'s trained-weights rows at `steps` with config overrides `settings` (e.g. a LoRA)."""
+    args = argparse.Namespace(config=config, steps=str(steps), seeds=seeds, limit=limit, no_floor=True,
+                              no_ceiling=True, out_dir=out_dir, set=list(settings))
+    return [r for r in quality.run(args) if r["weights"] == "trained" and "kind" not in r]
+
+
+def held_out_combos(colour: str) -> list[tuple[str, str, str, str]]:
+    """The quality bench's held-out (shape, motion, tone) triples, in the new colour."""
+    return list(dict.fromkeys((colour, shape, motion, pitch) for _, shape, motion, pitch in data.HELD_OUT))
+
+
+def score_new_colour(engine, colour: str, seeds: int, loras=(), out_dir: str = "", name: str = "", limit=None) -> dict:
+    """Held-out clips in the new colour through Engine.generate, measured with the colour in the palette."""
+    palette = {**data.COLORS, colour: NEW_COLOURS[colour]}
+    rng = random.Random(1234)  # placements as the quality bench draws its held-out specs
+    specs = [data.sample_spec(combo, rng) for combo in held_out_combos(colour)][:limit]
+    pairs, pictures = [], []
+    for spec in specs:
+        for seed in range(seeds):
+            clip = engine.generate(spec.prompt, seed=seed, loras=loras)
+            m = metrics.measure(clip.video, clip.audio, colors=palette)
+            pairs.append((spec, m))
+            pictures.append((quality.label(spec, m), clip.video, clip.audio))
+    out = quality.score(pairs, engine.spec.num_frames)
+    if out_dir:
+        out.update(quality.pictures(out_dir, name, pictures))
+    return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--colour", default="purple", choices=sorted(COLOURS))
-    parser.add_argument("--tone", type=float, default=625.0, help="Hz (the toy audio codec holds multiples of 31.25)")
+    parser.add_argument("--colour", default="purple", choices=sorted(NEW_COLOURS))
     parser.add_argument("--preset", default="balanced", choices=("lightning", "balanced", "quality"),
                         help="rank / alpha of the LoRA (lightning 4, balanced 8, quality 16)")
     parser.add_argument("--rank", type=int, default=None, help="override the preset's rank (4-16)")
-    parser.add_argument("--branch", default="both", choices=("video", "audio", "both"))
-    add_training_arguments(parser, steps=400, out="new_colour.safetensors", results="lora_training.jsonl")
+    parser.add_argument("--branch", default="video", choices=("video", "audio", "both"))
+    parser.add_argument("--clips-per-combo", type=int, default=3, help="random placements of each trained combination")
+    parser.add_argument("--keep-known", type=float, default=1.0,
+                        help="clips of the known colours (training combinations) per new-colour clip, so the LoRA "
+                             "keeps drawing them (prior preservation); 0 trains on the new colour alone")
+    parser.add_argument("--eval-seeds", type=int, default=2, help="seeds per held-out combination")
+    add_training_arguments(parser, steps=3000, lr=2e-3, out="new_colour.safetensors", results="lora_training.jsonl")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
 
     cfg = ovi.load_config(args.config)
     engine = ovi.Engine.from_config(cfg)
+    if engine.components.video_codec.__class__.__name__ != "ShapesVideoCodec":
+        raise SystemExit(f"train_lora.py teaches the trained tiny model (model_name tiny_trained); config "
+                         f"model_name {cfg.model_name!r} does not draw its synthetic world")
     preset = get_lora_config(args.preset)
     rank = args.rank or preset["rank"]
-    spec, codec = engine.spec, engine.components.video_codec
-    examples, targets = [], {}
-    for motion in MOTIONS:
-        prompt = prompt_for(args.colour, motion, args.tone)
-        plan = engine.plan(prompt)
-        video, audio = synthetic_clip(COLOURS[args.colour], motion, plan.num_frames, plan.height, plan.width,
-                                      spec.audio_latent_length * 512, spec.sample_rate, args.tone)
+    palette = {**data.COLORS, args.colour: NEW_COLOURS[args.colour]}
+    held = set(held_out_combos(args.colour))
+    combos = [(args.colour, s, m, p) for s in data.SHAPES for m in data.MOTIONS for p in data.PITCHES
+              if (args.colour, s, m, p) not in held]
+    rng = random.Random(args.seed)
+    specs = [data.sample_spec(combo, rng) for combo in combos for _ in range(args.clips_per_combo)]
+    known = data.training_combinations()
+    specs += [data.sample_spec(rng.choice(known), rng) for _ in range(round(args.keep_known * len(specs)))]
+    vcodec, acodec = engine.components.video_codec, engine.components.audio_codec
+    examples = []
+    t0 = time.perf_counter()
+    for spec in specs:
+        plan = engine.plan(spec.prompt)
         with torch.no_grad():
-            contexts = engine.encode_text(plan)
-            latent_v = codec.encode(video.to(engine.device)).float()
-            latent_a = engine.components.audio_codec.encode(audio.to(engine.device)).float()[: spec.audio_latent_length]
-        examples.append(Example(latent_v, latent_a, contexts[0]))
-        targets[prompt] = video
+            context = engine.encode_text(plan)[0]
+            video = vcodec.encode(torch.from_numpy(data.render_video(spec, palette))).float().to(engine.device)
+            audio = acodec.encode(torch.from_numpy(data.render_audio(spec, acodec.CYCLES))).float().to(engine.device)
+        examples.append(Example(video, audio, context, engine.fixed_latents(vcodec, video),
+                                engine.fixed_latents(acodec, audio)))
+    data_seconds = time.perf_counter() - t0
+    rng.shuffle(examples)
 
-    stamp = {"host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": args.config or "tiny",
-             "colour": args.colour, "tone_hz": args.tone, "rank": rank, "branch": args.branch,
-             "video_weight": args.video_weight, "audio_weight": args.audio_weight}
+    command = "python " + " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    stamp = {"host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "config": args.config or "default", "seed": args.seed, "command": command,
+             "attribute": f"colour {args.colour} {list(NEW_COLOURS[args.colour])}", "rank": rank,
+             "keep_known": args.keep_known,
+             "branch": args.branch, "video_weight": args.video_weight, "audio_weight": args.audio_weight}
     lines = []
 
-    def evaluate(phase, loras=()):
-        rows = [clip_metrics(engine.generate(p, seed=11, loras=loras), targets[p], args.colour, args.tone)
-                for p in targets]
-        record = {"bench": "lora_training", "phase": phase, **stamp,
-                  **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}}
-        lines.append(json.dumps(record, sort_keys=True))
-        print(lines[-1], flush=True)
+    def record(phase, row):
+        lines.append({**row, "bench": "lora_training", "phase": phase, **stamp})
+        print(json.dumps(lines[-1], sort_keys=True), flush=True)
 
-    evaluate("before")
+    record("before", {"set": "new colour, held out", "steps": cfg.sample_steps,
+                      **score_new_colour(engine, args.colour, args.eval_seeds, (), args.out_dir, "new_colour_before",
+                                        args.limit)})
     lora = TrainableLoRA(engine.model, rank=rank, alpha=preset["alpha"] if args.rank is None else rank,
-                         branch=args.branch)
+                         branch=args.branch, seed=args.seed)
 
     def report(step, parts):
-        if step % 25 == 0:
+        if step % 100 == 0:
             print(f"step {step} loss {float(parts.total.detach()):.4f} (video {parts.video:.4f}, audio {parts.audio:.4f})",
                   flush=True)
     history = train_flow_matching(lora, examples, steps=args.steps, lr=args.lr, video_weight=args.video_weight,
-                                  audio_weight=args.audio_weight, time_limit=args.minutes * 60, on_step=report)
+                                  audio_weight=args.audio_weight, seed=args.seed, time_limit=args.minutes * 60,
+                                  on_step=report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lora.save(args.out, extra={"training": {**stamp, "steps": len(history.loss), "seconds": history.seconds,
-                                            "lr": args.lr, "prompts": list(targets)}})
+                                            "lr": args.lr, "examples": len(examples),
+                                            "new_colour": {args.colour: list(NEW_COLOURS[args.colour])},
+                                            "held_out": [list(c) for c in sorted(held)]}})
     lora.remove()
     window = max(1, len(history.loss) // 10)
-    lines.append(json.dumps({"bench": "lora_training", "phase": "train", **stamp, "steps": len(history.loss),
-                             "seconds": history.seconds, "loss_first": sum(history.loss[:window]) / window,
-                             "loss_last": sum(history.loss[-window:]) / window, "lora": str(args.out),
-                             "lora_bytes": args.out.stat().st_size}, sort_keys=True))
-    print(lines[-1], flush=True)
-    evaluate("after", loras=(str(args.out),))
-    write_results(args.results, lines)
+    record("train", {"steps": len(history.loss), "seconds": history.seconds, "data_seconds": data_seconds,
+                     "examples": len(examples), "loss_first": float(np.mean(history.loss[:window])),
+                     "loss_last": float(np.mean(history.loss[-window:])), "lora": str(args.out),
+                     "lora_bytes": args.out.stat().st_size})
+    record("after", {"set": "new colour, held out", "steps": cfg.sample_steps,
+                     **score_new_colour(engine, args.colour, args.eval_seeds, (str(args.out),), args.out_dir,
+                                        "new_colour_after", args.limit)})
+    for phase, settings in (("before", []), ("after", [f"lora=[{args.out}]"])):
+        (row,) = quality_rows(args.config, cfg.sample_steps, args.eval_seeds, settings, "", args.limit)
+        record(phase, {**row, "set": "known colours, held out (ovi bench quality)"})
+    write_results(args.results, [json.dumps(line, sort_keys=True) for line in lines])
     return 0
 
 

@@ -13,6 +13,11 @@ and the nearest click. One JSON line per measured point:
 - `weights: "trained"`: the configured weights at each of `--steps`;
 - `kind: "default_clip"`: the config's own prompt at its step count, with its generation seconds.
 
+A config's LoRA set and Lightning profile apply to the trained rows (`--set "lora=[a.safetensors]"`,
+`--set lightning=true`); those rows record the sampler that ran (solver, shift, guidance, `lightning`),
+the `loras` (name, weight, merged) and `denoise_seconds`, so a distilled few-step LoRA is compared with
+the full-step model from the same command.
+
 It also writes a contact sheet (frames 0, 4, 8, 12, 16 of each clip) and a spectrogram strip per row
 under `--out-dir`, so a person can look rather than read.
 """
@@ -42,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _label(spec, m) -> str:
+def label(spec, m) -> str:
     got = f"{m.color or '-'} {m.motion or '-'} {m.pitch or '-'}"
     return f"{spec.color} {spec.shape} {spec.motion} {spec.pitch} -> {got}"
 
@@ -60,7 +65,7 @@ def score(pairs, num_frames: int) -> dict:
     return out
 
 
-def _pictures(out_dir, name: str, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict:
+def pictures(out_dir, name: str, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict:
     if not out_dir:
         return {}
     from ovi.train.report import contact_sheet, spectrogram_strip
@@ -94,6 +99,15 @@ def untrained_engine(engine, seed: int = 0):
     comps = Components(T5TextEncoder(t5.eval(), c.text_encoder.tokenizer), model.eval().to(engine.device),
                        c.video_codec, c.audio_codec, c.checkpoint, c.storage_dtype)
     return Engine(engine.config, comps, engine.device, engine.dtype)
+
+
+def sampler_used(rows) -> dict:
+    """What the clips of `rows` ([(spec, measurement, clip)]) were sampled with, from their sidecars."""
+    meta = rows[0][2].meta
+    return {"solver": meta["solver"], "shift": meta["shift"], "video_guidance_scale": meta["video_guidance_scale"],
+            "audio_guidance_scale": meta["audio_guidance_scale"], "lightning": meta["lightning"] is not None,
+            "loras": [{k: r[k] for k in ("name", "weight", "merged")} for r in meta["loras"]],
+            "denoise_seconds": float(np.mean([c.meta["timings"]["denoise"] for _, _, c in rows]))}
 
 
 def measure_engine(engine, specs, seeds: int, steps: int):
@@ -148,22 +162,24 @@ def run(args):
             raw.append((spec, measure(to_uint8_frames(v), a.numpy())))
             vr, ar = to_uint8_frames(vc.decode(vc.encode(v))), ac.decode(ac.encode(a)).numpy()
             coded.append((spec, m := measure(vr, ar)))
-            pics.append((_label(spec, m), vr, ar))
+            pics.append((label(spec, m), vr, ar))
         yield {**base, "weights": "data", "steps": None, **score(raw, nf)}
-        yield {**base, "weights": "data+codec", "steps": None, **score(coded, nf), **_pictures(args.out_dir, "data", pics)}
+        yield {**base, "weights": "data+codec", "steps": None, **score(coded, nf), **pictures(args.out_dir, "data", pics)}
 
     if not args.no_floor:
         floor = untrained_engine(engine)
         rows, sec = measure_engine(floor, specs, args.seeds, cfg.sample_steps)
-        pics = [(_label(s, m), c.video, c.audio) for s, m, c in rows]
+        pics = [(label(s, m), c.video, c.audio) for s, m, c in rows]
         yield {**base, "weights": "untrained", "steps": cfg.sample_steps, "clip_seconds": sec,
-               **score([(s, m) for s, m, _ in rows], nf), **_pictures(args.out_dir, "untrained", pics)}
+               **score([(s, m) for s, m, _ in rows], nf), **pictures(args.out_dir, "untrained", pics)}
 
     for steps in step_counts:
         rows, sec = measure_engine(engine, specs, args.seeds, steps)
-        pics = [(_label(s, m), c.video, c.audio) for s, m, c in rows]
-        yield {**base, "weights": "trained", "steps": steps, "clip_seconds": sec,
-               **score([(s, m) for s, m, _ in rows], nf), **_pictures(args.out_dir, f"trained_steps{steps}", pics)}
+        pics = [(label(s, m), c.video, c.audio) for s, m, c in rows]
+        name = f"trained_steps{steps}" + ("_lightning" if cfg.lightning else "") + "".join(
+            f"_{Path(str(entry['path'])).stem}" for entry in cfg.lora)
+        yield {**base, "weights": "trained", "steps": steps, "clip_seconds": sec, **sampler_used(rows),
+               **score([(s, m) for s, m, _ in rows], nf), **pictures(args.out_dir, name, pics)}
 
     # The config's own prompt, as `ovi generate` / `make demo` would make it.
     prompt = cfg.text_prompt
@@ -176,4 +192,4 @@ def run(args):
            "clip_seconds": sec, "measured": {"color": m.color, "motion": m.motion, "pitch": m.pitch,
                                              "contacts": m.contacts, "clicks": m.clicks},
            "expected": want, "matches": bool(want) and all(getattr(m, k) == v for k, v in want.items()),
-           **_pictures(args.out_dir, "default_prompt", [(prompt, clip.video, clip.audio)])}
+           **pictures(args.out_dir, "default_prompt", [(prompt, clip.video, clip.audio)])}

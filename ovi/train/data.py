@@ -182,11 +182,12 @@ def _mask(shape: str, cx: float, cy: float, size: float, yy: np.ndarray, xx: np.
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
-def render_video(spec: ClipSpec) -> np.ndarray:
-    """float32 [3, NUM_FRAMES, HEIGHT, WIDTH] in [-1, 1]."""
+def render_video(spec: ClipSpec, colors: dict[str, tuple[float, float, float]] = COLORS) -> np.ndarray:
+    """float32 [3, NUM_FRAMES, HEIGHT, WIDTH] in [-1, 1]. `colors` names the RGB of `spec.color` (another
+    palette draws colours the model never saw, e.g. for a LoRA that teaches one)."""
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64) + 0.5
     bg = np.asarray(BACKGROUND)[:, None, None]
-    fg = np.asarray(COLORS[spec.color])[:, None, None]
+    fg = np.asarray(colors[spec.color])[:, None, None]
     frames = []
     for cx, cy in track(spec):
         m = _mask(spec.shape, cx, cy, spec.size, yy, xx)[None]

@@ -40,12 +40,13 @@ def object_mask(video: np.ndarray) -> np.ndarray:
     return np.abs(v - np.asarray(BACKGROUND, np.float32)).max(-1) > FG_THRESHOLD
 
 
-def measure_color(video: np.ndarray, mask: np.ndarray) -> str | None:
+def measure_color(video: np.ndarray, mask: np.ndarray, colors: dict = COLORS) -> str | None:
+    """The palette colour nearest the object's mean colour (`colors`: name -> RGB in 0..1)."""
     if mask.sum() < MIN_PIXELS:
         return None
     mean = (video.astype(np.float32) / 255.0)[mask].mean(0)
-    names = list(COLORS)
-    return names[int(np.argmin([np.linalg.norm(mean - np.asarray(COLORS[n])) for n in names]))]
+    names = list(colors)
+    return names[int(np.argmin([np.linalg.norm(mean - np.asarray(colors[n])) for n in names]))]
 
 
 def centroid_track(mask: np.ndarray) -> np.ndarray:
@@ -137,12 +138,12 @@ def measure_clicks(audio: np.ndarray) -> list[float]:
     return clicks
 
 
-def measure(video: np.ndarray, audio: np.ndarray) -> Measurement:
+def measure(video: np.ndarray, audio: np.ndarray, colors: dict = COLORS) -> Measurement:
     mask = object_mask(video)
     track = centroid_track(mask)
     motion, contacts = classify_motion(track)
     pitch, peak = measure_pitch(audio)
-    return Measurement(color=measure_color(video, mask), motion=motion, pitch=pitch, contacts=contacts,
+    return Measurement(color=measure_color(video, mask, colors), motion=motion, pitch=pitch, contacts=contacts,
                        clicks=measure_clicks(audio), track=np.round(track, 2).tolist(), peak_hz=peak)
 
 
