@@ -59,6 +59,12 @@ class Components:
         }
 
 
+def codec_family(cfg) -> str:
+    """Which codecs a config runs through: "toy" for the random presets (whatever model_name's spec says),
+    else its spec's ("real" Wan2.2 VAE + MMAudio, or the trained tiny model's "shapes")."""
+    return "toy" if cfg.model in RANDOM_ARCHITECTURES else MODEL_SPECS[cfg.model_name].codecs
+
+
 def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loader=None, text_placer=None
                     ) -> Components:
     """Every component of `cfg` in `dtype` (on the CPU with cpu_offload). `fusion_loader(path,
@@ -68,7 +74,7 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loa
     spec = MODEL_SPECS[cfg.model_name]
     architecture = cfg.model
     load_device = torch.device("cpu") if cfg.cpu_offload else device
-    codecs = "toy" if architecture in RANDOM_ARCHITECTURES else spec.codecs
+    codecs = codec_family(cfg)
     marker = Path(cfg.ckpt_dir) / FUSION_DIR / RANDOM_MARKER
     if architecture not in RANDOM_ARCHITECTURES and marker.is_file():
         made_for = marker.read_text().strip()

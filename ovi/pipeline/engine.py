@@ -34,9 +34,8 @@ from ovi.errors import InputError
 from ovi.lora import LoRAManager
 from ovi.lora.presets import lightning_profile
 from ovi.model.attention import resolve_backend
-from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.parallel.dims import ParallelDims
-from ovi.pipeline.components import Components, load_components
+from ovi.pipeline.components import Components, codec_family, load_components
 from ovi.pipeline.images import (
     FluxImageGenerator,
     ToyImageGenerator,
@@ -415,7 +414,7 @@ class Engine:
 
     def text_to_image(self, plan: Plan) -> torch.Tensor:
         if self.image_generator is None:
-            if self.config.model in RANDOM_ARCHITECTURES or self.spec.codecs != "real":  # toy worlds: no FLUX
+            if codec_family(self.config) != "real":  # toy worlds: no FLUX
                 self.image_generator = ToyImageGenerator()
             else:
                 self.image_generator = FluxImageGenerator(Path(self.config.ckpt_dir) / FLUX_DIR, self.device)
