@@ -85,7 +85,7 @@ def score_new_colour(engine, colour: str, seeds: int, loras=(), out_dir: str = "
             m = metrics.measure(clip.video, clip.audio, colors=palette)
             pairs.append((spec, m))
             pictures.append((quality.label(spec, m), clip.video, clip.audio))
-    out = quality.score(pairs, engine.spec.num_frames)
+    out = metrics.score(pairs, engine.spec.num_frames)
     if out_dir:
         out.update(quality.pictures(out_dir, name, pictures))
     return out

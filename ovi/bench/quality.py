@@ -52,19 +52,6 @@ def label(spec, m) -> str:
     return f"{spec.color} {spec.shape} {spec.motion} {spec.pitch} -> {got}"
 
 
-def score(pairs, num_frames: int) -> dict:
-    """Accuracies over (spec, Measurement) pairs; sync over the bounces (see metrics.sync_error)."""
-    from ovi.train.metrics import sync_error
-    n = len(pairs)
-    out = {f"{k}_accuracy": sum(getattr(m, k) == getattr(s, k) for s, m in pairs) / n
-           for k in ("color", "motion", "pitch")}
-    bounces = [sync_error(m, num_frames) for s, m in pairs if s.motion == "bounce"]
-    out["sync_error_frames"] = float(np.mean(bounces)) if bounces else None
-    out["n_clips"] = n
-    out["n_bounces"] = len(bounces)
-    return out
-
-
 def pictures(out_dir, name: str, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict:
     if not out_dir:
         return {}
@@ -129,7 +116,7 @@ def run(args):
     from ovi.errors import InputError
     from ovi.pipeline.images import to_uint8_frames
     from ovi.train import data
-    from ovi.train.metrics import measure
+    from ovi.train.metrics import measure, score
 
     cfg = ovi.load_config(args.config, **dict(parse_set_option(s) for s in args.set))
     try:

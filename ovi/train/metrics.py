@@ -153,3 +153,16 @@ def sync_error(m: Measurement, num_frames: int) -> float:
     if not m.contacts or not m.clicks:
         return float(num_frames)
     return float(np.mean([min(abs(c - k) for k in m.clicks) for c in m.contacts]))
+
+
+def score(pairs, num_frames: int) -> dict:
+    """Accuracies over (spec, Measurement) pairs; sync over the bounces (see sync_error): what `ovi bench
+    quality` reports and what training evaluates."""
+    n = len(pairs)
+    out = {f"{k}_accuracy": sum(getattr(m, k) == getattr(s, k) for s, m in pairs) / n
+           for k in ("color", "motion", "pitch")}
+    bounces = [sync_error(m, num_frames) for s, m in pairs if s.motion == "bounce"]
+    out["sync_error_frames"] = float(np.mean(bounces)) if bounces else None
+    out["n_clips"] = n
+    out["n_bounces"] = len(bounces)
+    return out

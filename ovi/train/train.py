@@ -237,23 +237,14 @@ def make_engine(model, t5, tokenizer, vcodec, acodec, *, steps=8, shift=5.0, gui
 
 def evaluate(engine, specs: list[data.ClipSpec], seeds=(0,)) -> dict:
     from ovi.train import metrics
-    hits = {"color": 0, "motion": 0, "pitch": 0}
-    syncs, n, rows = [], 0, []
+    pairs, rows = [], []
     for spec in specs:
         for seed in seeds:
             clip = engine.generate(spec.prompt, seed=seed)
             m = metrics.measure(clip.video, clip.audio)
-            n += 1
-            hits["color"] += m.color == spec.color
-            hits["motion"] += m.motion == spec.motion
-            hits["pitch"] += m.pitch == spec.pitch
-            if spec.motion == "bounce":
-                syncs.append(metrics.sync_error(m, data.NUM_FRAMES))
+            pairs.append((spec, m))
             rows.append({"prompt": spec.prompt, "seed": seed, "color": m.color, "motion": m.motion, "pitch": m.pitch})
-    out = {f"{k}_accuracy": v / n for k, v in hits.items()}
-    out["sync_error_frames"] = float(np.mean(syncs)) if syncs else None
-    out["rows"] = rows
-    return out
+    return {**metrics.score(pairs, data.NUM_FRAMES), "rows": rows}
 
 
 @torch.no_grad()
