@@ -1,0 +1,56 @@
+"""The runs whose final latents are pinned in tests/parallel/data/reference_latents.safetensors: the trained
+default (configs/tiny.yaml) in one process, sp=2, cfg2 x sp2 (4 ranks) and FSDP FULL_SHARD (2 ranks), each
+on gloo CPU ranks with 2 steps at the model's 128x128 (the file stays small: 320 video tokens).
+
+The reference was made once, on the code before the one-plan redesign (issue 17), with
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m tests.parallel.reference_runs --write
+
+and tests/parallel/test_reference_latents.py compares every new run to it within 1e-6."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REFERENCE = Path(__file__).parent / "data" / "reference_latents.safetensors"
+PROMPT = "A blue square moves left. <AUDCAP>a low tone<ENDAUDCAP>"
+SEED = 103
+SMALL = dict(sample_steps=2)
+# name -> (config overrides, ranks; 0 = a single-process Engine)
+RUNS = {
+    "single": ({}, 0),
+    "sp2": ({"sp_size": 2}, 2),
+    "cfg2_sp2": ({"sp_size": 2, "cfg_parallel": True}, 4),
+    "full_shard": ({"sp_size": 1, "world_size": 2, "use_fsdp": True, "fsdp_sharding_strategy": "FULL_SHARD"}, 2),
+}
+
+
+def run(name: str) -> dict:
+    """Final {video, audio} latents of one reference run."""
+    import ovi
+    from ovi.runtime import WorkerGroup
+
+    overrides, ranks = RUNS[name]
+    cfg = ovi.load_config(None, **SMALL, **overrides)
+    if ranks == 0:
+        clip = ovi.Engine.from_config(cfg).generate(PROMPT, seed=SEED)
+    else:
+        with WorkerGroup(cfg, world_size=ranks, threads=1, request_timeout=300) as group:
+            clip = group.generate(PROMPT, seed=SEED)
+    return {key: value.contiguous() for key, value in clip.latents.items()}
+
+
+def main(argv) -> int:
+    from safetensors.torch import save_file
+    if argv != ["--write"]:
+        print(__doc__)
+        return 2
+    tensors = {f"{name}/{key}": value for name in RUNS for key, value in run(name).items()}
+    save_file(tensors, str(REFERENCE))
+    print(REFERENCE, {k: tuple(v.shape) for k, v in tensors.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
