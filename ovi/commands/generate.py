@@ -86,11 +86,11 @@ def _open_engine(cfg):
     from ovi.pipeline.engine import Engine
     from ovi.runtime.worker_group import WorkerGroup
 
-    dims = ParallelDims.from_config(cfg)
+    dims = ParallelDims.from_config(cfg)  # the one resolution of this launch, handed down
     if not dims.needs_process_group:
-        yield Engine.from_config(cfg)
+        yield Engine.from_config(cfg, dims=dims)
         return
-    with WorkerGroup(cfg, world_size=dims.world_size) as group:
+    with WorkerGroup(cfg, dims=dims) as group:
         yield group
 
 

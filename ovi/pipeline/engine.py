@@ -19,13 +19,11 @@ import dataclasses
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
 import torch
 import transformers
-from torch.distributed.fsdp import FSDPModule
 from torch.profiler import record_function
 
 from ovi import __version__
@@ -36,17 +34,12 @@ from ovi.lora.presets import lightning_profile
 from ovi.model.attention import resolve_backend
 from ovi.parallel.dims import ParallelDims
 from ovi.pipeline.components import Components, codec_family, load_components
-from ovi.pipeline.images import (
-    FluxImageGenerator,
-    ToyImageGenerator,
-    load_image,
-    resize_image,
-    snap_to_area,
-    to_uint8_frames,
-)
+from ovi.pipeline.images import FluxImageGenerator, ToyImageGenerator, load_image, resize_image, to_uint8_frames
+from ovi.pipeline.objective import pin
 from ovi.pipeline.output import Clip
+from ovi.pipeline.plan import Plan, plan
 from ovi.pipeline.profiling import generation_profiler
-from ovi.pipeline.prompts import clean_text, format_prompt
+from ovi.pipeline.prompts import clean_text
 from ovi.pipeline.solvers import make_solver
 from ovi.request import GenerateRequest
 from ovi.specs import FLUX_DIR, MODEL_SPECS
@@ -78,50 +71,6 @@ def configure_tensor_cores(enabled: bool, device: torch.device) -> dict:
     return {"use_tensor_cores": enabled, "tf32": enabled}
 
 
-@dataclass
-class Plan:
-    """Every resolved setting of one generation (what the sidecar records)."""
-    request: GenerateRequest
-    prompt: str
-    formatted_prompt: str
-    mode: str
-    seed: int
-    steps: int
-    solver: str
-    shift: float
-    video_guidance_scale: float
-    audio_guidance_scale: float
-    slg_layer: int | None
-    video_negative_prompt: str
-    audio_negative_prompt: str
-    height: int
-    width: int
-    num_frames: int
-    video_latent_shape: tuple
-    audio_latent_shape: tuple
-    loras: tuple = ()                      # the request's LoRA set ({path, weight, name, merge[, branch]})
-    lightning: dict | None = None          # the Lightning profile used, when the request asks for it
-    sigmas: tuple | None = None            # an explicit unshifted sigma grid (Lightning), else the solver's own
-    image: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def vid_seq_len(self) -> int:
-        c, f, h, w = self.video_latent_shape
-        return f * h * w // 4
-
-    @property
-    def audio_seq_len(self) -> int:
-        return self.audio_latent_shape[0]
-
-
-def pin_fixed(latent: torch.Tensor, fixed) -> torch.Tensor:
-    """Overwrite a codec's fixed latent entries (see VideoCodec.fixed_latents); training does the same."""
-    if fixed is None:
-        return latent
-    mask, values = fixed
-    return torch.where(mask, values, latent)
-
-
 class GuidedPredictor:
     """One step's guided velocities on one rank: the positive pass, then the negative pass (with SLG),
     combined per modality. CFG-parallel (ovi.runtime) swaps this for one that splits the passes."""
@@ -142,7 +91,8 @@ class Engine:
 
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
                  dims: ParallelDims | None = None, predictor=None, decodes: bool = True, model_scope=None,
-                 loras: LoRAManager | None = None):
+                 self_placed: tuple = (), loras: LoRAManager | None = None, trace_worker: str = "engine",
+                 parallel_info: dict | None = None, load_seconds: float | None = None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
@@ -153,13 +103,15 @@ class Engine:
         # The denoising loop runs inside model_scope(): by default cpu_offload moves the DiT on and off the
         # device; an FSDP-sharded DiT brings its own (ovi.parallel.fsdp: frees gathered units after).
         self.model_scope = model_scope or (lambda: self.on_device(self.model))
-        self.parallel_info: dict = {}  # what the runtime applied (scheme, comm totals), for the sidecar
+        self.self_placed = tuple(self_placed)  # modules that place their own shards (FSDP: fsdp_cpu_offload)
+        self.parallel_info = dict(parallel_info or {})  # what the runtime applied (ovi.parallel), for the sidecar
+        self.load_seconds = load_seconds
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
-        self.trace_worker = "engine"  # trace file name under profile_dir (the runtime sets rank<N>)
+        self.trace_worker = trace_worker  # trace file name under profile_dir (rank<N> on a parallel group)
         self.last_profile = None      # the profiler of the last generate() when it was profiled
 
     @property
@@ -171,10 +123,11 @@ class Engine:
         return self.dims.sp
 
     @classmethod
-    def from_config(cls, cfg: OviConfig | dict | str | None = None) -> "Engine":
+    def from_config(cls, cfg: OviConfig | dict | str | None = None, *, dims: ParallelDims | None = None) -> "Engine":
+        """One process's engine. `dims`: the launch's resolved degrees (resolved here when not given)."""
         cfg = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
         cfg.require_available()
-        dims = ParallelDims.from_config(cfg)
+        dims = dims or ParallelDims.from_config(cfg)
         if dims.world_size > 1:
             raise InputError(f"sp_size {cfg.sp_size} / cfg_parallel {cfg.cfg_parallel} / world_size {cfg.world_size} "
                              f"need {dims.world_size} ranks: "
@@ -188,9 +141,8 @@ class Engine:
         dtype = resolve_dtype(cfg.dtype, device)
         t0 = time.perf_counter()
         components = load_components(cfg, device=device, dtype=dtype)
-        engine = cls(cfg, components, device, dtype, dims=dims, loras=preload_loras(cfg, components.model))
-        engine.load_seconds = time.perf_counter() - t0
-        return engine
+        loras = preload_loras(cfg, components.model)
+        return cls(cfg, components, device, dtype, dims=dims, loras=loras, load_seconds=time.perf_counter() - t0)
 
     # ---- settings ------------------------------------------------------------------------------
     def check_engine_settings(self, request: GenerateRequest) -> None:
@@ -205,73 +157,32 @@ class Engine:
 
     def plan(self, request: GenerateRequest | str, /, **fields) -> Plan:
         """Resolve a request (or the keyword form) against the config's defaults -> every setting of the
-        generation."""
+        generation (ovi.pipeline.plan; this method does the IO the pure function leaves out: reading the
+        i2v image and the LoRA files' Lightning headers)."""
         request = GenerateRequest.coerce(request, **fields)
+        return self._plan(request)
+
+    def _plan(self, request: GenerateRequest) -> Plan:
         self.check_engine_settings(request)
-        r = request.fill(self.defaults)
-        if r.n != 1:
-            raise InputError(f"n={r.n} asks for {r.n} clips; generate() makes one: iterate over "
-                             f"request.expand(seed) (ovi generate and the queue do this for you)")
-        loras = tuple(r.loras)
-        for entry in loras:
+        planned = plan(request, self.config, self.spec, self.components, read_image=load_image,
+                       read_lightning=lightning_profile)
+        for entry in planned.loras:
             if not Path(entry["path"]).expanduser().is_file():
                 raise InputError(f"LoRA '{entry['name']}': file not found: {entry['path']}; fix the path (loras "
                                  f"take PATH[:WEIGHT], relative paths from where the engine runs)")
-        steps, solver, shift = r.steps, r.solver, r.shift
-        video_scale, audio_scale, sigmas, profile = r.video_guidance_scale, r.audio_guidance_scale, None, None
-        if r.lightning:
-            # The profile is Euler on its sigma grid with guidance off (one forward per step): it replaces the
-            # solver and guidance scales whatever the request says (recorded); a step count or shift the request
-            # itself sets still applies (another step count gets a uniform grid).
-            light = lightning_profile([entry["path"] for entry in loras])
-            steps = request.steps if request.steps is not None else light.steps
-            shift = request.shift if request.shift is not None else light.shift
-            fixed = {"solver": light.solver, "video_guidance_scale": light.guidance,
-                     "audio_guidance_scale": light.guidance}
-            replaced = {k: getattr(request, k) for k, v in fixed.items() if getattr(request, k) not in (None, v)}
-            solver, video_scale, audio_scale = fixed.values()
-            sigmas = light.grid(steps)
-            profile = {**light.to_dict(), "used": {"steps": steps, "solver": solver, "shift": shift,
-                                                   "sigmas": list(sigmas), "video_guidance_scale": video_scale,
-                                                   "audio_guidance_scale": audio_scale},
-                       "replaced": replaced}
-        mode, image = r.mode, r.image
-        if mode == "i2v" and image is None:
-            raise InputError("mode i2v needs an image: pass image=... (--image PATH) or set image_path")
-        if mode != "i2v":
-            if request.image is not None:
-                raise InputError(f"an image was given but mode is {mode}; use mode i2v to condition on it")
-            image = None
-
-        codec = self.components.video_codec
-        if mode == "i2v":
-            img = load_image(image)
-            height, width = snap_to_area(img.shape[1], img.shape[2], self.spec.area)
-            img = resize_image(img, height, width)
-        else:
-            height, width = snap_to_area(*r.height_width, self.spec.area)
-            requested = r.height_width[0] * r.height_width[1]
-            if abs(requested - self.spec.area) > 0.1 * self.spec.area:
-                log.warning("requested %s is %.0f%% off the model's trained area; generating %dx%d",
-                            list(r.height_width), 100 * (requested / self.spec.area - 1), height, width)
-            img = None
-        video_shape = codec.latent_shape(self.spec.num_frames, height, width)
-        audio_shape = (self.spec.audio_latent_length, self.components.audio_codec.latent_channels)
-        slg = r.slg_layer
-        return Plan(request=request, prompt=r.prompt, formatted_prompt=format_prompt(r.prompt, self.config.model_name),
-                    mode=mode, seed=int(r.seed), steps=steps, solver=solver, shift=shift,
-                    video_guidance_scale=video_scale, audio_guidance_scale=audio_scale,
-                    slg_layer=None if slg is False or slg <= 0 else int(slg),
-                    video_negative_prompt=r.negative_prompt, audio_negative_prompt=r.audio_negative_prompt,
-                    height=height, width=width, num_frames=self.spec.num_frames, video_latent_shape=video_shape,
-                    audio_latent_shape=audio_shape, loras=loras, lightning=profile, sigmas=sigmas, image=img)
+        asked = planned.request.height_width or self.defaults.height_width
+        if planned.mode != "i2v" and abs(asked[0] * asked[1] - self.spec.area) > 0.1 * self.spec.area:
+            log.warning("requested %s is %.0f%% off the model's trained area; generating %dx%d", list(asked),
+                        100 * (asked[0] * asked[1] / self.spec.area - 1), planned.height, planned.width)
+        return planned
 
     # ---- component placement (cpu_offload) -----------------------------------------------------
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module | None):
         """With cpu_offload, keep `module` on the accelerator only while it is used (an FSDP-sharded
         module places its own shards: fsdp_cpu_offload)."""
-        if module is None or not self.config.cpu_offload or self.device.type == "cpu" or isinstance(module, FSDPModule):
+        if module is None or not self.config.cpu_offload or self.device.type == "cpu" \
+                or any(module is placed for placed in self.self_placed):
             yield module
             return
         module.to(self.device)
@@ -341,7 +252,7 @@ class Engine:
                 with record_function(f"denoise_step/{i}"):
                     if is_i2v:
                         video[:, :1] = image_latent
-                    video, audio = pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
+                    video, audio = pin(video, video_fixed), pin(audio, audio_fixed)
                     v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
                     video = video_solver.step(v[None], t, video[None])[0]
                     audio = audio_solver.step(a[None], t, audio[None])[0]
@@ -349,7 +260,7 @@ class Engine:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
         if is_i2v:
             video[:, :1] = image_latent
-        return pin_fixed(video, video_fixed), pin_fixed(audio, audio_fixed)
+        return pin(video, video_fixed), pin(audio, audio_fixed)
 
     def fixed_latents(self, codec, latent: torch.Tensor):
         """The codec's fixed latent entries (e.g. coordinate channels) on this latent's device, or None."""
@@ -389,7 +300,7 @@ class Engine:
     def _generate(self, request: GenerateRequest, progress) -> Clip | None:
         timings = {}
         t0 = time.perf_counter()
-        plan = self.plan(request)
+        plan = self._plan(request)
         lora_records = self.loras.activate(self.model, plan.loras)
         timings["lora"] = time.perf_counter() - t0
         if plan.mode == "t2i2v":
@@ -422,14 +333,18 @@ class Engine:
         return resize_image(image, plan.height, plan.width)
 
     def sidecar(self, plan: Plan, timings: dict, loras: list[dict] | None = None) -> dict:
+        """The clip's json: the submitted request (`request`), the resolved request's fields (its
+        `to_dict()`), the plan's geometry and this engine's facts. Three resolved fields are recorded in
+        the richer form they took: `loras` (what was applied: name, weight, merged), `lightning` (the
+        profile used, or None) and `slg_layer` (the block skipped, None when SLG is off); the video negative
+        prompt is also under its config key name, `video_negative_prompt`."""
         return {
             "request": _request_record(plan.request),
-            "prompt": plan.prompt, "formatted_prompt": plan.formatted_prompt, "mode": plan.mode, "seed": plan.seed,
-            "steps": plan.steps, "solver": plan.solver, "shift": plan.shift,
-            "video_guidance_scale": plan.video_guidance_scale, "audio_guidance_scale": plan.audio_guidance_scale,
-            "slg_layer": plan.slg_layer, "video_negative_prompt": plan.video_negative_prompt,
-            "audio_negative_prompt": plan.audio_negative_prompt, "height_width": [plan.height, plan.width],
-            "num_frames": plan.num_frames, "fps": self.spec.fps, "sample_rate": self.spec.sample_rate,
+            **_request_record(plan.resolved),
+            "video_negative_prompt": plan.video_negative_prompt, "slg_layer": plan.slg_layer,
+            "formatted_prompt": plan.formatted_prompt, "num_frames": plan.num_frames,
+            "loras": list(loras or []), "lightning": plan.lightning_profile,
+            "fps": self.spec.fps, "sample_rate": self.spec.sample_rate,
             "model_name": self.config.model_name, "architecture": self.config.model,
             "checkpoint": str(self.components.checkpoint),
             "storage_dtype": str(self.components.storage_dtype).replace("torch.", ""),
@@ -438,8 +353,7 @@ class Engine:
             "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
             "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg, "fsdp": None,
             "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
-            "loras": list(loras or []), "lightning": plan.lightning, "components": self.components.describe(),
-            "timings": timings,
+            "components": self.components.describe(), "timings": timings,
             "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
             "config": self.config.to_dict(),

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 
 from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
-from ovi.parallel.dims import SHARDING_STRATEGIES, ParallelDims
-from ovi.parallel.fsdp import FsdpLoader, storage_bytes, unit_param_bytes
+from ovi.parallel.dims import ParallelDims
+from ovi.parallel.fsdp import storage_bytes, unit_param_bytes
 from ovi.parallel.memory import (
     GB,
     PeakMeter,
@@ -30,43 +30,13 @@ from ovi.parallel.memory import (
     free_device_memory,
 )
 from ovi.parallel.memory import Setting as MemorySetting
-from ovi.parallel.sequence import apply_sequence_parallel
+from ovi.parallel.parallelize import parallelize, rank_comms
 from ovi.pipeline.components import load_components
-from ovi.pipeline.engine import Engine, GuidedPredictor, preload_loras, resolve_dtype
+from ovi.pipeline.engine import Engine, preload_loras, resolve_dtype
 from ovi.pipeline.footprint import workload
 from ovi.request import GenerateRequest
 
 log = logging.getLogger(__name__)
-
-
-def _make_groups(rank: int, all_groups: list[list[int]], stats: CommStats) -> GroupComm | None:
-    """Create every group (all ranks must call new_group for each, in the same order); keep ours."""
-    mine = None
-    for ranks in all_groups:
-        group = dist.new_group(ranks) if len(ranks) < dist.get_world_size() else dist.group.WORLD
-        if rank in ranks:
-            mine = GroupComm(group, ranks, rank, stats)
-    return mine
-
-
-class CfgParallelPredictor(GuidedPredictor):
-    """CFG-parallel: cfg group 0 runs the positive pass, group 1 the negative one; one all-gather of the
-    packed velocities gives every rank both, and each combines them as the single-rank engine does."""
-
-    def __init__(self, comm: GroupComm, cfg_rank: int):
-        self.comm, self.cfg_rank = comm, cfg_rank
-
-    def __call__(self, engine, plan, video, audio, t, contexts, first_frame_is_clean):
-        if engine.guidance_off(plan):
-            return super().__call__(engine, plan, video, audio, t, contexts, first_frame_is_clean)
-        pos, vneg, aneg = contexts
-        if self.cfg_rank == 0:
-            v, a = engine.model_pass(plan, video, audio, t, pos, pos, first_frame_is_clean)
-        else:
-            v, a = engine.model_pass(plan, video, audio, t, vneg, aneg, first_frame_is_clean, plan.slg_layer or False)
-        both = self.comm.all_gather(torch.cat([v.flatten(), a.flatten()]), "cfg")
-        split = lambda row: (row[: v.numel()].view_as(v), row[v.numel():].view_as(a))  # noqa: E731
-        return engine.guide(plan, split(both[0]), split(both[1]))
 
 
 class RankEngine:
@@ -212,12 +182,10 @@ def resolve_auto_fsdp(cfg, dims: ParallelDims, device: torch.device, dtype: torc
         "fsdp_candidates": choice.estimates}
 
 
-def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dims: ParallelDims | None = None
-                      ) -> RankEngine:
-    """Load components on this rank and apply the parallel plan of `dims` (built once by the launcher;
-    derived here only when a caller passes none)."""
+def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dims: ParallelDims) -> RankEngine:
+    """Load components on this rank and apply the parallel plan of `dims` (resolved once by the launcher
+    and handed to every rank: nobody derives them again here)."""
     meter = PeakMeter(device)  # before anything loads: the baseline of this rank's memory
-    dims = dims or ParallelDims.from_config(cfg, world_size)
     if dims.world_size != world_size:
         raise ValueError(f"dims are for {dims.world_size} ranks but the process group has {world_size}")
     cfg.require_available()
@@ -226,33 +194,26 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
         if dims.fsdp_strategy is not None else {}
     if dims.fsdp_strategy == "auto":
         dims, fsdp_info = resolve_auto_fsdp(cfg, dims, device, dtype)
-    stats = CommStats()
-    sp_comm = cfg_comm = None
-    if world_size > 1:
-        sp_comm = _make_groups(rank, dims.all_sp_groups(), stats)
-        cfg_comm = _make_groups(rank, dims.all_cfg_groups(), stats)
-    loader = FsdpLoader(dims, device) if dims.fsdp_strategy in SHARDING_STRATEGIES else None
-    components = load_components(cfg, device=device, dtype=dtype, fusion_loader=loader,
-                                 text_placer=loader.shard_text if loader is not None and dims.shard_text else None)
-    if loader is not None and loader.text is not None:
-        loader.text.reads = components.text_encoder.reads
-    # The config's LoRA set (`lora:`) is applied once here, before SP touches the model; on FSDP-sharded
-    # weights each rank merges its own rows (ovi.lora.manager). Requests with another set switch it per request.
-    loras = preload_loras(cfg, components.model)
-    memory = {"load_peak_bytes": meter.peak()}
+    comms = rank_comms(rank, dims)
+    loaded = {}
+
+    def load(fusion_loader, text_placer):
+        components = load_components(cfg, device=device, dtype=dtype, fusion_loader=fusion_loader,
+                                     text_placer=text_placer)
+        # The config's LoRA set (`lora:`) is applied once here, before SP touches the model; on FSDP-sharded
+        # weights each rank merges its own rows (ovi.lora.manager). Requests with another set switch it per request.
+        loaded["loras"] = preload_loras(cfg, components.model)
+        loaded["load_peak_bytes"] = meter.peak()
+        return components
+
     scheme = "optimized" if cfg.use_optimized_comms else "upstream"
-    if dims.sp > 1:
-        apply_sequence_parallel(components.model, sp_comm, scheme=scheme, overlap=cfg.enable_async_comms)
-    predictor = CfgParallelPredictor(cfg_comm, dims.cfg_rank(rank)) if dims.cfg == 2 else None
-    sharded = loader.sharded if loader is not None else None
-    engine = Engine(cfg, components, device, dtype, dims=dims, predictor=predictor, decodes=rank == 0,
-                    model_scope=sharded.in_use if sharded is not None else None, loras=loras)
-    engine.trace_worker = f"rank{rank}"
-    memory["estimated_peak_bytes"] = estimate(cfg.model, workload(cfg, dtype), memory_setting(cfg, dims),
-                                              compute=dtype, device=device.type).peak
-    engine.parallel_info = {"sp_scheme": scheme if dims.sp > 1 else None,
-                            "async_comms": bool(cfg.enable_async_comms and dims.sp > 1),
-                            "fsdp": dims.fsdp_strategy, "fsdp_degree": dims.fsdp, "fsdp_cpu_offload": dims.fsdp_offload,
-                            **fsdp_info}
-    return RankEngine(engine, rank, stats, sp_comm, scheme, meter=meter, sharded=sharded, memory=memory,
-                      sharded_text=loader.text if loader is not None else None)
+    applied = parallelize(load, dims=dims, comms=comms, rank=rank, device=device, scheme=scheme,
+                          overlap=cfg.enable_async_comms)
+    engine = Engine(cfg, applied.components, device, dtype, dims=dims, predictor=applied.predictor,
+                    decodes=rank == 0, model_scope=applied.model_scope, self_placed=applied.self_placed,
+                    loras=loaded["loras"], trace_worker=f"rank{rank}", parallel_info={**applied.info, **fsdp_info})
+    memory = {"load_peak_bytes": loaded["load_peak_bytes"],
+              "estimated_peak_bytes": estimate(cfg.model, workload(cfg, dtype), memory_setting(cfg, dims),
+                                               compute=dtype, device=device.type).peak}
+    return RankEngine(engine, rank, comms.stats, comms.sp, scheme, meter=meter, sharded=applied.sharded,
+                      memory=memory, sharded_text=applied.sharded_text)

@@ -49,14 +49,14 @@ def make_engine_factory(*, world_size: int | None = None, backend: str | None = 
         from ovi.parallel.dims import ParallelDims
 
         cfg = load_config(key.get("config"), **{**chosen, **dict(key.get("engine") or {})})
-        dims = ParallelDims.from_config(cfg, world_size)
+        dims = ParallelDims.from_config(cfg, world_size)  # the one resolution of this launch, handed down
         if dims.needs_process_group or backend is not None:
             from ovi.runtime.worker_group import WorkerGroup
 
-            return WorkerGroup(cfg, world_size=dims.world_size, backend=backend)
+            return WorkerGroup(cfg, backend=backend, dims=dims)
         from ovi.pipeline.engine import Engine
 
-        return Engine.from_config(cfg)
+        return Engine.from_config(cfg, dims=dims)
 
     return factory
 

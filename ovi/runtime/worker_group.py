@@ -25,7 +25,7 @@ import weakref
 from multiprocessing import connection
 
 from ovi.config import OviConfig, load_config
-from ovi.errors import InputError
+from ovi.errors import ConfigError, InputError
 from ovi.parallel.dims import ParallelDims
 from ovi.request import GenerateRequest
 from ovi.runtime.launch import plan_backend, prepare_checkpoint
@@ -108,11 +108,16 @@ class WorkerGroup:
     """
 
     def __init__(self, cfg=None, world_size: int | None = None, backend: str | None = None, *,
-                 threads: int | None = None, start_timeout: float | None = 900.0,
+                 dims: ParallelDims | None = None, threads: int | None = None, start_timeout: float | None = 900.0,
                  request_timeout: float | None = None, poll_interval: float = 0.25):
         self.config = cfg if isinstance(cfg, OviConfig) else load_config(cfg)
-        # Degrees are resolved and checked once, here, before any process starts; the ranks get them.
-        self.dims = ParallelDims.from_config(self.config, world_size)
+        # Degrees are resolved and checked once per launch, before any process starts: by the launcher that
+        # made this group (`dims=`: `ovi generate`, the Runner), else here (a group made in a kernel). The
+        # ranks get them.
+        if dims is not None and world_size is not None and world_size != dims.world_size:
+            raise ConfigError(f"world_size={world_size} but the dims handed in are for {dims.world_size} ranks; "
+                              f"pass one of them")
+        self.dims = dims or ParallelDims.from_config(self.config, world_size)
         self.world_size = self.dims.world_size
         self.config.require_available()  # refuse what cannot run before spawning anything
         self.backend, self.device_type = plan_backend(self.config, self.world_size, backend)

@@ -35,11 +35,13 @@ FSDP_SETTINGS = dict(sample_steps=2, video_frame_height_width=[96, 160])
 
 
 def _fsdp_generations(rank, world_size, ckpt_dir, config_lora, requests):
+    from ovi.parallel.dims import ParallelDims
     from ovi.runtime.rank_engine import build_rank_engine
 
     cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt_dir, **FSDP_SETTINGS, use_fsdp=True,
                           fsdp_sharding_strategy="FULL_SHARD", sp_size=1, lora=[config_lora])
-    engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
+    engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"),
+                               ParallelDims.from_config(cfg, world_size))  # this test is the launcher
     sharded = type(engine.engine.model.video_model.blocks[0].self_attn.q.weight).__name__
     out = []
     for request in requests:

@@ -20,9 +20,11 @@ def _image():
 def _generate(rank, world_size, ckpt, overrides):
     """Both modes on one set of ranks (rank start-up dominates on 2 cores)."""
     import ovi
+    from ovi.parallel.dims import ParallelDims
     from ovi.runtime.rank_engine import build_rank_engine
     cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
-    engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"))
+    engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"),
+                               ParallelDims.from_config(cfg, world_size))  # this test is the launcher
     latents = {}
     for mode in ("t2v", "i2v"):
         clip = engine.generate(PROMPT, mode=mode, image=_image() if mode == "i2v" else None)

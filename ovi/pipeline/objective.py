@@ -1,0 +1,66 @@
+"""The flow-matching maths that sampling and training share, once.
+
+Ovi's (Wan's) objective: x_t = (1 - σ) x0 + σ ε (`noised`), the model predicts v = ε - x0 (`velocity_target`)
+at timestep t = 1000 σ, σ drawn with the sampler's time shift σ' = sσ / (1 + (s-1)σ) (`shift_sigma`).
+A codec may fix some latent entries (the trained tiny model's coordinate channels: `fixed_latents` ->
+(bool mask, values)): they are written into every model input (`pin`) and left out of every loss
+(`masked_mse`). Token counts: the video backbone sees 1x2x2 patches of the [C, F, H, W] latent
+(`video_tokens`, from the architecture's patch size), the audio backbone one token per audio latent
+(`audio_tokens`).
+
+Used by the engine (ovi.pipeline.plan / engine), the base model's Trainer (ovi.train.train), LoRA
+training (ovi.train.lora) and the benches. It lives with the pipeline, the lowest layer that needs it
+(the engine pins and counts tokens; ovi.train sits above it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Fixed = tuple[torch.Tensor, torch.Tensor] | None  # a codec's fixed latent entries: (bool mask, values)
+
+VIDEO_PATCH = (1, 2, 2)  # every Ovi video backbone's patch_size (ovi.model.configs; upstream's ti2v)
+
+
+def video_tokens(latent_shape, patch_size=VIDEO_PATCH) -> int:
+    """Tokens of a [C, F, H, W] video latent (or its [F, H, W] tail) after patching."""
+    f, h, w = tuple(latent_shape)[-3:]
+    return (f // patch_size[0]) * (h // patch_size[1]) * (w // patch_size[2])
+
+
+def audio_tokens(latent_shape) -> int:
+    """Tokens of an [L, C] audio latent: one per latent."""
+    return int(tuple(latent_shape)[0])
+
+
+def shift_sigma(sigma, shift: float):
+    """The sampler's time shift σ' = sσ / (1 + (s-1)σ) (works on floats, tensors and arrays)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+    """x_σ = (1 - σ) x0 + σ ε (σ a float or a tensor broadcasting against x0)."""
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """What the model predicts: v = ε - x0."""
+    return noise - x0
+
+
+def pin(latent: torch.Tensor, fixed: Fixed) -> torch.Tensor:
+    """`latent` with a codec's fixed entries written in (unchanged when there are none)."""
+    return latent if fixed is None else torch.where(fixed[0], fixed[1], latent)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed) -> torch.Tensor:
+    """Mean squared error over the entries a codec does not fix (`pred`/`target` may carry leading batch
+    dimensions over the mask's shape)."""
+    if fixed is None:
+        return F.mse_loss(pred.float(), target.float())
+    keep = (~fixed[0]).float()
+    batch = math.prod(pred.shape[: pred.dim() - keep.dim()])
+    return (((pred.float() - target.float()) ** 2) * keep).sum() / (keep.sum() * batch)
