@@ -33,7 +33,8 @@ import torch
 
 import ovi
 from ovi.lora import LightningProfile, get_lora_config
-from ovi.lora.training import TrainableLoRA, euler_trajectory, pin, pinned, student_sigmas, train_distillation
+from ovi.pipeline.objective import pin
+from ovi.train.lora import TrainableLoRA, euler_trajectory, pinned, student_sigmas, train_distillation
 from ovi.train import data
 from run_bench import write_results  # experiments/ is on sys.path when a script here runs
 from train_lora import add_training_arguments, quality_rows

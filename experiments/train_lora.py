@@ -34,7 +34,7 @@ import torch
 import ovi
 from ovi.bench import quality
 from ovi.lora import get_lora_config
-from ovi.lora.training import Example, TrainableLoRA, train_flow_matching
+from ovi.train.lora import Example, TrainableLoRA, train_flow_matching
 from ovi.train import data, metrics
 from run_bench import write_results  # experiments/ is on sys.path when a script here runs
 

@@ -107,7 +107,6 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
     base, base_min = statistics.median(per_step["base"]), min(per_step["base"])
     base_cpu = statistics.median(cpu["base"])
     layers = engine.loras.adapters["a_r%d" % rank].resolve(engine.model).report.layers
-    c, f, h, w = plan.video_latent_shape
     # `rank` on a base row names the run it belongs to (its ratios are against that base); no LoRA is applied.
     return [{"bench": "lora", "config": arch, "world_size": 1, "mode": mode, "rank": rank,
              "step_seconds": statistics.median(per_step[mode]), "step_seconds_runs": per_step[mode],
@@ -116,7 +115,7 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
              "cpu_ratio_to_base": statistics.median(cpu[mode]) / base_cpu, "flops_per_step": flops[mode],
              "flops_ratio_to_base": flops[mode] / flops["base"], "switch_seconds": switch[mode],
              "switch_seconds_means": ("merged LoRA -> base" if mode == "base" else f"LoRA a <-> b, both {mode}"),
-             "lora_layers": layers, "runs": runs, "passes_per_step": 2, "video_tokens": f * h * w // 4,
+             "lora_layers": layers, "runs": runs, "passes_per_step": 2, "video_tokens": plan.vid_seq_len,
              "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
              "threads": torch.get_num_threads()} for mode in MODES]
 

@@ -19,6 +19,7 @@ from ovi.codecs.toy import ToyVideoCodec
 from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.parallel.memory import ParamLayout, Workload, text_param_layout
 from ovi.pipeline.images import snap_to_area
+from ovi.pipeline.objective import video_tokens
 from ovi.specs import MODEL_SPECS
 
 WAN_DECODER_BYTES_PER_PIXEL = 64  # per output pixel of one 4-frame chunk (see the module docstring)
@@ -33,8 +34,7 @@ def latent_shape(model_name: str, height_width) -> tuple[int, int, int, int]:
 
 def sequence_lengths(model_name: str, height_width) -> tuple[int, int]:
     """(video tokens, audio tokens) of that clip: 1x2x2 patches of its latent, and its audio latents."""
-    _, f, h, w = latent_shape(model_name, height_width)
-    return f * h * w // 4, MODEL_SPECS[model_name].audio_latent_length
+    return video_tokens(latent_shape(model_name, height_width)), MODEL_SPECS[model_name].audio_latent_length
 
 
 @functools.lru_cache(maxsize=None)

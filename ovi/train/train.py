@@ -33,6 +33,7 @@ import torch
 
 from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
+from ovi.pipeline.objective import audio_tokens, masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -143,7 +144,8 @@ class Trainer:
         self.ema_t5 = copy.deepcopy(self.t5).requires_grad_(False)
         self.step = 0
         self.neg_ids, self.neg_mask = self.tokenizer([VIDEO_NEG, AUDIO_NEG])
-        self.vshape = (48, 5, 16, 16)
+        self.vshape = self.vcodec.latent_shape(data.NUM_FRAMES, data.HEIGHT, data.WIDTH)
+        self.ashape = (data.AUDIO_LATENTS, self.acodec.latent_channels)
         self.vfixed = self.vcodec.fixed_latents(self.vshape)
 
     def lr_at(self, step: int) -> float:
@@ -162,8 +164,7 @@ class Trainer:
 
     def sample_sigma(self, n: int, gen: torch.Generator) -> torch.Tensor:
         u = torch.rand(n, generator=gen)
-        s = self.cfg.shift
-        shifted = s * u / (1 + (s - 1) * u)
+        shifted = shift_sigma(u, self.cfg.shift)
         plain = torch.rand(n, generator=gen) < self.cfg.uniform_frac
         return torch.where(plain, u, shifted).clamp(1e-3, 1.0)
 
@@ -174,21 +175,18 @@ class Trainer:
         sigma = self.sample_sigma(b, gen)
         ev, ea = torch.randn(x0v.shape, generator=gen), torch.randn(x0a.shape, generator=gen)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
-        mask, values = self.vfixed
-        xtv = torch.where(mask, values, (1 - sv) * x0v + sv * ev)
-        xta = (1 - sa) * x0a + sa * ea
+        xtv = pin(noised(x0v, ev, sv), self.vfixed)
+        xta = noised(x0a, ea, sa)
         uncond = torch.rand(b, generator=gen) < self.cfg.p_uncond
         ids = torch.cat([ds.ids[idx], self.neg_ids])
         masks = torch.cat([ds.mask[idx], self.neg_mask])
         ctx = self.encode_text(t5, ids, masks)
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
         actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
-        ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx,
-                       vid_seq_len=self.vshape[1] * self.vshape[2] * self.vshape[3] // 4,
-                       audio_seq_len=x0a.shape[1])
-        keep = (~mask).float()
-        lv = (((torch.stack(ov) - (ev - x0v)) ** 2) * keep).sum() / (keep.sum() * b)
-        la = ((torch.stack(oa) - (ea - x0a)) ** 2).mean()
+        ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
+                       audio_seq_len=audio_tokens(x0a.shape[1:]))
+        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), self.vfixed)
+        la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), None)
         return lv, la, sigma
 
     @torch.no_grad()
@@ -255,18 +253,18 @@ def noise_probe(trainer: Trainer, model, t5, specs: list[data.ClipSpec], seed=0)
     from ovi.train import metrics
     g = torch.Generator().manual_seed(seed)
     xv = torch.randn(trainer.vshape, generator=g)
-    mask, values = trainer.vfixed
-    xv = torch.where(mask, values, xv)
-    xa = torch.randn(22, 20, generator=g)
+    xv = pin(xv, trainer.vfixed)
+    xa = torch.randn(trainer.ashape, generator=g)
     preds, dirs = [], []
     for spec in specs:
         ids, m = trainer.tokenizer([spec.prompt])
         ctx = trainer.encode_text(t5, ids, m)
-        ov, oa = model([xv], [xa], torch.tensor([999.0]), ctx, ctx, vid_seq_len=320, audio_seq_len=22)
+        ov, oa = model([xv], [xa], torch.tensor([999.0]), ctx, ctx, vid_seq_len=video_tokens(xv.shape),
+                       audio_seq_len=audio_tokens(xa.shape))
         x0 = xv - 0.999 * ov[0]
         preds.append(ov[0])
-        frames = to_uint8_frames(trainer.vcodec.decode(torch.where(mask, values, x0)))
-        dirs.append(metrics.measure(frames, np.zeros(11264, np.float32)).motion)
+        frames = to_uint8_frames(trainer.vcodec.decode(pin(x0, trainer.vfixed)))
+        dirs.append(metrics.measure(frames, np.zeros(data.NUM_SAMPLES, np.float32)).motion)
     rel = float((preds[0] - preds[1]).norm() / preds[0].norm())
     return {"swap_rel_change": rel, "x0_directions": dirs}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ovi.lora import LoRAManager
-from ovi.lora.training import (
+from ovi.train.lora import (
     Example,
     TrainableLoRA,
     euler_trajectory,

@@ -15,7 +15,9 @@
 - `optimize`: the AdamW loop both use, with an optional wall-clock limit.
 
 Velocity functions are passed in, so the pipeline's guidance and sequence lengths stay in one place
-(ovi.pipeline.Engine.predict / model_pass); `model_velocity` is the plain single-pass call.
+(ovi.pipeline.Engine.predict / model_pass); `model_velocity` is the plain single-pass call. The
+flow-matching maths (noising, target, pinning, masked loss, token counts, time shift) is
+ovi.pipeline.objective's, shared with the engine and the base model's training.
 
 Codecs that fix some latent entries (the trained tiny model's coordinate channels: a codec's
 `fixed_latents` -> (bool mask, values)) are handled as the engine and the base model's training handle
@@ -25,7 +27,6 @@ them: those entries are written into every model input, kept clean, and left out
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,9 @@ import torch.nn.functional as F
 
 from ovi.errors import LoRAError
 from ovi.lora.adapter import BRANCHES, save_native_lora
+from ovi.pipeline.objective import Fixed, masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
-
-
-Fixed = tuple[torch.Tensor, torch.Tensor] | None  # a codec's fixed latent entries: (bool mask, values)
 
 
 @dataclass
@@ -54,11 +53,6 @@ class Example:
     context: torch.Tensor
     video_fixed: Fixed = None
     audio_fixed: Fixed = None
-
-
-def pin(latent: torch.Tensor, fixed: Fixed) -> torch.Tensor:
-    """`latent` with a codec's fixed entries written in."""
-    return latent if fixed is None else torch.where(fixed[0], fixed[1], latent)
 
 
 def pinned(velocity: Velocity, video_fixed: Fixed, audio_fixed: Fixed) -> Velocity:
@@ -77,21 +71,12 @@ def _zeros(fixed: Fixed) -> Fixed:
     return None if fixed is None else (fixed[0], torch.zeros_like(fixed[1]))
 
 
-def _mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed) -> torch.Tensor:
-    """Mean squared error over the entries a codec does not fix."""
-    if fixed is None:
-        return F.mse_loss(pred.float(), target.float())
-    free = ~fixed[0]
-    return F.mse_loss(pred.float()[free], target.float()[free])
-
-
 def model_velocity(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, sigma: float,
                    context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused forward at noise level `sigma` (timestep 1000 * sigma) -> (video, audio) velocities."""
-    patch = math.prod(model.video_model.patch_size)
     t = torch.tensor([1000.0 * float(sigma)], device=video.device)
-    v, a = model([video], [audio], t, [context], [context], vid_seq_len=video[0].numel() // patch,
-                 audio_seq_len=audio.shape[0])
+    v, a = model([video], [audio], t, [context], [context],
+                 vid_seq_len=video_tokens(video.shape, model.video_model.patch_size), audio_seq_len=audio.shape[0])
     return v[0], a[0]
 
 
@@ -155,11 +140,11 @@ class LossParts:
 
 def flow_matching_loss(model: nn.Module, example: Example, sigma: float, video_noise: torch.Tensor,
                        audio_noise: torch.Tensor, *, video_weight: float = 1.0, audio_weight: float = 1.0) -> LossParts:
-    xv = pin((1 - sigma) * example.video + sigma * video_noise, example.video_fixed)
-    xa = pin((1 - sigma) * example.audio + sigma * audio_noise, example.audio_fixed)
+    xv = pin(noised(example.video, video_noise, sigma), example.video_fixed)
+    xa = pin(noised(example.audio, audio_noise, sigma), example.audio_fixed)
     pv, pa = model_velocity(model, xv, xa, sigma, example.context)
-    lv = _mse(pv, video_noise - example.video, example.video_fixed)
-    la = _mse(pa, audio_noise - example.audio, example.audio_fixed)
+    lv = masked_mse(pv, velocity_target(example.video, video_noise), example.video_fixed)
+    la = masked_mse(pa, velocity_target(example.audio, audio_noise), example.audio_fixed)
     return LossParts(video_weight * lv + audio_weight * la, float(lv.detach()), float(la.detach()))
 
 
@@ -232,7 +217,7 @@ def training_sigmas(steps: int, shift: float, seed: int = 0) -> list[float]:
     """Noise levels for flow-matching steps: uniform, then time-shifted like the sampler's grid."""
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(steps, generator=g, dtype=torch.float64).clamp(0.001, 0.999)
-    return (shift * u / (1 + (shift - 1) * u)).tolist()
+    return shift_sigma(u, shift).tolist()
 
 
 def train_flow_matching(lora: TrainableLoRA, examples: list[Example], *, steps: int, lr: float = 1e-3,
@@ -259,7 +244,7 @@ def train_flow_matching(lora: TrainableLoRA, examples: list[Example], *, steps: 
 
 def student_sigmas(grid, shift: float) -> list[float]:
     """The Lightning profile's unshifted grid -> the shifted sigmas the sampler visits, ending at 0."""
-    return [shift * s / (1 + (shift - 1) * s) for s in grid] + [0.0]
+    return [shift_sigma(s, shift) for s in grid] + [0.0]
 
 
 def train_distillation(lora: TrainableLoRA, trajectories, sigmas, *, steps: int, lr: float = 1e-3,
