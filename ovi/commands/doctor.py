@@ -60,7 +60,8 @@ def machine_facts(cfg) -> dict:
     import torch
     import torch.distributed as dist
 
-    from ovi.parallel.memory import GB, free_device_memory
+    from ovi.parallel.measure import free_device_memory
+    from ovi.parallel.memory import GB
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -116,8 +117,9 @@ def print_machine(facts: dict) -> None:
 
 # ---- settings that fit -----------------------------------------------------------------------------
 def settings_for(gpus: int) -> list:
-    """Every single-node setting on `gpus` GPUs (cfg 1): sp x replicas = gpus, each strategy, offloads, fp8."""
-    from ovi.parallel.memory import Setting
+    """Every single-node setting on `gpus` GPUs (cfg 1): sp x replicas = gpus, each strategy, offloads, fp8,
+    as (ParallelDims, {cpu_offload, fp8})."""
+    from ovi.parallel.dims import ParallelDims
     out = []
     for sp in (d for d in range(1, gpus + 1) if gpus % d == 0 and HEADS % d == 0):
         replicas = gpus // sp
@@ -126,27 +128,26 @@ def settings_for(gpus: int) -> list:
             if strategy == "NO_SHARD" and replicas > 1:
                 continue  # replicas exist only to hold shards
             for shard_text in (False, True) if strategy != "NO_SHARD" else (False,):
+                dims = ParallelDims(world_size=gpus, sp=sp, fsdp=1 if strategy == "NO_SHARD" else gpus,
+                                    fsdp_strategy=strategy, fsdp_offload=bool(offload), shard_text=shard_text)
                 for cpu_offload in (False, True):
                     for fp8 in (False, True):
-                        out.append(Setting(sp=sp, replicas=replicas, strategy=strategy,
-                                           fsdp=1 if strategy == "NO_SHARD" else gpus, fsdp_offload=bool(offload),
-                                           cpu_offload=cpu_offload, fp8=fp8, shard_text=shard_text))
+                        out.append((dims, {"cpu_offload": cpu_offload, "fp8": fp8}))
     return out
 
 
 def configured_setting(cfg, gpus: int):
-    """The setting `cfg` asks for on `gpus` GPUs (None when its degrees do not fit that many)."""
+    """The setting `cfg` asks for on `gpus` GPUs, as (ParallelDims, {cpu_offload, fp8}) (None when its
+    degrees do not fit that many); an `auto` strategy is shown as NO_SHARD (FULL_SHARD with replicas)."""
     from ovi.errors import ConfigError
     from ovi.parallel.dims import ParallelDims
-    from ovi.parallel.memory import Setting
     try:
         dims = ParallelDims.from_config(cfg, gpus)
     except ConfigError:
         return None
-    strategy = dims.fsdp_strategy if dims.fsdp_strategy not in (None, "auto") else "NO_SHARD"
-    return Setting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp, strategy=strategy,
-                   fsdp=dims.fsdp if strategy != "NO_SHARD" else 1, fsdp_offload=dims.fsdp_offload,
-                   cpu_offload=cfg.cpu_offload, fp8=cfg.fp8, shard_text=dims.shard_text)
+    if dims.fsdp_strategy == "auto":
+        dims = dims.with_fsdp("NO_SHARD" if dims.per_cfg == dims.sp else "FULL_SHARD", dims.fsdp_offload)
+    return dims, {"cpu_offload": cfg.cpu_offload, "fp8": cfg.fp8}
 
 
 def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
@@ -155,24 +156,28 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
     import torch
 
     from ovi.config import load_config
-    from ovi.parallel.memory import GB, HEADROOM, Setting, estimate, gpu_profile, step_seconds
+    from ovi.parallel.dims import ParallelDims
+    from ovi.parallel.memory import GB, HEADROOM, estimate
+    from ovi.parallel.speed import gpu_profile, step_seconds
     from ovi.pipeline.footprint import workload
     cfg = load_config(config_name)
     load = workload(cfg, torch.bfloat16)
     profile = gpu_profile(memory_gb)
-    baseline = step_seconds(cfg.model, load, Setting(), profile, cfg.sample_steps)
+    baseline = step_seconds(cfg.model, load, ParallelDims(world_size=1), profile, cfg.sample_steps)
     configured = configured_setting(cfg, gpus)
     rows = []
     for setting in settings_for(gpus) + ([configured] if configured is not None else []):
-        est = estimate(cfg.model, load, setting)
+        dims, options = setting
+        est = estimate(cfg.model, load, dims, **options)
         rows.append({"doctor": "setting", "config": config_name, "model_name": cfg.model_name, "gpus": gpus,
-                     "gpu_memory_gb": memory_gb, "gpu_profile": profile.name, "label": setting.label(),
-                     "sp": setting.sp, "strategy": setting.strategy, "fsdp": setting.fsdp,
-                     "fsdp_cpu_offload": setting.fsdp_offload, "shard_text_model": setting.shard_text,
-                     "cpu_offload": setting.cpu_offload, "fp8": setting.fp8,
+                     "gpu_memory_gb": memory_gb, "gpu_profile": profile.name, "label": est.label(),
+                     "sp": dims.sp, "strategy": dims.fsdp_strategy or "NO_SHARD", "fsdp": dims.fsdp,
+                     "fsdp_cpu_offload": dims.fsdp_offload, "shard_text_model": dims.shard_text,
+                     "cpu_offload": options["cpu_offload"], "fp8": options["fp8"],
                      "peak_gb": est.peak / GB, "phases_gb": {k: v / GB for k, v in est.phases.items()},
                      "fits": est.peak <= HEADROOM * memory_gb * GB, "configured": setting is configured,
-                     "relative_speed": baseline / step_seconds(cfg.model, load, setting, profile, cfg.sample_steps)})
+                     "relative_speed": baseline / step_seconds(cfg.model, load, dims, profile, cfg.sample_steps,
+                                                               **options)})
     return rows
 
 
@@ -213,7 +218,8 @@ def print_table(rows: list[dict], show_all: bool) -> None:
 
 
 def print_footnote() -> None:
-    from ovi.parallel.memory import HEADROOM, NVLINK_CARD, PCIE_CARD
+    from ovi.parallel.memory import HEADROOM
+    from ovi.parallel.speed import NVLINK_CARD, PCIE_CARD
     print(f"\nEstimates (ovi.parallel.memory), not measurements: exact parameter bytes (meta device) + the block "
           f"activation model; a setting fits when its peak is under {HEADROOM:.0%} of the GPU. The codecs' decode "
           f"working memory is a rough guess. Speed: upstream's measured SP scaling, FSDP gathers that prefetch "

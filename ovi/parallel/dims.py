@@ -144,13 +144,6 @@ class ParallelDims:
     def cfg_rank(self, rank: int) -> int:
         return rank // self.per_cfg
 
-    def sp_group_ranks(self, rank: int) -> list[int]:
-        start = rank // self.sp * self.sp
-        return list(range(start, start + self.sp))
-
-    def cfg_group_ranks(self, rank: int) -> list[int]:
-        return [c * self.per_cfg + rank % self.per_cfg for c in range(self.cfg)]
-
     def all_sp_groups(self) -> list[list[int]]:
         return [list(range(start, start + self.sp)) for start in range(0, self.world_size, self.sp)]
 

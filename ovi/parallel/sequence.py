@@ -34,6 +34,11 @@ from ovi.model.wan import Attend, CrossAttend, SeqInfo
 from ovi.parallel.comm import GroupComm
 
 SCHEMES = ("upstream", "optimized")
+# The SP schemes users choose by name (`ovi bench sp --schemes`, the Studio's engine panel) -> the config keys
+# that select them (use_optimized_comms picks the scheme above, enable_async_comms overlaps its all-to-alls).
+SCHEME_CONFIGS = {"upstream": dict(use_optimized_comms=False, enable_async_comms=False),
+                  "optimized": dict(use_optimized_comms=True, enable_async_comms=False),
+                  "optimized+async": dict(use_optimized_comms=True, enable_async_comms=True)}
 
 
 # ---- Ulysses layout changes ------------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """The engine each rank runs: one ovi.pipeline.Engine, with the parallel plan of its ParallelDims applied.
 
 `build_rank_engine` is what a WorkerGroup rank (and a torchrun process) calls after the default process
-group exists. It creates the process groups the dims ask for, resolves the FSDP `auto` strategy (all
-ranks agree: the smallest free device memory decides), loads the DiT shard by shard when FSDP shards
-it (ovi.parallel.fsdp), installs sequence parallelism on the model (ovi.parallel), and gives the Engine
-a CFG-parallel predictor when cfg = 2. Every rank runs the same `generate()` (same seeds, same noise);
-rank 0 alone decodes and returns the Clip.
+group exists, with the dims its launcher resolved. It resolves the FSDP `auto` strategy (all ranks agree:
+the smallest free device memory decides), makes the process groups and has ovi.parallel.parallelize
+load the components and apply the dims (FSDP and text sharding while loading, SP, CFG-parallel). Every
+rank runs the same `generate()` (same seeds, same noise); rank 0 alone decodes and returns the Clip.
 """
 
 from __future__ import annotations
@@ -18,18 +17,15 @@ import torch.distributed as dist
 
 from ovi.parallel.comm import CommStats, GroupComm, profiled_comm_seconds
 from ovi.parallel.dims import ParallelDims
-from ovi.parallel.fsdp import storage_bytes, unit_param_bytes
-from ovi.parallel.memory import (
-    GB,
+from ovi.parallel.measure import (
     PeakMeter,
     allocated_peak,
-    auto_candidates,
     count_cpu_allocations,
-    choose_strategy,
-    estimate,
     free_device_memory,
+    rank_memory_accounting,
+    resident_tensor_bytes,
 )
-from ovi.parallel.memory import Setting as MemorySetting
+from ovi.parallel.memory import GB, auto_candidates, choose_strategy, config_options, estimate
 from ovi.parallel.parallelize import parallelize, rank_comms
 from ovi.pipeline.components import load_components
 from ovi.pipeline.engine import Engine, preload_loras, resolve_dtype
@@ -75,7 +71,10 @@ class RankEngine:
             if progress is not None:
                 progress(step, total, info)
 
-        resident = resident_tensor_bytes(self.engine)
+        components = self.engine.components
+        resident = resident_tensor_bytes([components.model, components.text_encoder.model,
+                                          getattr(components.video_codec, "module", None),
+                                          getattr(components.audio_codec, "module", None)])
         self.meter.reset()
         cpu_memory = self.config.profile_memory and self.engine.device.type == "cpu"
         with count_cpu_allocations() if cpu_memory else contextlib.nullcontext(False) as every_thread:
@@ -92,41 +91,13 @@ class RankEngine:
         return clip
 
     def memory_accounting(self) -> dict:
-        """Parameter bytes this rank holds (sharded or not), the largest FSDP unit, the measured peak of
-        the last generation and the memory model's estimate of it. `peak_bytes_per_rank`: on CUDA
-        max_memory_allocated; on a CPU with profile_memory the bytes torch's allocator held at most (the
-        tensors alive when the generation began + torch.profiler's allocation events), else the process's
-        resident high-water mark above its size before loading (`peak_rss_bytes_per_rank`, which also
-        counts libraries and heap the C allocator kept)."""
-        if self.sharded is not None:
-            out = self.sharded.accounting()
-        else:
-            units = unit_param_bytes(self.engine.model)
-            out = {"strategy": self.dims.fsdp_strategy or "NO_SHARD", "cpu_offload": False, "fsdp": 1,
-                   "param_bytes_per_rank": sum(units.values()), "total_param_bytes": sum(units.values()),
-                   "largest_block_bytes": max(units.values()), "peak_param_bytes_per_rank": sum(units.values()),
-                   "param_device": str(self.engine.device)}
-        if self.sharded_text is not None:
-            out.update(self.sharded_text.accounting())
-        else:
-            text = storage_bytes(self.engine.components.text_encoder.model.parameters())
-            out.update(text_param_bytes_per_rank=text, text_total_param_bytes=text)
-        out["text_sharded"] = self.sharded_text is not None
-        out.update(self.memory)
-        rss = self.generation_peaks[-1] if self.generation_peaks else None
-        if self.engine.device.type == "cuda":
-            out["peak_bytes_per_rank"], out["measured_peak"] = rss, "cuda max_memory_allocated"
-        elif self.allocated_peaks and self.config.profile_memory:
-            out["peak_bytes_per_rank"], out["measured_peak"] = self.allocated_peaks[-1], "cpu allocator peak (profiled)"
-            out["peak_rss_bytes_per_rank"] = rss
-        else:
-            out["peak_bytes_per_rank"], out["measured_peak"] = rss, "process resident high-water mark"
-            out["peak_rss_bytes_per_rank"] = rss
-        estimated = out.get("estimated_peak_bytes")
-        if estimated and out["peak_bytes_per_rank"] and out["measured_peak"] != "process resident high-water mark":
-            # the estimate counts tensors: compare it with allocator peaks, not with a process's RSS
-            out["measured_over_estimate"] = out["peak_bytes_per_rank"] / estimated
-        return out
+        """Parameter bytes this rank holds, the largest FSDP unit, the measured peak of the last generation
+        and the memory model's estimate of it (ovi.parallel.measure.rank_memory_accounting)."""
+        allocated = self.allocated_peaks[-1] if self.allocated_peaks and self.config.profile_memory else None
+        return rank_memory_accounting(self.engine.model, self.engine.components.text_encoder.model, self.engine.device,
+                                      fsdp_strategy=self.dims.fsdp_strategy, sharded=self.sharded,
+                                      sharded_text=self.sharded_text, extra=self.memory, allocated_peak=allocated,
+                                      generation_peak=self.generation_peaks[-1] if self.generation_peaks else None)
 
     def stats(self) -> dict:
         out = {"rank": self.rank, **self.dims.describe(), "sp_scheme": self.sp_scheme, **self.comm_stats.summary()}
@@ -140,23 +111,6 @@ class RankEngine:
         if self.engine.device.type == "cuda":
             out["max_memory_allocated"] = torch.cuda.max_memory_allocated(self.engine.device)
         return out
-
-
-def resident_tensor_bytes(engine: Engine) -> int:
-    """Bytes of the tensors a rank holds between generations: every component's parameters and buffers
-    (this rank's shards of an FSDP model), each storage counted once."""
-    components = engine.components
-    modules = [components.model, components.text_encoder.model,
-               getattr(components.video_codec, "module", None), getattr(components.audio_codec, "module", None)]
-    return storage_bytes(t for module in filter(None, modules) for t in (*module.parameters(), *module.buffers()))
-
-
-def memory_setting(cfg, dims: ParallelDims) -> MemorySetting:
-    """The memory model's view of a config running on `dims`."""
-    return MemorySetting(sp=dims.sp, cfg=dims.cfg, replicas=dims.per_cfg // dims.sp,
-                         strategy=dims.fsdp_strategy or "NO_SHARD", fsdp=dims.fsdp, fsdp_offload=dims.fsdp_offload,
-                         cpu_offload=cfg.cpu_offload, fp8=cfg.fp8, shard_text=dims.shard_text,
-                         scheme="optimized" if cfg.use_optimized_comms else "upstream")
 
 
 def resolve_auto_fsdp(cfg, dims: ParallelDims, device: torch.device, dtype: torch.dtype
@@ -174,8 +128,9 @@ def resolve_auto_fsdp(cfg, dims: ParallelDims, device: torch.device, dtype: torc
             free = int(smallest.item())
         budget, source = free, "free memory (smallest over ranks" + (", host shared by the ranks)" if device.type == "cpu"
                                                                       else ")")
-    candidates = auto_candidates(memory_setting(cfg, dims), dims.fsdp, offload_required=cfg.fsdp_cpu_offload)
-    choice = choose_strategy(cfg.model, workload(cfg, dtype), candidates, budget, compute=dtype, device=device.type)
+    candidates = auto_candidates(dims, offload_required=cfg.fsdp_cpu_offload)
+    choice = choose_strategy(cfg.model, workload(cfg, dtype), candidates, budget, compute=dtype, device=device.type,
+                             **config_options(cfg))
     log.info("%s", choice.reason)
     return dims.with_fsdp(choice.strategy, choice.offload), {
         "fsdp_reason": choice.reason, "fsdp_budget_bytes": budget, "fsdp_budget_source": source,
@@ -213,7 +168,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
                     decodes=rank == 0, model_scope=applied.model_scope, self_placed=applied.self_placed,
                     loras=loaded["loras"], trace_worker=f"rank{rank}", parallel_info={**applied.info, **fsdp_info})
     memory = {"load_peak_bytes": loaded["load_peak_bytes"],
-              "estimated_peak_bytes": estimate(cfg.model, workload(cfg, dtype), memory_setting(cfg, dims),
+              "estimated_peak_bytes": estimate(cfg.model, workload(cfg, dtype), dims, **config_options(cfg),
                                                compute=dtype, device=device.type).peak}
     return RankEngine(engine, rank, comms.stats, comms.sp, scheme, meter=meter, sharded=applied.sharded,
                       memory=memory, sharded_text=applied.sharded_text)

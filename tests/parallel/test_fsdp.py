@@ -35,11 +35,13 @@ TWO_RANKS = {
 
 def _between_full_and_no_shard_gb() -> float:
     """A device size FULL_SHARD fits and NO_SHARD does not, by the memory model `auto` uses."""
-    from ovi.parallel.memory import HEADROOM, Setting, estimate
+    from ovi.parallel.dims import ParallelDims
+    from ovi.parallel.memory import HEADROOM, estimate
     from ovi.pipeline.footprint import workload
     load = workload(ovi.load_config(model_name="tiny", ckpt_dir="unused", **SETTINGS), torch.float32)
-    peak = lambda **kw: estimate("tiny", load, Setting(sp=2, **kw), compute=torch.float32, device="cpu").peak  # noqa
-    full, none = peak(strategy="FULL_SHARD", fsdp=2), peak()
+    peak = lambda **kw: estimate("tiny", load, ParallelDims(world_size=2, sp=2, **kw), compute=torch.float32,  # noqa
+                                 device="cpu").peak
+    full, none = peak(fsdp_strategy="FULL_SHARD", fsdp=2), peak()
     assert full < none
     return (full + none) / 2 / HEADROOM / 1e9
 # 4 ranks: HYBRID_SHARD over 2 "nodes" of 2 (shards within one, replicated across; the text encoder too),

@@ -15,19 +15,14 @@ import ovi
 from ovi.model import FusionModel
 from ovi.model.configs import architecture
 from ovi.parallel.fsdp import unit_param_bytes
-from ovi.parallel.memory import (
-    FP8,
-    GB,
-    Setting,
-    activation_bytes,
-    allocated_peak,
-    auto_candidates,
-    count_cpu_allocations,
-    choose_strategy,
-    estimate,
-    live_bytes_peak,
-    param_layout,
-)
+from ovi.parallel.dims import ParallelDims
+from ovi.parallel.measure import allocated_peak, count_cpu_allocations, live_bytes_peak
+from ovi.parallel.memory import FP8, GB, activation_bytes, auto_candidates, choose_strategy, estimate, param_layout
+
+
+def dims(sp=1, replicas=1, strategy=None, fsdp=1, fsdp_offload=False, shard_text=False) -> ParallelDims:
+    return ParallelDims(world_size=sp * replicas, sp=sp, fsdp=fsdp, fsdp_strategy=strategy, fsdp_offload=fsdp_offload,
+                        shard_text=shard_text)
 from ovi.pipeline.footprint import sequence_lengths, workload
 
 
@@ -94,7 +89,8 @@ def test_parameter_bytes_are_exact_and_match_upstreams_numbers():
 
 def test_estimates_order_the_strategies_as_they_hold_memory():
     load = workload(ovi.load_config("ovi_720x720_5s"), torch.bfloat16)
-    peak = lambda **kw: estimate("ovi", load, Setting(**kw))  # noqa: E731
+    def peak(cpu_offload=False, fp8=False, **kw):
+        return estimate("ovi", load, dims(**kw), cpu_offload=cpu_offload, fp8=fp8)
     none = peak(sp=4)
     full = peak(sp=4, strategy="FULL_SHARD", fsdp=4)
     keep = peak(sp=4, strategy="SHARD_GRAD_OP", fsdp=4)
@@ -110,8 +106,8 @@ def test_estimates_order_the_strategies_as_they_hold_memory():
 
 def test_auto_takes_the_cheapest_strategy_that_fits():
     load = workload(ovi.load_config("ovi_720x720_5s"), torch.bfloat16)
-    candidates = auto_candidates(Setting(sp=4), 4, offload_required=False)
-    assert [(c.strategy, c.fsdp_offload) for c in candidates] == [
+    candidates = auto_candidates(dims(sp=4, strategy="auto", fsdp=4), offload_required=False)
+    assert [(c.fsdp_strategy, c.fsdp_offload) for c in candidates] == [
         ("NO_SHARD", False), ("FULL_SHARD", False), ("FULL_SHARD", True)]
     peaks = [estimate("ovi", load, c).peak for c in candidates]
     assert peaks[0] > peaks[1] > peaks[2]
@@ -128,8 +124,9 @@ def test_auto_takes_the_cheapest_strategy_that_fits():
     assert (none.strategy, none.offload) == ("FULL_SHARD", True) and "nothing fits" in none.reason
     assert len(none.estimates) == 3
     # FSDP alone on several ranks (replicas) never falls back to NO_SHARD; offload can be required.
-    assert all(c.strategy == "FULL_SHARD" for c in auto_candidates(Setting(replicas=2), 2, offload_required=False))
-    assert [c.fsdp_offload for c in auto_candidates(Setting(sp=4), 4, offload_required=True)] == [True]
+    assert all(c.fsdp_strategy == "FULL_SHARD"
+               for c in auto_candidates(dims(replicas=2, strategy="auto", fsdp=2), offload_required=False))
+    assert [c.fsdp_offload for c in auto_candidates(dims(sp=4, strategy="auto", fsdp=4), offload_required=True)] == [True]
 
 
 def test_sequence_lengths_follow_the_engines_plan(tiny_engine):
@@ -143,15 +140,16 @@ def test_sharding_the_text_encoder_leaves_its_shard_resident():
     load = workload(ovi.load_config("ovi_720x720_5s"), torch.bfloat16)
     text = load.text_layout
     assert text.total == load.text_encoder_bytes and text.embed == 256384 * 4096 * 2  # umT5's token embedding
-    plain = estimate("ovi", load, Setting(sp=4, strategy="FULL_SHARD", fsdp=4))
-    sharded = estimate("ovi", load, Setting(sp=4, strategy="FULL_SHARD", fsdp=4, shard_text=True))
+    plain = estimate("ovi", load, dims(sp=4, strategy="FULL_SHARD", fsdp=4))
+    sharded = estimate("ovi", load, dims(sp=4, strategy="FULL_SHARD", fsdp=4, shard_text=True))
     assert sharded.parts["text_encoder"] == text.shard_bytes(4) < plain.parts["text_encoder"] / 3.9
     # while encoding: its shards plus what is gathered at once (the embedding with its all-gather buffer)
     encoding = text.shard_bytes(4) + text.gathered_peak("FULL_SHARD", 4)
     assert sharded.phases["text"] - plain.phases["text"] == encoding - text.total
     assert encoding < text.total
-    # NO_SHARD never shards it, even when asked
-    assert estimate("ovi", load, Setting(sp=4, shard_text=True)).peak == estimate("ovi", load, Setting(sp=4)).peak
+    # without a sharding strategy it is never sharded (ParallelDims refuses to be asked)
+    with pytest.raises(ovi.errors.ConfigError, match="shard_text_model"):
+        dims(sp=4, shard_text=True)
 
 
 def test_allocator_peak_counts_frees_made_on_other_threads():
