@@ -1,6 +1,6 @@
 """Ovi Workbench: Ovi's fusion model, pipeline, parallel engine, queue and UI."""
 
-__version__ = "0.1.0"
+from ovi.version import __version__  # noqa: F401 (re-exported)
 
 
 def __getattr__(name):

@@ -17,8 +17,8 @@ from typing import Callable
 
 import ipywidgets as w
 
-from ovi.bench.sp import SCHEMES
 from ovi.config import ATTENTION_BACKENDS, FSDP_STRATEGIES
+from ovi.parallel.sequence import SCHEME_CONFIGS
 from ovi.queue import JobQueue
 from ovi.runtime.runner import EngineFactory, Runner, make_engine_factory
 from widgets.gallery import read_sidecar
@@ -51,7 +51,7 @@ class EnginePanel:
         self.backend = w.Dropdown(options=BACKENDS, value=None, description="Backend")
         self.sp = w.Dropdown(options=SP_CHOICES, value=None, description="SP degree")
         self.cfg_parallel = w.Checkbox(value=False, description="CFG-parallel (2 groups)")
-        self.scheme = w.Dropdown(options=list(SCHEMES), value="optimized", description="SP scheme")
+        self.scheme = w.Dropdown(options=list(SCHEME_CONFIGS), value="optimized", description="SP scheme")
         self.fsdp = w.Dropdown(options=FSDP_CHOICES, value=None, description="FSDP")
         self.attention = w.Dropdown(options=ATTENTION_BACKENDS, value="auto", description="Attention")
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
@@ -70,7 +70,7 @@ class EnginePanel:
     def overrides(self) -> dict:
         """The config keys the panel sets (over the config, under a job's own `engine` overrides)."""
         out = {"cfg_parallel": bool(self.cfg_parallel.value), "attention_backend": self.attention.value,
-               **SCHEMES[self.scheme.value]}
+               **SCHEME_CONFIGS[self.scheme.value]}
         if self.sp.value is not None:
             out["sp_size"] = int(self.sp.value)
         if self.fsdp.value is not None:

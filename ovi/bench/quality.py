@@ -25,7 +25,6 @@ under `--out-dir`, so a person can look rather than read.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -60,10 +59,6 @@ def pictures(out_dir, name: str, rows: list[tuple[str, np.ndarray, np.ndarray]])
     sheet = contact_sheet([(label, video) for label, video, _ in rows], out / f"{name}_contact_sheet.png")
     strip = spectrogram_strip([(label, audio) for label, _, audio in rows], out / f"{name}_spectrograms.png")
     return {"contact_sheet": str(sheet), "spectrograms": str(strip)}
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
 def untrained_engine(engine, seed: int = 0):

@@ -15,16 +15,16 @@ import argparse
 import tempfile
 from pathlib import Path
 
-SCHEMES = {"upstream": dict(use_optimized_comms=False, enable_async_comms=False),
-           "optimized": dict(use_optimized_comms=True, enable_async_comms=False),
-           "optimized+async": dict(use_optimized_comms=True, enable_async_comms=True)}
 SIZES = {"tiny": [128, 128], "mid": [256, 448]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="tiny,mid", help="comma list of presets: tiny, mid")
     parser.add_argument("--sp", default="1,2", help="comma list of sequence-parallel degrees")
-    parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma list of " + ", ".join(SCHEMES))
+    # The names come from ovi.parallel.sequence.SCHEME_CONFIGS, read when the bench runs (building the parser
+    # must not import torch: every `ovi` command builds it).
+    parser.add_argument("--schemes", default=None, help="comma list of SP schemes (upstream, optimized, "
+                                                        "optimized+async); default: all")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps in the timed generation")
     parser.add_argument("--ckpt-root", default=None, help="where the random checkpoints are made (default: temp)")
     parser.add_argument("--profile", nargs="?", const=True, default=None, metavar="DIR",
@@ -50,11 +50,12 @@ def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile
     generation's traces (one file per rank) into <folder>/<point name>/. `extra`: more config keys
     (e.g. use_fsdp), refused by the config when this build cannot run them."""
     import ovi
+    from ovi.parallel.sequence import SCHEME_CONFIGS
     from ovi.runtime import WorkerGroup
     trace_dir = Path(profile) / point_name(arch, sp, scheme) if isinstance(profile, (str, Path)) else None
     cfg = ovi.load_config(model_name=arch, ckpt_dir=str(ckpt_dir), sample_steps=steps, sp_size=sp,
                           video_frame_height_width=SIZES[arch], profile_comms=bool(profile),
-                          profile_dir=str(trace_dir) if trace_dir else None, **SCHEMES[scheme], **dict(extra or {}))
+                          profile_dir=str(trace_dir) if trace_dir else None, **SCHEME_CONFIGS[scheme], **dict(extra or {}))
     with WorkerGroup(cfg, world_size=sp) as group:
         group.generate("a bench clip", steps=1)                     # warm-up: allocations, buffers
         if trace_dir is not None:
@@ -65,10 +66,11 @@ def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile
         after = group.stats()[0]
         ranks = group.stats()
         threads = group.threads
-    c, f, h, w = clip.latents["video"].shape
+    from ovi.pipeline.objective import audio_tokens, video_tokens
     return {"bench": "sp", "config": arch, "world_size": sp, "sp": sp, "scheme": scheme if sp > 1 else "single",
             **_diff(after, before), "step_seconds": clip.meta["timings"]["denoise"] / steps,
-            "video_tokens": f * h * w // 4, "audio_tokens": int(clip.latents["audio"].shape[0]),
+            "video_tokens": video_tokens(clip.latents["video"].shape),
+            "audio_tokens": audio_tokens(clip.latents["audio"].shape),
             "device": clip.meta["device"], "backend": "nccl" if clip.meta["device"].startswith("cuda") else "gloo",
             "threads_per_rank": threads, "steps": steps, "profiled": bool(profile),
             "profiled_comm_seconds_per_step": after.get("profiled_comm_seconds_per_step"),
@@ -78,11 +80,17 @@ def measure(arch: str, sp: int, scheme: str, steps: int, ckpt_dir: Path, profile
 
 
 def run(args):
+    from ovi.errors import InputError
+    from ovi.parallel.sequence import SCHEME_CONFIGS
     from ovi.pipeline.random_checkpoint import make_random_checkpoint
+    schemes = args.schemes.split(",") if args.schemes else list(SCHEME_CONFIGS)
+    unknown = [s for s in schemes if s not in SCHEME_CONFIGS]
+    if unknown:
+        raise InputError(f"--schemes: unknown SP scheme {unknown[0]!r}; use a comma list of {', '.join(SCHEME_CONFIGS)}")
     root = Path(args.ckpt_root or tempfile.mkdtemp(prefix="ovi-bench-sp-"))
     for arch in args.arch.split(","):
         ckpt = root / arch
         make_random_checkpoint(ckpt, arch)
         for sp in (int(s) for s in args.sp.split(",")):
-            for scheme in (args.schemes.split(",") if sp > 1 else ["optimized"]):
+            for scheme in (schemes if sp > 1 else ["optimized"]):
                 yield measure(arch, sp, scheme, args.steps, ckpt, args.profile)

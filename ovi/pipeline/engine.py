@@ -26,7 +26,6 @@ import torch
 import transformers
 from torch.profiler import record_function
 
-from ovi import __version__
 from ovi.config import OviConfig, load_config
 from ovi.errors import InputError
 from ovi.lora import LoRAManager
@@ -43,6 +42,7 @@ from ovi.pipeline.prompts import clean_text
 from ovi.pipeline.solvers import make_solver
 from ovi.request import GenerateRequest
 from ovi.specs import FLUX_DIR, MODEL_SPECS
+from ovi.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -333,14 +333,15 @@ class Engine:
         return resize_image(image, plan.height, plan.width)
 
     def sidecar(self, plan: Plan, timings: dict, loras: list[dict] | None = None) -> dict:
-        """The clip's json: the submitted request (`request`), the resolved request's fields (its
-        `to_dict()`), the plan's geometry and this engine's facts. Three resolved fields are recorded in
+        """The clip's json: the submitted request (`request`), the resolved request's per-clip fields (its
+        `to_dict()` less where the job runs: `per_clip_settings`; `config` is the engine's whole config),
+        the plan's geometry and this engine's facts. Three resolved fields are recorded in
         the richer form they took: `loras` (what was applied: name, weight, merged), `lightning` (the
         profile used, or None) and `slg_layer` (the block skipped, None when SLG is off); the video negative
         prompt is also under its config key name, `video_negative_prompt`."""
         return {
             "request": _request_record(plan.request),
-            **_request_record(plan.resolved),
+            **_request_record(plan.resolved, per_clip=True),
             "video_negative_prompt": plan.video_negative_prompt, "slg_layer": plan.slg_layer,
             "formatted_prompt": plan.formatted_prompt, "num_frames": plan.num_frames,
             "loras": list(loras or []), "lightning": plan.lightning_profile,
@@ -370,8 +371,9 @@ def preload_loras(cfg: OviConfig, model: torch.nn.Module) -> LoRAManager:
     return manager
 
 
-def _request_record(request: GenerateRequest) -> dict:
-    """The submitted request as JSON (an in-memory image is recorded by its kind, not its pixels)."""
-    if request.image is None or isinstance(request.image, str):
-        return request.to_dict()
-    return dataclasses.replace(request, image=f"<in-memory {type(request.image).__name__}>").to_dict()
+def _request_record(request: GenerateRequest, *, per_clip: bool = False) -> dict:
+    """The request as JSON (an in-memory image is recorded by its kind, not its pixels); with `per_clip` only
+    its per-clip settings."""
+    if request.image is not None and not isinstance(request.image, str):
+        request = dataclasses.replace(request, image=f"<in-memory {type(request.image).__name__}>")
+    return request.per_clip_settings if per_clip else request.to_dict()

@@ -3,8 +3,8 @@
 Three conversions are needed and no more: the JSON at the store (to_dict when submitted, from_dict when the
 Runner takes the job), the pickle across to the ranks, and `fill` (plan() resolving it against the config).
 coerce at the public entry points hands a GenerateRequest on as it is, so the object the rank unpickles is
-the one its Engine plans. The sidecar carries the resolved request's `to_dict()` (three fields in the
-richer form they took, see Engine.sidecar)."""
+the one its Engine plans. The sidecar carries the resolved request's per-clip fields (its `to_dict()`
+less `config`/`engine`/`out`; three fields in the richer form they took, see Engine.sidecar)."""
 
 import json
 import pickle
@@ -73,7 +73,7 @@ def test_a_request_from_the_form_reaches_the_sidecar_in_three_conversions(tmp_pa
     monkeypatch.setattr(Engine, "sidecar", lambda self, *a, **kw: before_sidecar.append(Counter(counted))
                         or real_sidecar(self, *a, **kw))
 
-    form = GenerateForm(cfg)
+    form = GenerateForm(cfg, config_name="tiny")
     form.seed.value, form.steps.value = 11, 2
     request = form.request(tmp_path / "uploads")
     assert not counted  # making the request converts nothing
@@ -97,9 +97,9 @@ def test_a_request_from_the_form_reaches_the_sidecar_in_three_conversions(tmp_pa
     assert planned.request == request             # ... and that is what the form made
 
     sidecar = json.loads(open(job["result"]["json"]).read())
-    resolved = planned.resolved.to_dict()
+    resolved = planned.resolved.per_clip_settings
     assert {k: v for k, v in sidecar.items() if k in resolved and k not in RECORDED_AS_APPLIED} == \
         {k: v for k, v in resolved.items() if k not in RECORDED_AS_APPLIED}
     assert set(resolved) - set(sidecar) == set()
-    assert sidecar["request"] == request.to_dict()
+    assert sidecar["request"] == request.to_dict() and request.config is not None  # the form names its config
     assert (sidecar["steps"], sidecar["seed"], sidecar["height_width"]) == (2, 11, [128, 128])
