@@ -161,7 +161,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
         loaded["load_peak_bytes"] = meter.peak()
         return components
 
-    scheme = "optimized" if cfg.use_optimized_comms else "upstream"
+    scheme = config_options(cfg)["scheme"]
     applied = parallelize(load, dims=dims, comms=comms, rank=rank, device=device, scheme=scheme,
                           overlap=cfg.enable_async_comms)
     engine = Engine(cfg, applied.components, device, dtype, dims=dims, predictor=applied.predictor,
