@@ -11,6 +11,7 @@ import ovi
 from ovi.errors import ConfigError
 from ovi.parallel.dims import ParallelDims
 from tests.launcher import run_ranks, spawned_children
+from tests.parallel.counting import StepCounter
 
 PROMPT = "A red ball bounces. <AUDCAP>Rhythmic thuds<ENDAUDCAP>"
 SETTINGS = dict(sample_steps=2, video_frame_height_width=[96, 160], slg_layer=1)
@@ -83,11 +84,15 @@ def _generate(rank, world_size, ckpt, cases, ampere=False):
         cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
         dims = ParallelDims.from_config(cfg, world_size, ranks_per_node=ranks_per_node)
         engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"), dims)
-        clip = engine.generate(PROMPT)
+        counter = StepCounter(engine)
+        clip = engine.generate(PROMPT, progress=counter.progress)
+        stats = engine.stats()
         out[name] = {"latents": clip.latents if clip is not None else None,
+                     "forwards_per_step": counter.forwards_per_step, "cfg_rank": dims.cfg_rank(rank),
+                     "by_kind": stats["by_kind"], "collectives_per_step": stats["collectives_per_step"],
                      "meta": {k: clip.meta[k] for k in ("fsdp", "fsdp_degree", "fsdp_cpu_offload", "fsdp_reason",
                                                         "memory", "sp", "world_size")} if clip is not None else None,
-                     "memory": engine.stats()["memory"]}
+                     "memory": stats["memory"]}
     return out
 
 
