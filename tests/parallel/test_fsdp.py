@@ -150,6 +150,22 @@ def test_full_shard_holds_a_shard_and_loading_reads_only_it(two_ranks, four_rank
             assert mem["peak_param_bytes_per_rank"] <= mem["param_bytes_per_rank"] + largest + 2 * largest
 
 
+@pytest.mark.parametrize("fixture,name,sp", [("two_ranks", "FULL_SHARD cfg2", 1),
+                                             ("four_ranks", "FULL_SHARD cfg2 sp2", 2)])
+def test_cfg_parallel_under_full_shard_runs_one_pass_per_rank(request, fixture, name, sp):
+    results = [result[name] for result in request.getfixturevalue(fixture)]
+    blocks, steps = 3, SETTINGS["sample_steps"]
+    assert sorted(r["cfg_rank"] for r in results) == [0] * sp + [1] * sp
+    for rank, r in enumerate(results):
+        positive = r["cfg_rank"] == 0
+        run = blocks if positive else blocks - 1  # the negative pass skips the SLG block
+        assert r["forwards_per_step"] == [1] * steps, (name, rank)  # one pass per rank per step, not both
+        assert r["memory"]["block_gathers"] == steps * run, (name, rank)  # FSDP gathers that pass's blocks only
+        # one cfg all-gather per step; with SP the pass's own: per block 2 all-to-alls + 1 audio merge, + 1 head
+        want = {"all_gather": 1} if sp == 1 else {"all_to_all": 2 * run, "all_gather": run + 1 + 1}
+        assert r["by_kind"] == {kind: steps * n for kind, n in want.items()}, (name, rank, r["by_kind"])
+
+
 def test_text_encoder_shards_like_the_dit(two_ranks, four_ranks):
     """shard_text_model: each rank holds (and read from the file) only its share of the umT5 encoder,
     over the same shard groups as the DiT (a node's ranks with HYBRID_SHARD)."""
