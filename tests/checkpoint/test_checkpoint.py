@@ -65,12 +65,16 @@ def test_foreign_checkpoint_says_what_it_looks_like(tmp_path, tiny_ckpt):
     assert "single Wan backbone" in inspect_checkpoint(tmp_path / "wan.safetensors").summary()
 
 
-def test_pt_container_formats_load(tmp_path, tiny_ckpt):
+def test_pt_container_formats_load_every_weight(tmp_path, tiny_ckpt):
     sd = load_file(str(tiny_ckpt / "Ovi" / "model.safetensors"))
-    for obj in ({"module": sd}, {"app": {"model": sd}}):
+    prefixed = {f"module.{k}": v for k, v in sd.items()}  # DDP / FSDP wrapper prefix
+    for obj in (sd, {"module": sd}, {"app": {"model": sd}}, {"module": prefixed}):
         torch.save(obj, tmp_path / "m.pt")
         assert inspect_checkpoint(tmp_path / "m.pt", "tiny").ok
-        load_fusion_model(tmp_path / "m.pt", "tiny")
+        loaded = load_fusion_model(tmp_path / "m.pt", "tiny").state_dict()
+        assert loaded.keys() == sd.keys()
+        for key, value in sd.items():
+            assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
 
 
 @torch.no_grad()

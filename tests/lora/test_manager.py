@@ -15,18 +15,29 @@ def model(tiny_ckpt):
     return load_tiny(tiny_ckpt)
 
 
+# name -> (rank, seed, alpha, file style) of the two test adapters
+ADAPTERS = {"a": (4, 1, 4.0, write_wan), "b": (8, 2, 4.0, write_musubi)}
+
+
+def _factors(model, name):
+    rank, seed, alpha, _ = ADAPTERS[name]
+    return random_factors(model.video_model, rank, seed=seed), alpha
+
+
 @pytest.fixture
 def manager(model, tmp_path):
     m = LoRAManager()
-    m.load_adapter("a", write_wan(tmp_path / "a.safetensors", random_factors(model.video_model, 4, seed=1), 4.0))
-    m.load_adapter("b", write_musubi(tmp_path / "b.safetensors", random_factors(model.video_model, 8, seed=2), 4.0))
+    for name, (_, _, _, write) in ADAPTERS.items():
+        m.load_adapter(name, write(tmp_path / f"{name}.safetensors", *_factors(model, name)))
     return m
 
 
-def _deltas(manager, model, name):
-    """{param: fp32 delta} of an adapter as the file defines it: (alpha / r) B @ A."""
-    resolved = manager.adapters[name].resolve(model)
-    return {f"{m}.weight": scale * up.float() @ down.float() for m, (down, up, scale) in resolved.factors.items()}
+def _deltas(model, name):
+    """{param: fp32 delta} of an adapter from the factors written to its file, by the formula
+    (alpha / r) B @ A (a Wan-style file targets the video backbone's Linears)."""
+    factors, alpha = _factors(model, name)
+    rank = ADAPTERS[name][0]
+    return {f"video_model.{m}.weight": alpha / rank * up @ down for m, (down, up) in factors.items()}
 
 
 def test_merged_output_equals_unmerged_output(model, manager):
@@ -65,7 +76,7 @@ def test_apply_remove_apply_another_remove_restores_every_weight_bit_exactly(tin
 @pytest.mark.parametrize("merge", [True, False])
 def test_mixing_is_the_weighted_sum_of_deltas_and_weight_zero_is_the_base(model, manager, merge):
     base_weights, base_out = snapshot(model), forward(model)
-    da, db = _deltas(manager, model, "a"), _deltas(manager, model, "b")
+    da, db = _deltas(model, "a"), _deltas(model, "b")
     records = manager.apply_mixed_adapters(model, {"a": 0.7, "b": 0.3}, merge=merge)
     assert [(r["name"], r["weight"], r["merged"]) for r in records] == [("a", 0.7, merge), ("b", 0.3, merge)]
     expected = dict(base_weights)
@@ -95,7 +106,7 @@ def test_switching_recomputes_only_what_changes(model, manager):
     manager.apply_mixed_adapters(model, {"b": 1.0})   # switch: same tensors updated in place
     assert q.data_ptr() == storage
     state = manager._states[model]
-    assert set(state.merged) == set(state.pristine) == set(_deltas(manager, model, "b"))
+    assert set(state.merged) == set(state.pristine) == set(_deltas(model, "b"))
 
 
 def test_activate_keeps_only_a_few_idle_adapters_loaded(model, tmp_path):
@@ -143,7 +154,7 @@ def test_fp8_weights_run_the_low_rank_update_unmerged(tiny_ckpt, manager, tmp_pa
     # Reference: the same fp8 values upcast to bf16 with the delta merged in bf16 (what the LoRA means).
     ref = load_tiny(tiny_ckpt, fp8=True)
     base = forward(ref)
-    for name, delta in _deltas(manager, ref, "a").items():
+    for name, delta in _deltas(ref, "a").items():
         p = ref.get_parameter(name)
         p.data = (p.data.float() + delta).to(torch.bfloat16)
     want = forward(ref)

@@ -14,6 +14,7 @@ from ovi.checkpoint.loading import read_metadata
 from ovi.cli import main
 from ovi.lora import save_native_lora
 from ovi.train import data, metrics
+from tests.parallel.counting import StepCounter
 
 LORAS = Path(__file__).resolve().parents[2] / "experiments" / "loras"
 
@@ -58,6 +59,28 @@ def test_shipped_lightning_lora_brings_four_steps_closer_to_the_full_step_clip(t
             assert clip.meta["steps"] == 4 and clip.meta["lightning"]["used"]["video_guidance_scale"] == 1.0
             gaps[with_lora].append(float((clip.latents["video"] - full).pow(2).mean().sqrt()))
     assert sum(gaps[True]) < sum(gaps[False]), gaps
+
+
+def test_shipped_lightning_lora_keeps_held_out_accuracy_at_four_forwards(trained):
+    """The README's Lightning row: on the bench's 12 held-out combinations x 2 seeds, the distilled LoRA at
+    4 forwards draws the asked colour, motion and pitch (>= 0.9 each), with bounce clicks within a frame."""
+    lora = str(LORAS / "lightning_4step.safetensors")
+    with StepCounter(trained) as counter:
+        specs = data.held_out_specs()
+        hits, sync = {"color": 0, "motion": 0, "pitch": 0}, []
+        for combo, spec in zip(data.HELD_OUT, specs):
+            for seed in (0, 1):
+                counter.forwards_per_step.clear()
+                clip = trained.generate(spec.prompt, seed=seed, lightning=True, loras=[lora], progress=counter.progress)
+                assert sum(counter.forwards_per_step) == 4, counter.forwards_per_step  # guidance off: 1 per step
+                m = metrics.measure(clip.video, clip.audio)
+                for key, index in (("color", 0), ("motion", 2), ("pitch", 3)):
+                    hits[key] += getattr(m, key) == combo[index]
+                if combo[2] == "bounce":
+                    sync.append(metrics.sync_error(m, clip.num_frames))
+    accuracy = {key: n / (2 * len(specs)) for key, n in hits.items()}
+    assert min(accuracy.values()) >= 0.9, accuracy
+    assert len(sync) == 6 and max(sync) <= 1.0, sync
 
 
 def test_shipped_new_colour_lora_draws_the_colour_the_model_never_saw(trained):

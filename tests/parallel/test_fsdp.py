@@ -11,6 +11,7 @@ import ovi
 from ovi.errors import ConfigError
 from ovi.parallel.dims import ParallelDims
 from tests.launcher import run_ranks, spawned_children
+from tests.parallel.counting import StepCounter
 
 PROMPT = "A red ball bounces. <AUDCAP>Rhythmic thuds<ENDAUDCAP>"
 SETTINGS = dict(sample_steps=2, video_frame_height_width=[96, 160], slg_layer=1)
@@ -85,11 +86,15 @@ def _generate(rank, world_size, ckpt, cases, ampere=False):
         cfg = ovi.load_config(model_name="tiny", ckpt_dir=ckpt, **SETTINGS, **overrides)
         dims = ParallelDims.from_config(cfg, world_size, ranks_per_node=ranks_per_node)
         engine = build_rank_engine(cfg, rank, world_size, torch.device("cpu"), dims)
-        clip = engine.generate(PROMPT)
+        counter = StepCounter(engine)
+        clip = engine.generate(PROMPT, progress=counter.progress)
+        stats = engine.stats()
         out[name] = {"latents": clip.latents if clip is not None else None,
+                     "forwards_per_step": counter.forwards_per_step, "cfg_rank": dims.cfg_rank(rank),
+                     "by_kind": stats["by_kind"], "collectives_per_step": stats["collectives_per_step"],
                      "meta": {k: clip.meta[k] for k in ("fsdp", "fsdp_degree", "fsdp_cpu_offload", "fsdp_reason",
                                                         "memory", "sp", "world_size")} if clip is not None else None,
-                     "memory": engine.stats()["memory"]}
+                     "memory": stats["memory"]}
     return out
 
 
@@ -145,6 +150,22 @@ def test_full_shard_holds_a_shard_and_loading_reads_only_it(two_ranks, four_rank
             assert mem["load_largest_read"] < largest
             # Gathering one fused block (plus the heads) at a time stays far below the whole model.
             assert mem["peak_param_bytes_per_rank"] <= mem["param_bytes_per_rank"] + largest + 2 * largest
+
+
+@pytest.mark.parametrize("fixture,name,sp", [("two_ranks", "FULL_SHARD cfg2", 1),
+                                             ("four_ranks", "FULL_SHARD cfg2 sp2", 2)])
+def test_cfg_parallel_under_full_shard_runs_one_pass_per_rank(request, fixture, name, sp):
+    results = [result[name] for result in request.getfixturevalue(fixture)]
+    blocks, steps = 3, SETTINGS["sample_steps"]
+    assert sorted(r["cfg_rank"] for r in results) == [0] * sp + [1] * sp
+    for rank, r in enumerate(results):
+        positive = r["cfg_rank"] == 0
+        run = blocks if positive else blocks - 1  # the negative pass skips the SLG block
+        assert r["forwards_per_step"] == [1] * steps, (name, rank)  # one pass per rank per step, not both
+        assert r["memory"]["block_gathers"] == steps * run, (name, rank)  # FSDP gathers that pass's blocks only
+        # one cfg all-gather per step; with SP the pass's own: per block 2 all-to-alls + 1 audio merge, + 1 head
+        want = {"all_gather": 1} if sp == 1 else {"all_to_all": 2 * run, "all_gather": run + 1 + 1}
+        assert r["by_kind"] == {kind: steps * n for kind, n in want.items()}, (name, rank, r["by_kind"])
 
 
 def test_text_encoder_shards_like_the_dit(two_ranks, four_ranks):

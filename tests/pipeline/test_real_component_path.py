@@ -76,6 +76,9 @@ def test_real_components_generate_t2v_and_i2v(miniature_real_setup, tmp_path):
 
     image = np.full((64, 64, 3), 200, dtype=np.uint8)
     i2v = engine.generate("a scene", mode="i2v", image=image)
-    first = engine.first_frame_latent(engine.plan("a scene", mode="i2v", image=image), torch.tensor(
-        image).permute(2, 0, 1).float() / 127.5 - 1)
-    torch.testing.assert_close(i2v.latents["video"][:, :1], first)  # the image latent pins frame 0
+    # The image latent pins frame 0: the Wan VAE's own encoding of the image as a one-frame video in [-1, 1]
+    # (64 x 64: the generation size, so nothing resizes it).
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
+    first = engine.components.video_codec.encode(pixels[:, None])
+    assert first.shape == (48, 1, 4, 4)
+    torch.testing.assert_close(i2v.latents["video"][:, :1], first)

@@ -62,7 +62,13 @@ def test_key_rules_spot_checks():
             == "encoder.down_blocks.1.downsampler.time_conv.weight")
     assert (wan22_vae_key_to_diffusers("decoder.upsamples.2.upsamples.0.shortcut.bias")
             == "decoder.up_blocks.2.resnets.0.conv_shortcut.bias")
-    assert wan22_vae_key_to_diffusers("decoder.upsamples.0.upsamples.3.residual.2.weight") is not None
+    # Wan2.2's up block: 3 residual blocks, then the resample as upsamples.3 (tests/pipeline/data/wan22_vae_keys.json)
+    assert (wan22_vae_key_to_diffusers("decoder.upsamples.0.upsamples.2.residual.2.weight")
+            == "decoder.up_blocks.0.resnets.2.conv1.weight")
+    assert (wan22_vae_key_to_diffusers("decoder.upsamples.0.upsamples.2.residual.6.bias")
+            == "decoder.up_blocks.0.resnets.2.conv2.bias")
+    assert (wan22_vae_key_to_diffusers("decoder.upsamples.0.upsamples.3.resample.1.weight")
+            == "decoder.up_blocks.0.upsampler.resample.1.weight")
     assert wan22_vae_key_to_diffusers("encoder.middle.0.residual.4.weight") is None  # SiLU has no weights
     assert wan22_vae_key_to_diffusers("model.encoder.conv1.weight") is None
 
@@ -96,16 +102,54 @@ def test_round_trip_shapes_and_range(golden_codec):
         codec.decode(torch.zeros(48, 2, 2, 2))
 
 
-def test_tiling_passthrough_keeps_shapes(golden_codec):
-    codec = golden_codec
-    latent = torch.randn(8, 2, 4, 4)
+def _stitched_tiles(codec, latent, tile: int, stride: int, patch: int = 2):
+    """The tiled decode from its formula (diffusers' AutoencoderKLWan.tiled_decode): every latent tile
+    decoded alone, each blended linearly into the tile above and to its left over `tile - stride` pixels
+    (weights step once per 2x2 patch: Wan2.2 blends before unpatchifying), the first `stride` pixels of
+    each kept."""
+    f, blend = codec.spatial_factor, tile - stride
+    t, s = tile // f, stride // f
+    height, width = latent.shape[-2:]
+    rows = [[codec.decode(latent[..., i:i + t, j:j + t]) for j in range(0, width, s)] for i in range(0, height, s)]
+    out = []
+    for i, row in enumerate(rows):
+        for j, px in enumerate(row):
+            px = px.clone()
+            if i > 0:
+                above = rows[i - 1][j]
+                for y in range(min(above.shape[-2], px.shape[-2], blend)):
+                    w = (y // patch) / (blend // patch)
+                    px[..., y, :] = above[..., y - blend, :] * (1 - w) + px[..., y, :] * w
+            if j > 0:
+                left = row[j - 1]
+                for x in range(min(left.shape[-1], px.shape[-1], blend)):
+                    w = (x // patch) / (blend // patch)
+                    px[..., x] = left[..., x - blend] * (1 - w) + px[..., x] * w
+            row[j] = px
+        out.append(torch.cat([px[..., :stride, :stride] for px in row], -1))
+    return torch.cat(out, -2)[..., :height * f, :width * f]
+
+
+def test_tiled_decode_is_the_blend_of_tiles_decoded_alone(golden, tmp_path):
+    path = tmp_path / "Wan2.2_VAE.pth"
+    torch.save(golden["state_dict"], path)
+    codec = WanVideoCodec.from_checkpoint(path, torch.float32, "cpu", config=golden["config"])
+    with torch.no_grad():  # outputs well inside [-1, 1]: the final clamp then commutes with the blend
+        codec.vae.decoder.conv_out.weight.mul_(0.1)
+        codec.vae.decoder.conv_out.bias.mul_(0.1)
+    latent = torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(0))  # 96 x 96 px: 2 x 2 tiles
+    whole = codec.decode(latent)
     try:
-        codec.enable_tiling(32, 32, 16, 16)
+        codec.enable_tiling(64, 64, 48, 48)
         tiled = codec.decode(latent)
     finally:
         codec.disable_tiling()
-    assert tiled.shape == (3, 5, 64, 64)
-    assert codec.decode(latent).shape == tiled.shape
+    assert tiled.shape == whole.shape == (3, 5, 96, 96) and tiled.abs().max() < 0.9
+    torch.testing.assert_close(tiled, _stitched_tiles(codec, latent, 64, 48), rtol=0, atol=1e-5)
+    # The decoder's attention sees the whole frame, so tiles are not the whole decode: an enable_tiling
+    # that did nothing would be this far off.
+    assert (tiled - whole).abs().max() > 0.05
+    torch.testing.assert_close(codec.decode(latent), whole)  # disable_tiling restores the whole decode
 
 
 def test_key_errors_name_missing_and_unexpected_keys(golden, tmp_path):
