@@ -313,16 +313,18 @@ class JobQueue(LeaseProtocol):
 
     def waiting_reasons(self) -> dict[str, str]:
         """Why queued jobs of a config wait beyond their turn: {serve key: reason} for each config
-        with queued jobs that no live runner serves (empty when a runner serves everything)."""
+        with queued jobs that no live runner serves (empty when no runner ever registered, or a
+        live one takes any job)."""
         with self.store.read() as tx:
             keys = tx.queued_serve_keys()
         if not keys:
             return {}
-        live = self.runners(live_only=True)
-        if any(r["serves"] is None for r in live):
-            return {}
+        registered = self.runners()
+        live = [r for r in registered if r["live"]]
+        if not registered or any(r["serves"] is None for r in live):
+            return {}  # a queue without a farm, or a runner that takes any job
         served = {k for r in live for k in r["serves"]}
-        return {k: (f"no runner serves {k}" if live else "no runner is running")
+        return {k: (f"no runner serves {k}" if live else "no runner is alive")
                 for k in keys if k not in served}
 
     # -- events -------------------------------------------------------------------------------

@@ -161,7 +161,9 @@ class Runner:
         self.heartbeat_interval = min(float(heartbeat_interval),
                                       self.queue.policy.heartbeat_timeout / 4)
         self.keep_events = float(keep_events)
-        self.recover_interval = float(recover_interval)
+        # Look at least twice per lease: a dead runner's job restarts within ~1.5 leases.
+        self.recover_interval = min(float(recover_interval),
+                                    self.queue.policy.heartbeat_timeout / 2)
         self.stats = {"done": 0, "failed": 0, "cancelled": 0, "released": 0, "engine_loads": 0}
         self.last_error: str | None = None
         self._engine = None
