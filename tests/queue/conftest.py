@@ -17,10 +17,12 @@ def pg_server():
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def queue_url(request, tmp_path):
-    """A URL of a fresh, empty queue database of each store."""
+def queue_url(request, tmp_path, monkeypatch):
+    """A URL of a fresh, empty queue database of each store. A PostgreSQL queue's output root
+    ($OVI_QUEUE_ROOT, for CLI commands and runners too) is tmp_path, as a SQLite file's folder is."""
     if request.param == "sqlite":
         return str(tmp_path / "queue.db")
+    monkeypatch.setenv("OVI_QUEUE_ROOT", str(tmp_path))
     return request.getfixturevalue("pg_server").create_database()
 
 
