@@ -229,8 +229,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_runners(args) -> int:
-    import time
-
     with JobQueue(args.db, policy=QueuePolicy(heartbeat_timeout=args.heartbeat_timeout)) as q:
         runners = q.runners()
         if args.json:
@@ -239,7 +237,7 @@ def cmd_runners(args) -> int:
             return 0
         if not runners:
             print("no runner has registered (start one: ovi queue run --db ...)")
-        now = time.time()
+        now = q.store.now()
         for r in runners:
             serves = ",".join(r["serves"]) if r["serves"] is not None else "any"
             job = r["current_job"] if r["current_job"] is not None else "-"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
-from ovi.queue.jobqueue import JobQueue
+from ovi.queue.jobqueue import JobQueue, QueuePolicy
 from ovi.queue.store import SQLiteStore, redact_url
 
 
 def check_queue(url: str, *, heartbeat_timeout: float = 60.0) -> dict:
     """Open the queue (reachable, ours, migrated — else InputError naming the problem) and report:
     store, schema version, job counts, and the runners seen (live = heartbeat within the timeout)."""
-    from ovi.queue.jobqueue import QueuePolicy
-
     with JobQueue(url, policy=QueuePolicy(heartbeat_timeout=heartbeat_timeout)) as q:
-        now = time.time()
+        now = q.store.now()
         runners = q.runners()
         return {
             "queue": redact_url(url),

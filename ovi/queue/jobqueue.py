@@ -34,7 +34,6 @@ from ovi.queue.lease import (
     make_worker_id,
     retrying,
     serve_key,
-    worker_process_gone,
 )
 from ovi.queue.requests import requests_from_csv, validate_request
 from ovi.queue.store import SQLiteStore, open_store, redact_url
@@ -47,7 +46,7 @@ QUEUE_ROOT_ENV = "OVI_QUEUE_ROOT"  # a PostgreSQL queue's output root (default: 
 # A client-chosen job id travels in URL paths (/api/jobs/{id}): URL-safe characters only.
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 __all__ = ["DEFAULT_DB", "FINISHED", "STATES", "DuplicateJobError", "JobCancelled", "JobQueue",
-           "QueuePolicy", "Subscription", "make_worker_id", "worker_process_gone"]
+           "QueuePolicy", "Subscription", "make_worker_id"]
 
 
 def default_queue_url() -> str:
@@ -168,7 +167,7 @@ class JobQueue(LeaseProtocol):
                 requests[i] = parsed.to_dict()
         if not requests:
             return []
-        now = time.time()
+        now = self.store.now()
         try:
             with self.store.write() as tx:
                 start = tx.max_position() + 1
@@ -241,7 +240,7 @@ class JobQueue(LeaseProtocol):
         """Queued/lost: cancelled now. Running: flagged; its runner stops between two steps,
         removes the partial files and marks it cancelled (a dead runner's flagged job is
         cancelled by `recover_lost`)."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] in ("queued", "lost"):
@@ -260,7 +259,7 @@ class JobQueue(LeaseProtocol):
 
     def retry(self, job_id: int) -> dict:
         """Re-queue a failed, cancelled or lost job at the back of its priority."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] not in ("failed", "cancelled", "lost"):
@@ -289,7 +288,7 @@ class JobQueue(LeaseProtocol):
         given = [x is not None for x in (before, after, priority)]
         if sum(given) != 1:
             raise InputError("move needs exactly one of before=ID, after=ID or priority=N")
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] != "queued":
@@ -350,14 +349,14 @@ class JobQueue(LeaseProtocol):
     def prune_events(self, older_than: float = 7 * 86400.0) -> int:
         """Drop events older than `older_than` seconds (the jobs themselves stay)."""
         with self.store.write() as tx:
-            return tx.prune_events(time.time() - older_than)
+            return tx.prune_events(self.store.now() - older_than)
 
     def integrity_check(self) -> str:
         return self.store.integrity_check()
 
     # -- helpers ------------------------------------------------------------------------------
     def _set_paused(self, paused: bool) -> None:
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             if bool(tx.get_meta("paused", False)) == paused:
                 return

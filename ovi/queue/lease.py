@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 
 from ovi.queue.events import job_event
 
@@ -40,7 +41,7 @@ def serve_key(request: dict) -> str:
 def make_worker_id() -> str:
     """host:pid:nonce — the host and pid let a restarted runner on the same machine see at once
     that a job's runner process is gone (SQLite only), without waiting for its lease to expire."""
-    return f"{socket.gethostname()}:{os.getpid()}:{__import__('uuid').uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def worker_process_gone(worker: str | None) -> bool:
@@ -106,7 +107,7 @@ class LeaseProtocol:
         """Atomically take the next queued job (None when empty or paused); attempts += 1 and a
         new lease generation (the job's `lease_generation`). `serves`: only jobs of these configs
         (serve keys, see `serve_key`); None takes any."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = tx.claim_next(worker_id, now, self.policy.heartbeat_timeout,
                                 None if serves is None else list(serves))
@@ -121,7 +122,7 @@ class LeaseProtocol:
     def heartbeat(self, job_id: int, worker_id: str, *, lease: int | None = None) -> bool:
         """Say the runner is alive and extend its lease; False when the job is no longer this
         worker's (its lease expired and it was re-queued, maybe re-claimed): drop it then."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = tx.job(int(job_id))
             if not self._owned(job, worker_id, lease, "heartbeat"):
@@ -134,7 +135,7 @@ class LeaseProtocol:
                      info: dict | None = None, lease: int | None = None) -> bool:
         """Record progress (0..1) and beat; returns True when the runner should stop the job
         now (a cancel was requested, or the job is no longer this worker's)."""
-        now = time.time()
+        now = self.store.now()
         progress = min(max(float(progress), 0.0), 1.0)
         with self.store.write() as tx:
             job = tx.job(int(job_id))
@@ -174,7 +175,7 @@ class LeaseProtocol:
                 reason: str = "runner stopped") -> dict | None:
         """Give a running job back to the queue untouched (runner interrupted, e.g. Ctrl-C or
         SIGTERM), keeping its place; the interrupted run is not counted as an attempt."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = tx.job(int(job_id))
             if worker_id is not None and not self._owned(job, worker_id, lease, "release"):
@@ -201,7 +202,7 @@ class LeaseProtocol:
         gone) — mark them `lost`, then per policy re-queue them in their old place (a
         cancel-flagged one becomes `cancelled`; one that used up `max_attempts` stays lost with
         the reason). Returns their ids."""
-        now = time.time() if now is None else now
+        now = self.store.now() if now is None else now
         lost = []
         with self.store.write() as tx:
             for job in tx.jobs(["running"], skip_locked=True):
@@ -241,7 +242,7 @@ class LeaseProtocol:
     def register_runner(self, runner_id: str, *, label: str | None = None,
                         serves: list[str] | None = None) -> None:
         """Announce a runner (label, host, the serve keys it runs; None = any config)."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             tx.upsert_runner({"id": runner_id, "label": label or runner_id,
                               "host": socket.gethostname(),
@@ -251,7 +252,7 @@ class LeaseProtocol:
     @retrying
     def touch_runner(self, runner_id: str, current_job: int | None = None) -> None:
         with self.store.write() as tx:
-            tx.touch_runner(runner_id, time.time(), current_job)
+            tx.touch_runner(runner_id, self.store.now(), current_job)
 
     @retrying
     def unregister_runner(self, runner_id: str) -> None:
@@ -261,7 +262,7 @@ class LeaseProtocol:
     @retrying
     def runners(self, *, live_only: bool = False) -> list[dict]:
         """Registered runners, each with `live` (a heartbeat within the policy's timeout)."""
-        now = time.time()
+        now = self.store.now()
         with self.store.read() as tx:
             found = tx.runners()
         for r in found:
@@ -271,7 +272,7 @@ class LeaseProtocol:
     # -- helpers ------------------------------------------------------------------------------
     @retrying
     def _end(self, job_id, worker_id, lease, state, **fields) -> dict | None:
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = tx.job(int(job_id))
             if not self._owned(job, worker_id, lease, state):

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -132,12 +131,3 @@ class TempPostgres:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def wait_until_down(port: int, timeout: float = 10.0) -> None:
-    """For tests: block until nothing listens on `port`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.05)

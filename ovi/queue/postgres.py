@@ -10,7 +10,8 @@ The same tables and policy as the SQLite store (`ovi.queue.store`); what differs
   `NOTIFY ovi_queue_events`; `wait_for_events` wakes on it (one LISTEN connection per store).
 - Connections come from a psycopg_pool pool, checked on checkout; a dropped server (restart,
   network) surfaces as a transient error that the queue's steps retry (`is_transient`).
-- Liveness never looks at PIDs (`local = False`): the lease is the truth.
+- Liveness never looks at PIDs (`local = False`): the lease is the truth, timed on the server's
+  clock (`now()`: this machine's clock plus its offset from the server's, measured at open).
 Schema versions live in `ovi_schema`; migrations take an advisory lock, so many machines starting
 at once migrate once.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -189,8 +191,18 @@ class PostgresStore:
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout),
                                  row_factory=dict_row) as conn:
                 self._migrate(conn)
+                # Leases are judged on the server's clock, so machines whose clocks disagree still
+                # agree on when a lease ran out: this machine's offset from it, measured once.
+                before = time.time()
+                server = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS t"
+                                      ).fetchone()["t"]
+                self._clock_offset = server - (before + time.time()) / 2
         except psycopg.OperationalError as exc:
             raise connect_error(url, exc) from None
+
+    def now(self) -> float:
+        """The server's clock (seconds since the epoch), as this machine estimates it."""
+        return time.time() + self._clock_offset
 
     # -- connections --------------------------------------------------------------------------
     def _get_pool(self) -> psycopg_pool.ConnectionPool:

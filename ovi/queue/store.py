@@ -7,7 +7,8 @@ writes happens inside one `store.write()` transaction, which is what makes it at
 threads, processes and (PostgreSQL) machines.
 
 A store is: `write()` / `read()` (context managers yielding a `Txn`), `schema_version()`,
-`integrity_check()`, `close()`, `wait_for_events(stop, timeout)`, `is_transient(exc)`, `describe`
+`integrity_check()`, `close()`, `now()` (the clock leases are judged by),
+`wait_for_events(stop, timeout)`, `is_transient(exc)`, `is_duplicate(exc)`, `describe`
 (for messages) and `local` (True when every runner shares this machine, so a PID says something).
 `open_store(url)` picks one by URL: a `postgresql://` URL -> `ovi.queue.postgres.PostgresStore`,
 anything else is a SQLite file path. A third store is one more module with a `Txn` subclass.
@@ -493,6 +494,11 @@ class SQLiteStore:
 
     def integrity_check(self) -> str:
         return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    @staticmethod
+    def now() -> float:
+        """The queue's clock (seconds since the epoch): one machine, so this machine's."""
+        return time.time()
 
     def wait_for_events(self, stop: threading.Event, timeout: float) -> None:
         """Block up to `timeout` for new events; SQLite has no push, so this is a sleep (cut short
