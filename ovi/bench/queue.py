@@ -49,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the scratch databases (default: a temp folder)")
 
 
-def _claim_and_finish(url: str, worker: str, n: int, latencies: list, finishes: list,
-                      start: threading.Barrier) -> None:
-    q = JobQueue(url)
+def _claim_and_finish(url: str, synchronous: str, worker: str, n: int, latencies: list,
+                      finishes: list, start: threading.Barrier) -> None:
+    q = JobQueue(url, synchronous=synchronous)
     try:
         start.wait()
         for _ in range(n):
@@ -91,7 +91,8 @@ def _measure(url: str, n_submits: int, n_claims: int, batch: int, runners: int,
     barrier = threading.Barrier(runners + 1)
     share = [n_claims // runners + (1 if r < n_claims % runners else 0) for r in range(runners)]
     threads = [threading.Thread(target=_claim_and_finish,
-                                args=(url, f"bench{r}", share[r], latencies, finishes, barrier))
+                                args=(url, synchronous, f"bench{r}", share[r], latencies, finishes,
+                                      barrier))
                for r in range(runners)]
     for t in threads:
         t.start()
