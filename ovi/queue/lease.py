@@ -275,6 +275,9 @@ class LeaseProtocol:
         now = self.store.now()
         with self.store.write() as tx:
             job = tx.job(int(job_id))
+            if (job is not None and worker_id is not None and job["state"] == state
+                    and job["worker"] == worker_id and lease in (None, job["lease_generation"])):
+                return _public(job)  # our own earlier write, whose answer a dropped connection lost
             if not self._owned(job, worker_id, lease, state):
                 return None
             tx.update(job["id"], state=state, finished_at=now, updated_at=now, heartbeat_at=now,

@@ -146,6 +146,7 @@ class _Listener:
     def __init__(self, url: str):
         self.url = url
         self.changed = threading.Condition()
+        self.ready = threading.Event()  # set once LISTEN is in place (first connect)
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="ovi-queue-listen", daemon=True)
         self.thread.start()
@@ -159,6 +160,7 @@ class _Listener:
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
                     self._wake()
                     while not self.closed:
                         for _ in conn.notifies(timeout=1.0):
@@ -166,10 +168,6 @@ class _Listener:
             except psycopg.Error as exc:
                 log.debug("queue listener reconnecting: %s", _first_line(exc))
                 threading.Event().wait(0.5)
-
-    def wait(self, timeout: float) -> None:
-        with self.changed:
-            self.changed.wait(timeout)
 
 
 class PostgresStore:
@@ -205,6 +203,14 @@ class PostgresStore:
         return time.time() + self._clock_offset
 
     # -- connections --------------------------------------------------------------------------
+    def listener_ready(self, timeout: float) -> bool:
+        """Start the LISTEN connection if needed; True once it listens (tests, doctor)."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = _Listener(self.url)
+            listener = self._listener
+        return listener.ready.wait(timeout)
+
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
         if self._closed:
             raise RuntimeError(f"the queue store {self.describe} was closed; open a new JobQueue")
@@ -257,19 +263,19 @@ class PostgresStore:
         with self._get_pool().connection() as conn, conn.transaction():
             yield PgTxn(conn)
 
-    def wait_for_events(self, stop: threading.Event, timeout: float) -> None:
-        """Block until a NOTIFY (events were committed), `timeout`, or — within a second — `stop`."""
-        with self._lock:
-            if self._listener is None:
-                self._listener = _Listener(self.url)
-            listener = self._listener
+    def wait_for_events(self, stop: threading.Event, timeout: float) -> bool:
+        """Block until a NOTIFY (events were committed: True), `timeout` or — within a second —
+        `stop` (False)."""
+        self.listener_ready(0)
+        listener = self._listener
         left = float(timeout)
         while left > 0 and not stop.is_set():
             step = min(left, 1.0)
             with listener.changed:
                 if listener.changed.wait(step):
-                    return
+                    return True
             left -= step
+        return False
 
     @staticmethod
     def is_duplicate(exc: BaseException) -> bool:

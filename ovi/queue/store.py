@@ -500,10 +500,11 @@ class SQLiteStore:
         """The queue's clock (seconds since the epoch): one machine, so this machine's."""
         return time.time()
 
-    def wait_for_events(self, stop: threading.Event, timeout: float) -> None:
-        """Block up to `timeout` for new events; SQLite has no push, so this is a sleep (cut short
-        by `stop`) and the caller polls the log."""
+    def wait_for_events(self, stop: threading.Event, timeout: float) -> bool:
+        """Block up to `timeout` for new events; True when woken by a change notification. SQLite
+        has no push, so this is a sleep (cut short by `stop`), always False: the caller polls."""
         stop.wait(timeout)
+        return False
 
     @staticmethod
     def is_duplicate(exc: BaseException) -> bool:

@@ -131,7 +131,7 @@ class Runner:
     poll_interval: longest sleep between looks at an empty or paused queue.
     heartbeat_interval: seconds between heartbeats of the running job.
     recover_interval: how often the runner looks for jobs lost by dead runners (at start, then
-        between jobs and while idle).
+        between jobs, while idle and from the heartbeat thread; at most a quarter of the lease).
     serves: the configs (serve keys: a config name or path as requests give it, "default" for
         the embedded one) this runner can run; None runs any job.
     label: the name `ovi queue runners` shows and each clip's sidecar records (default: the
@@ -161,9 +161,10 @@ class Runner:
         self.heartbeat_interval = min(float(heartbeat_interval),
                                       self.queue.policy.heartbeat_timeout / 4)
         self.keep_events = float(keep_events)
-        # Look at least twice per lease: a dead runner's job restarts within ~1.5 leases.
+        # Look four times per lease (also from the heartbeat thread while a job runs): a dead
+        # runner's job is re-queued within 1.25 leases of its last heartbeat.
         self.recover_interval = min(float(recover_interval),
-                                    self.queue.policy.heartbeat_timeout / 2)
+                                    self.queue.policy.heartbeat_timeout / 4)
         self.stats = {"done": 0, "failed": 0, "cancelled": 0, "released": 0, "engine_loads": 0}
         self.last_error: str | None = None
         self._engine = None
@@ -466,5 +467,7 @@ class Runner:
                         self._taken.set()
                     return
                 self._touch(job_id)
+                if time.monotonic() - self._last_recover > self.recover_interval:
+                    self._recover()  # busy runners keep watching for dead ones too
             except Exception:
                 log.exception("heartbeat for job %s failed", job_id)

@@ -455,3 +455,30 @@ def test_bad_priority_is_refused(queue):
     with pytest.raises(InputError, match="priority must be an integer"):
         queue.submit({"prompt": "a"}, priority="high")
     assert queue.get(queue.submit({"prompt": "a"}, priority="2"))["priority"] == 2
+
+
+def test_postgres_notify_wakes_a_waiting_subscriber(pg_server):
+    """Every committed event sends NOTIFY: a waiter on another connection wakes on it (True), not
+    by its timeout (False)."""
+    url = pg_server.create_database()
+    listening, writer = JobQueue(url), JobQueue(url)
+    assert listening.store.listener_ready(30)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(
+        listening.store.wait_for_events(threading.Event(), 60)))
+    waiter.start()
+    while waiter.is_alive():  # submit until the waiter wakes (it may start waiting after one)
+        writer.submit({"prompt": "wake"})
+        waiter.join(0.2)
+    assert woke == [True]
+    listening.close()
+    writer.close()
+
+
+def test_a_finish_repeated_after_a_lost_answer_is_idempotent(queue):
+    a = queue.submit({"prompt": "a"})
+    lease = queue.claim("w")["lease_generation"]
+    first = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)
+    again = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)  # a retried step
+    assert first == again and again["state"] == "done"
+    assert [e["kind"] for e in queue.events(0, job_id=a)].count("done") == 1
