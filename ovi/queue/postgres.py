@@ -186,6 +186,10 @@ class PostgresStore:
         self._listener: _Listener | None = None
         self._closed = False
         try:
+            urlsplit(url).port  # noqa: B018 -- parsing it is the check
+        except ValueError as exc:
+            raise InputError(f"queue URL {self.describe}: {exc}; use postgresql://user:password@host:5432/db") from None
+        try:
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout),
                                  row_factory=dict_row) as conn:
                 self._migrate(conn)
@@ -197,6 +201,9 @@ class PostgresStore:
                 self._clock_offset = server - (before + time.time()) / 2
         except psycopg.OperationalError as exc:
             raise connect_error(url, exc) from None
+        except psycopg.Error as exc:  # a malformed URL, or a user without rights to create tables
+            raise InputError(f"queue database {self.describe}: {_first_line(exc)}; check the URL "
+                             f"and that its user may create tables there") from None
 
     def now(self) -> float:
         """The server's clock (seconds since the epoch), as this machine estimates it."""

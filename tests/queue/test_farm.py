@@ -234,6 +234,9 @@ def test_bad_queue_urls_get_one_clear_line_and_exit_2(pg_server):
     line = _one_error_line(wrong)
     assert "wrong or missing password" in line and "not-the-password" not in line
 
+    assert "use postgresql://user:password@host:5432/db" in _one_error_line(
+        "postgresql://ovi:x@127.0.0.1:port/ovi")
+
     missing = pg_server.url("no_such_db")
     assert "database 'no_such_db' does not exist" in _one_error_line(missing)
 
