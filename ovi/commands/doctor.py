@@ -38,6 +38,8 @@ def add_doctor_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per machine fact and per setting")
     p.add_argument("--measure", action="store_true",
                    help="also run tiny and mid on this CPU and compare measured peaks with the estimates")
+    p.add_argument("--queue", metavar="PATH|URL", help="also check a queue database (reachable, "
+                   "schema version, runners seen): a SQLite file or a postgresql:// URL")
     p.set_defaults(func=run_doctor)
 
 
@@ -255,6 +257,11 @@ def run_doctor(args) -> int:
         raise InputError("give --gpus and --gpu-memory together (e.g. --gpus 4 --gpu-memory 24)")
     if args.gpus is not None and (args.gpus < 1 or args.gpu_memory <= 0):
         raise InputError("--gpus must be at least 1 and --gpu-memory a positive number of GB")
+    if args.queue:  # first: a bad queue URL is one clear line (exit 2) before anything else prints
+        from ovi.queue.check import check_queue, format_queue_report
+        report = check_queue(args.queue)
+        print(json.dumps({"doctor": "queue", **report}, sort_keys=True) if args.json
+              else format_queue_report(report))
     cfg = load_config(args.config or REAL_CONFIGS[0])
     facts = machine_facts(cfg)
     profiles = [(args.gpus, args.gpu_memory)] if args.gpus else list(PROFILES)

@@ -1,4 +1,5 @@
-"""`ovi queue ...`: submit, inspect and run jobs in a queue database (default outputs/queue.db).
+"""`ovi queue ...`: submit, inspect and run jobs in a queue database: `--db` a SQLite file (default
+$OVI_QUEUE_URL, else outputs/queue.db) or a `postgresql://` URL that a farm of runners shares.
 
 The web stack (FastAPI, uvicorn, Socket.IO) is imported when `serve` runs, not when the parser is
 built: every `ovi` command builds all parsers.
@@ -23,7 +24,8 @@ from ovi.commands.request_args import (
 )
 from ovi.errors import InputError
 from ovi.queue.folders import ServerFolders
-from ovi.queue.jobqueue import DEFAULT_DB, STATES, JobQueue, QueuePolicy
+from ovi.queue.jobqueue import DEFAULT_DB, QUEUE_URL_ENV, STATES, JobQueue, QueuePolicy
+from ovi.queue.lease import serve_key
 from ovi.queue.requests import check_engine_settings, validate_request
 from ovi.runtime.runner import Runner, load_engine_factory
 from ovi.runtime.shutdown import GracefulShutdown, interrupt_runner
@@ -34,8 +36,9 @@ TOKEN_ENV = "OVI_QUEUE_TOKEN"
 
 # -- shared options -----------------------------------------------------------------------------
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
-                   help=f"queue database (default {DEFAULT_DB})")
+    p.add_argument("--db", default=None, metavar="PATH|URL",
+                   help=f"queue: a SQLite file or postgresql://user:pass@host:5432/db "
+                        f"(default ${QUEUE_URL_ENV}, else {DEFAULT_DB})")
 
 
 def _add_request_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> None:
@@ -67,10 +70,10 @@ def _open(args) -> JobQueue:
     return JobQueue(args.db)
 
 
-def _print_job_line(job: dict) -> None:
+def _print_job_line(job: dict, waiting: str | None = None) -> None:
     prompt = job["request"].get("prompt", "")
     prompt = prompt if len(prompt) <= 50 else prompt[:47] + "..."
-    extra = job["error"] or ""
+    extra = f"(waiting: {waiting})" if waiting else job["error"] or ""
     if job["state"] == "done" and job["result"]:
         extra = job["result"].get("mp4") or next(iter(job["result"].values()), "")
     print(f"{job['id']:>6}  {job['state']:<9} p={job['priority']:<3} {job['progress']*100:5.1f}%  "
@@ -96,8 +99,10 @@ def cmd_list(args) -> int:
         else:
             if q.paused:
                 print("(queue is paused: `ovi queue resume` to run jobs)")
+            reasons = q.waiting_reasons()
             for job in jobs:
-                _print_job_line(job)
+                _print_job_line(job, reasons.get(serve_key(job["request"])) if
+                                job["state"] == "queued" else None)
     return 0
 
 
@@ -105,7 +110,7 @@ def cmd_show(args) -> int:
     with _open(args) as q:
         job = q.get(args.id)
         if job is None:
-            raise InputError(f"no job {args.id} in {args.db}; `ovi queue list` shows the ids")
+            raise InputError(f"no job {args.id} in {q!r}; `ovi queue list` shows the ids")
         print(json.dumps(job, indent=2, sort_keys=True))
     return 0
 
@@ -165,8 +170,9 @@ def _engine_factory(args):
     return load_engine_factory(args.engine_factory) if args.engine_factory else None
 
 
-def _folders(args) -> ServerFolders:
-    return ServerFolders.beside(args.db, configs=args.configs, loras=args.loras, uploads=args.uploads)
+def _folders(args, queue: JobQueue) -> ServerFolders:
+    return ServerFolders.beside(queue.path, configs=args.configs, loras=args.loras,
+                                uploads=args.uploads)
 
 
 def _add_folders(p: argparse.ArgumentParser) -> None:
@@ -180,8 +186,11 @@ def _add_folders(p: argparse.ArgumentParser) -> None:
 def cmd_run(args) -> int:
     policy = QueuePolicy(heartbeat_timeout=args.heartbeat_timeout, max_attempts=args.max_attempts)
     queue = JobQueue(args.db, policy=policy)
+    # A served config is named as jobs name it: a yaml path absolute (as submit stores it).
+    serves = None if not args.serves else [config_ref(c) for c in args.serves]
     runner = Runner(queue, engine_factory=_engine_factory(args), out_dir=args.out,
-                    folders=_folders(args), heartbeat_interval=min(5.0, args.heartbeat_timeout / 4))
+                    folders=_folders(args, queue), serves=serves, label=args.label,
+                    heartbeat_interval=min(5.0, args.heartbeat_timeout / 4))
     # SIGTERM / SIGINT: the running job goes back to the queue at its next step and we exit;
     # a second signal exits at once (ovi.runtime.shutdown).
     shutdown = GracefulShutdown(interrupt_runner(runner))
@@ -212,10 +221,30 @@ def cmd_serve(args) -> int:
     limits = ServerLimits(max_steps=args.max_steps, max_pixels=args.max_pixels,
                           max_frames=args.max_frames, max_prompt_chars=args.max_prompt_chars,
                           max_clips=args.max_clips, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    app = create_app(args.db, out_dir=args.out, token=token, run=args.run,
-                     engine_factory=_engine_factory(args), folders=_folders(args), limits=limits,
-                     allow_origins=args.allow_origin)
-    return serve(app, host=args.host, port=args.port)
+    with JobQueue(args.db) as queue:
+        app = create_app(queue, out_dir=args.out, token=token, run=args.run,
+                         engine_factory=_engine_factory(args), folders=_folders(args, queue),
+                         limits=limits, allow_origins=args.allow_origin)
+        return serve(app, host=args.host, port=args.port)
+
+
+def cmd_runners(args) -> int:
+    with JobQueue(args.db, policy=QueuePolicy(heartbeat_timeout=args.heartbeat_timeout)) as q:
+        runners = q.runners()
+        if args.json:
+            for r in runners:
+                print(json.dumps(r, sort_keys=True))
+            return 0
+        if not runners:
+            print("no runner has registered (start one: ovi queue run --db ...)")
+        now = q.store.now()
+        for r in runners:
+            serves = ",".join(r["serves"]) if r["serves"] is not None else "any"
+            job = r["current_job"] if r["current_job"] is not None else "-"
+            state = "" if r["live"] else "  (silent: presumed dead)"
+            print(f"{r['label']:<16} {r['host']:<16} serves={serves:<24} job={job!s:<6} "
+                  f"heartbeat {now - r['heartbeat_at']:5.1f}s ago{state}")
+    return 0
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -282,9 +311,20 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
                    help="seconds without a heartbeat before a running job counts as lost")
     p.add_argument("--max-attempts", type=int, default=3,
                    help="re-queue a lost job while it has had fewer attempts than this")
+    p.add_argument("--serves", action="append", metavar="CONFIG",
+                   help="run only jobs of this config (name, yaml path, or 'default' for the "
+                        "embedded one); repeatable; default: any job")
+    p.add_argument("--label", help="this runner's name in `ovi queue runners` and clip sidecars")
     p.add_argument("--quiet", action="store_true")
     _add_folders(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runners", help="list runners: label, host, serves, current job, heartbeat")
+    _add_db(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0,
+                   help="a runner silent this long is shown as presumed dead")
+    p.set_defaults(func=cmd_runners)
 
     p = sub.add_parser("serve", help="REST + Socket.IO API over the queue (FastAPI + uvicorn)")
     _add_db(p)

@@ -1,4 +1,5 @@
-"""Durable job queue: `JobQueue` (policy) over `SQLiteStore` (one SQLite WAL file)."""
+"""Durable job queue: `JobQueue` (policy) over a store: `SQLiteStore` (one SQLite WAL file, the default)
+or `PostgresStore` (a PostgreSQL database shared by a farm of runners), chosen by URL."""
 
 from ovi.queue.jobqueue import (
     DEFAULT_DB,

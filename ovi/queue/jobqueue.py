@@ -7,36 +7,51 @@ Order: highest `priority` first, then first-in first-out (a `position` handed ou
       ▲  │               ├──fail──────► failed ──retry──► queued
       │  └──cancel──►    ├──cancel (runner stops between steps) ──► cancelled ──retry──► queued
       │   cancelled      ├──release (runner interrupted) ──► queued
-      └──requeue◄── lost ◄── heartbeat expired / runner process dead (recover_lost)
+      └──requeue◄── lost ◄── lease expired / local runner process dead (recover_lost)
 
-Producers (CLI, papermill, widgets, REST) and consumers (runners) may be threads or processes
-on the same file; each step below is one write transaction, so they never see half a change.
-Every change appends an event; `subscribe()` follows the event log from any process.
+Producers (CLI, papermill, widgets, REST) and consumers (runners) may be threads or processes on
+one SQLite file, or on many machines sharing one PostgreSQL database; each step is one write
+transaction of the store (`ovi.queue.store`), so they never see half a change. The runner's calls
+(claim, heartbeat, progress, finish, release, recover: the lease protocol) are in
+`ovi.queue.lease`; events and `Subscription` in `ovi.queue.events`. Every change appends an event;
+`subscribe()` follows the event log from any process.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
-import sqlite3
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from ovi.errors import InputError
+from ovi.queue.events import FINISHED, Subscription, job_event
+from ovi.queue.lease import (
+    LeaseProtocol,
+    _public,
+    make_worker_id,
+    retrying,
+    serve_key,
+)
 from ovi.queue.requests import requests_from_csv, validate_request
-from ovi.queue.store import SQLiteStore
+from ovi.queue.store import SQLiteStore, open_store, redact_url
 from ovi.request import GenerateRequest, RequestError
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
-FINISHED = ("done", "failed", "cancelled")  # nothing more happens without a user's retry
 DEFAULT_DB = "outputs/queue.db"
+QUEUE_URL_ENV = "OVI_QUEUE_URL"  # the queue every command uses when --db is not given
+QUEUE_ROOT_ENV = "OVI_QUEUE_ROOT"  # a PostgreSQL queue's output root (default: outputs)
 # A client-chosen job id travels in URL paths (/api/jobs/{id}): URL-safe characters only.
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
+__all__ = ["DEFAULT_DB", "FINISHED", "STATES", "DuplicateJobError", "JobCancelled", "JobQueue",
+           "QueuePolicy", "Subscription", "make_worker_id"]
+
+
+def default_queue_url() -> str:
+    """$OVI_QUEUE_URL, else the SQLite file outputs/queue.db."""
+    return os.environ.get(QUEUE_URL_ENV) or DEFAULT_DB
 
 
 class DuplicateJobError(InputError):
@@ -58,16 +73,20 @@ def check_client_id(client_id) -> str:
 class QueuePolicy:
     """When is a running job lost, and what then.
 
-    heartbeat_timeout: seconds without a heartbeat after which a running job's runner is taken
-        for dead (runners beat every few seconds, also while loading weights).
+    heartbeat_timeout: a claim's lease lasts this many seconds, and every heartbeat extends it
+        by as much; a running job whose lease ran out counts as lost (runners beat every few
+        seconds, also while loading weights).
     max_attempts: a lost job is re-queued while it has been tried fewer times than this; after
-        that it stays `lost` for a person to look at (`retry` re-queues it).
+        that it stays `lost`, with the reason, for a person to look at (`retry` re-queues it).
     requeue_lost: False leaves every lost job `lost`.
+    reconnect_timeout: how long a runner's queue step keeps retrying while the database is
+        unreachable (a PostgreSQL restart) before it gives up with the error.
     """
 
     heartbeat_timeout: float = 60.0
     max_attempts: int = 3
     requeue_lost: bool = True
+    reconnect_timeout: float = 120.0
 
 
 class JobCancelled(Exception):
@@ -79,121 +98,35 @@ class JobCancelled(Exception):
         self.reason = reason
 
 
-def make_worker_id() -> str:
-    """host:pid:nonce — the host and pid let a restarted runner on the same machine see at once
-    that a job's runner process is gone, without waiting for its heartbeat to expire."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+class JobQueue(LeaseProtocol):
+    """The durable job queue. `url`: a SQLite file (default $OVI_QUEUE_URL, else
+    `outputs/queue.db`) or a `postgresql://user:pass@host:5432/db` URL shared by many machines.
+    The producer and admin API is here; the runner's lease protocol in `ovi.queue.lease`.
 
+    `root`: the folder clips are written under and served from, and where the named configs,
+    LoRAs and uploads live: for SQLite the file's folder; for PostgreSQL `root`, else
+    $OVI_QUEUE_ROOT, else `outputs` — a path every machine of the farm mounts. `path` is the
+    SQLite file, or for PostgreSQL `<root>/postgres` (a name inside the root, so code that takes
+    the folder of `path` finds the root)."""
 
-def _worker_process_gone(worker: str | None) -> bool:
-    if not worker:
-        return False
-    parts = worker.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname():
-        return False
-    try:
-        pid = int(parts[1])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False  # ours: a thread in this process; only the heartbeat can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
-
-
-def _event(job: dict, **extra) -> dict:
-    data = {"status": job["state"], "progress": job["progress"], "error": job["error"],
-            "result": job["result"], "client_id": job.get("client_id")}
-    data.update(extra)
-    return data
-
-
-def _public(job: dict | None) -> dict | None:
-    if job is not None:
-        job.pop("position", None)  # internal ordering key; `list(state="queued")` shows the order
-    return job
-
-
-class Subscription:
-    """An iterator over queue events, fed by polling the event log (so it sees writes from any
-    process). Poll interval starts at `poll` and backs off to `max_poll` while idle. Stop it with
-    `close()` from any thread, or give `timeout` (seconds of total life) / `until_finished`."""
-
-    def __init__(self, queue: "JobQueue", *, job_id: int | None, since: int | None,
-                 poll: float, max_poll: float, timeout: float | None, until_finished: bool):
-        self._queue = queue
-        self._job_id = job_id
-        self._cursor = queue.last_event_id() if since is None else int(since)
-        self._poll, self._max_poll = float(poll), float(max(max_poll, poll))
-        self._deadline = None if timeout is None else time.monotonic() + float(timeout)
-        self._until_finished = until_finished and job_id is not None
-        self._stop = threading.Event()
-        self._buffer: list[dict] = []
-
-    @property
-    def cursor(self) -> int:
-        """The seq of the last event handed out; pass as `since=` to resume."""
-        return self._cursor
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def __iter__(self) -> "Subscription":
-        return self
-
-    def __next__(self) -> dict:
-        wait = self._poll
-        while not self._buffer:
-            if self._stop.is_set():
-                raise StopIteration
-            self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
-            if self._buffer:
-                break
-            # Idle: stop once the job has settled, after one more read for the events written
-            # between the read above and the check.
-            if self._until_finished and self._job_settled():
-                self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
-                if self._buffer:
-                    break
-                raise StopIteration
-            if self._deadline is not None:
-                left = self._deadline - time.monotonic()
-                if left <= 0:
-                    raise StopIteration
-                wait = min(wait, left)
-            self._stop.wait(wait)
-            wait = min(wait * 2, self._max_poll)
-        event = self._buffer.pop(0)
-        self._cursor = event["seq"]
-        return event
-
-    def _job_settled(self) -> bool:
-        job = self._queue.get(self._job_id)
-        return job is None or job["state"] in FINISHED + ("lost",)
-
-    def __enter__(self) -> "Subscription":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class JobQueue:
-    """The durable job queue (one SQLite file, default `outputs/queue.db`). See module doc."""
-
-    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, policy: QueuePolicy | None = None,
-                 synchronous: str = "NORMAL", store: SQLiteStore | None = None):
-        self.store = store or SQLiteStore(path, synchronous=synchronous)
-        self.path = self.store.path
+    def __init__(self, url: str | os.PathLike | None = None, *, policy: QueuePolicy | None = None,
+                 synchronous: str = "NORMAL", store=None, root: str | os.PathLike | None = None):
+        url = default_queue_url() if url is None else url
+        self.store = store or open_store(url, synchronous=synchronous)
+        self.url = str(url)
+        if isinstance(self.store, SQLiteStore):
+            self.path = self.store.path
+        else:
+            root = root or os.environ.get(QUEUE_ROOT_ENV) or "outputs"
+            self.path = Path(root).resolve() / "postgres"
         self.policy = policy or QueuePolicy()
 
+    @property
+    def root(self) -> Path:
+        return Path(self.path).resolve().parent
+
     def __repr__(self) -> str:
-        return f"JobQueue({str(self.path)!r})"
+        return f"JobQueue({redact_url(self.url)!r})"
 
     def __enter__(self) -> "JobQueue":
         return self
@@ -234,22 +167,25 @@ class JobQueue:
                 requests[i] = parsed.to_dict()
         if not requests:
             return []
-        now = time.time()
-        with self.store.write() as tx:
-            start = tx.max_position() + 1
-            rows = [dict(state="queued", priority=priority, position=start + i, request=r,
-                         created_at=now, updated_at=now, client_id=c)
-                    for i, (r, c) in enumerate(zip(requests, client_ids))]
-            try:
+        now = self.store.now()
+        try:
+            with self.store.write() as tx:
+                start = tx.max_position() + 1
+                rows = [dict(state="queued", priority=priority, position=start + i, request=r,
+                             created_at=now, updated_at=now, client_id=c, serve_key=serve_key(r))
+                        for i, (r, c) in enumerate(zip(requests, client_ids))]
                 ids = tx.insert_jobs(rows)
-            except sqlite3.IntegrityError:
+                tx.add_events([(job_id, "submitted", now,
+                                {"status": "queued", "progress": 0.0, "error": None, "result": None,
+                                 "priority": priority, "client_id": c})
+                               for job_id, c in zip(ids, client_ids)])
+        except Exception as exc:
+            if not self.store.is_duplicate(exc):
+                raise
+            with self.store.read() as tx:  # the failed transaction is gone: look in a new one
                 taken = [c for c in client_ids if c is not None and tx.job_by_client_id(c)]
-                raise DuplicateJobError(f"a job with id {taken[0] if taken else client_ids!r} already "
-                                        f"exists; choose another id") from None
-            tx.add_events([(job_id, "submitted", now,
-                            {"status": "queued", "progress": 0.0, "error": None, "result": None,
-                             "priority": priority, "client_id": c})
-                           for job_id, c in zip(ids, client_ids)])
+            raise DuplicateJobError(f"a job with id {taken[0] if taken else client_ids!r} already "
+                                    f"exists; choose another id") from None
         return ids
 
     def import_csv(self, path: str | os.PathLike, *, n_times: int = 1, priority: int = 0,
@@ -262,6 +198,7 @@ class JobQueue:
             priority=priority)
 
     # -- reading ------------------------------------------------------------------------------
+    @retrying
     def get(self, job_id: int) -> dict | None:
         with self.store.read() as tx:
             return _public(tx.job(int(job_id)))
@@ -303,7 +240,7 @@ class JobQueue:
         """Queued/lost: cancelled now. Running: flagged; its runner stops between two steps,
         removes the partial files and marks it cancelled (a dead runner's flagged job is
         cancelled by `recover_lost`)."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] in ("queued", "lost"):
@@ -317,12 +254,12 @@ class JobQueue:
             else:
                 raise InputError(f"job {job_id} is already {job['state']}; nothing to cancel")
             job = tx.job(job["id"])
-            tx.add_events([(job["id"], kind, now, _event(job))])
+            tx.add_events([(job["id"], kind, now, job_event(job))])
         return _public(job)
 
     def retry(self, job_id: int) -> dict:
         """Re-queue a failed, cancelled or lost job at the back of its priority."""
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] not in ("failed", "cancelled", "lost"):
@@ -334,7 +271,7 @@ class JobQueue:
                       started_at=None, finished_at=None, worker=None, heartbeat_at=None,
                       cancel_requested=False, result=None, error=None, updated_at=now)
             job = tx.job(job["id"])
-            tx.add_events([(job["id"], "retried", now, _event(job))])
+            tx.add_events([(job["id"], "retried", now, job_event(job))])
         return _public(job)
 
     def pause(self) -> None:
@@ -351,7 +288,7 @@ class JobQueue:
         given = [x is not None for x in (before, after, priority)]
         if sum(given) != 1:
             raise InputError("move needs exactly one of before=ID, after=ID or priority=N")
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             job = self._must(tx, job_id)
             if job["state"] != "queued":
@@ -370,134 +307,34 @@ class JobQueue:
                 tx.update(job["id"], priority=target["priority"], position=position,
                           updated_at=now)
             job = tx.job(job["id"])
-            tx.add_events([(job["id"], "moved", now, _event(job, priority=job["priority"]))])
+            tx.add_events([(job["id"], "moved", now, job_event(job, priority=job["priority"]))])
         return _public(job)
 
-    # -- consumers (runners) ------------------------------------------------------------------
-    def claim(self, worker_id: str) -> dict | None:
-        """Atomically take the next queued job (None when empty or paused); attempts += 1."""
-        now = time.time()
-        with self.store.write() as tx:
-            if tx.get_meta("paused", False):
-                return None
-            job = tx.next_queued()
-            if job is None:
-                return None
-            tx.update(job["id"], state="running", attempts=job["attempts"] + 1, progress=0.0,
-                      started_at=now, finished_at=None, worker=worker_id, heartbeat_at=now,
-                      updated_at=now, error=None)
-            job = tx.job(job["id"])
-            tx.add_events([(job["id"], "running", now,
-                            _event(job, attempt=job["attempts"], worker=worker_id))])
-        return _public(job)
-
-    def heartbeat(self, job_id: int, worker_id: str) -> bool:
-        """Say the runner is alive; False when the job is no longer this worker's (it was
-        declared lost and maybe re-claimed): the runner should then drop it."""
-        now = time.time()
-        with self.store.write() as tx:
-            job = tx.job(int(job_id))
-            if not self._owned(job, worker_id):
-                return False
-            tx.update(job["id"], heartbeat_at=now)
-        return True
-
-    def set_progress(self, job_id: int, progress: float, *, worker_id: str | None = None,
-                     info: dict | None = None) -> bool:
-        """Record progress (0..1) and beat; returns True when the runner should stop the job
-        now (a cancel was requested, or the job is no longer this worker's)."""
-        now = time.time()
-        progress = min(max(float(progress), 0.0), 1.0)
-        with self.store.write() as tx:
-            job = tx.job(int(job_id))
-            if job is None or job["state"] != "running" or (
-                    worker_id is not None and job["worker"] != worker_id):
-                return True
-            tx.update(job["id"], progress=progress, heartbeat_at=now, updated_at=now)
-            job["progress"] = progress
-            tx.add_events([(job["id"], "progress", now, _event(job, **(info or {})))])
-            return bool(job["cancel_requested"])
-
-    def is_cancel_requested(self, job_id: int) -> bool:
+    def waiting_reasons(self) -> dict[str, str]:
+        """Why queued jobs of a config wait beyond their turn: {serve key: reason} for each config
+        with queued jobs that no live runner serves (empty when no runner ever registered, or a
+        live one takes any job)."""
         with self.store.read() as tx:
-            job = tx.job(int(job_id))
-        return bool(job and (job["cancel_requested"] or job["state"] == "cancelled"))
-
-    def finish(self, job_id: int, result: dict, *, worker_id: str | None = None) -> dict | None:
-        """Mark done with its output paths; None (and no change) if no longer this worker's."""
-        return self._end(job_id, worker_id, "done", result=dict(result), error=None, progress=1.0)
-
-    def fail(self, job_id: int, error: str, *, worker_id: str | None = None) -> dict | None:
-        return self._end(job_id, worker_id, "failed", error=str(error))
-
-    def mark_cancelled(self, job_id: int, *, worker_id: str | None = None) -> dict | None:
-        """The runner has stopped a running job whose cancel was requested."""
-        return self._end(job_id, worker_id, "cancelled", error=None)
-
-    def release(self, job_id: int, *, worker_id: str | None = None,
-                reason: str = "runner stopped") -> dict | None:
-        """Give a running job back to the queue untouched (runner interrupted, e.g. Ctrl-C or
-        SIGTERM), keeping its place; the interrupted run is not counted as an attempt."""
-        now = time.time()
-        with self.store.write() as tx:
-            job = tx.job(int(job_id))
-            if worker_id is not None and not self._owned(job, worker_id):
-                return None
-            if job is None or job["state"] != "running":
-                return _public(job)
-            if job["cancel_requested"]:
-                tx.update(job["id"], state="cancelled", finished_at=now, updated_at=now)
-                kind = "cancelled"
-            else:
-                tx.update(job["id"], state="queued", progress=0.0, started_at=None, worker=None,
-                          heartbeat_at=None, updated_at=now, error=f"released: {reason}",
-                          attempts=max(job["attempts"] - 1, 0))
-                kind = "requeued"
-            job = tx.job(job["id"])
-            tx.add_events([(job["id"], kind, now, _event(job))])
-        return _public(job)
-
-    def recover_lost(self, *, heartbeat_timeout: float | None = None,
-                     now: float | None = None) -> list[int]:
-        """Find running jobs whose runner is dead (no heartbeat within the timeout, or its
-        process is gone from this host): mark them `lost`, then per policy re-queue them in
-        their old place (a cancel-flagged one becomes `cancelled`). Returns their ids."""
-        timeout = self.policy.heartbeat_timeout if heartbeat_timeout is None else heartbeat_timeout
-        now = time.time() if now is None else now
-        lost = []
-        with self.store.write() as tx:
-            for job in tx.jobs(["running"]):
-                stale = (job["heartbeat_at"] or 0.0) < now - timeout
-                if not (stale or _worker_process_gone(job["worker"])):
-                    continue
-                lost.append(job["id"])
-                if job["cancel_requested"]:
-                    tx.update(job["id"], state="cancelled", finished_at=now, updated_at=now)
-                    job = tx.job(job["id"])
-                    tx.add_events([(job["id"], "cancelled", now, _event(job))])
-                    continue
-                why = (f"runner {job['worker']} stopped during attempt {job['attempts']} "
-                       f"(last heartbeat {now - (job['heartbeat_at'] or now):.1f}s ago)")
-                tx.update(job["id"], state="lost", error=why, updated_at=now)
-                job = tx.job(job["id"])
-                events = [(job["id"], "lost", now, _event(job))]
-                if self.policy.requeue_lost and job["attempts"] < self.policy.max_attempts:
-                    tx.update(job["id"], state="queued", progress=0.0, started_at=None,
-                              worker=None, heartbeat_at=None, updated_at=now)
-                    job = tx.job(job["id"])
-                    events.append((job["id"], "requeued", now, _event(job)))
-                else:
-                    tx.update(job["id"], finished_at=now)
-                tx.add_events(events)
-        return lost
+            keys = tx.queued_serve_keys()
+        if not keys:
+            return {}
+        registered = self.runners()
+        live = [r for r in registered if r["live"]]
+        if not registered or any(r["serves"] is None for r in live):
+            return {}  # a queue without a farm, or a runner that takes any job
+        served = {k for r in live for k in r["serves"]}
+        return {k: (f"no runner serves {k}" if live else "no runner is alive")
+                for k in keys if k not in served}
 
     # -- events -------------------------------------------------------------------------------
+    @retrying
     def events(self, since: int = 0, *, job_id: int | None = None, limit: int = 1000) -> list[dict]:
         """Events with seq > since, oldest first. Each: seq, id (job id, None for queue-wide),
         kind, time, status, progress, error, result (+ kind-specific extras)."""
         with self.store.read() as tx:
             return tx.events_after(int(since), job_id=job_id, limit=limit)
 
+    @retrying
     def last_event_id(self) -> int:
         with self.store.read() as tx:
             return tx.last_event_seq()
@@ -512,14 +349,14 @@ class JobQueue:
     def prune_events(self, older_than: float = 7 * 86400.0) -> int:
         """Drop events older than `older_than` seconds (the jobs themselves stay)."""
         with self.store.write() as tx:
-            return tx.prune_events(time.time() - older_than)
+            return tx.prune_events(self.store.now() - older_than)
 
     def integrity_check(self) -> str:
         return self.store.integrity_check()
 
     # -- helpers ------------------------------------------------------------------------------
     def _set_paused(self, paused: bool) -> None:
-        now = time.time()
+        now = self.store.now()
         with self.store.write() as tx:
             if bool(tx.get_meta("paused", False)) == paused:
                 return
@@ -528,23 +365,6 @@ class JobQueue:
             tx.add_events([(None, kind, now, {"status": kind, "progress": None, "error": None,
                                               "result": None})])
 
-    def _end(self, job_id, worker_id, state, **fields) -> dict | None:
-        now = time.time()
-        with self.store.write() as tx:
-            job = tx.job(int(job_id))
-            if not self._owned(job, worker_id):
-                return None
-            tx.update(job["id"], state=state, finished_at=now, updated_at=now, heartbeat_at=now,
-                      **fields)
-            job = tx.job(job["id"])
-            tx.add_events([(job["id"], state, now, _event(job))])
-        return _public(job)
-
-    @staticmethod
-    def _owned(job: dict | None, worker_id: str | None) -> bool:
-        return job is not None and job["state"] == "running" and (
-            worker_id is None or job["worker"] == worker_id)
-
     def _must(self, tx, job_id) -> dict:
         try:
             key = int(job_id)
@@ -552,7 +372,7 @@ class JobQueue:
             raise InputError(f"job id must be an integer, got {job_id!r}") from None
         job = tx.job(key)
         if job is None:
-            raise InputError(f"no job {job_id} in {self.path}; `ovi queue list` shows the ids")
+            raise InputError(f"no job {job_id} in {redact_url(self.url)}; `ovi queue list` shows the ids")
         return job
 
     @staticmethod
@@ -597,5 +417,5 @@ class JobQueue:
 
 
 def default_out_dir(queue: JobQueue) -> Path:
-    """Where runners write and the REST API serves clips: the folder holding the database."""
-    return Path(queue.path).resolve().parent
+    """Where runners write and the REST API serves clips: the queue's root (see JobQueue)."""
+    return queue.root

@@ -1,19 +1,27 @@
-"""Storage for the job queue: one SQLite file in WAL mode, nothing else.
+"""Storage for the job queue: the store interface, the SQL both stores share, and `SQLiteStore`.
 
-This module knows tables, transactions and connections; it knows nothing of what the states mean
-or when a job may move between them — that policy lives in `ovi.queue.jobqueue` (the huey split:
-the scheduler never cares how rows are kept). Everything a policy step reads and writes happens
-inside one `store.write()` transaction (`BEGIN IMMEDIATE`), which is what makes a claim atomic
-across threads and processes.
+A store knows tables, transactions and connections; it knows nothing of what the states mean or
+when a job may move between them — that policy lives in `ovi.queue.jobqueue` / `ovi.queue.lease`
+(the huey split: the scheduler never cares how rows are kept). Everything a policy step reads and
+writes happens inside one `store.write()` transaction, which is what makes it atomic across
+threads, processes and (PostgreSQL) machines.
 
-Connections: one per thread (sqlite3 connections must not be shared by concurrent threads), made
-again after a fork (a connection must never cross `fork()`).
+A store is: `write()` / `read()` (context managers yielding a `Txn`), `schema_version()`,
+`integrity_check()`, `close()`, `now()` (the clock leases are judged by),
+`wait_for_events(stop, timeout)`, `is_transient(exc)`, `is_duplicate(exc)`, `describe`
+(for messages) and `local` (True when every runner shares this machine, so a PID says something).
+`open_store(url)` picks one by URL: a `postgresql://` URL -> `ovi.queue.postgres.PostgresStore`,
+anything else is a SQLite file path. A third store is one more module with a `Txn` subclass.
+
+SQLite connections: one per thread (sqlite3 connections must not be shared by concurrent threads),
+made again after a fork (a connection must never cross `fork()`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -65,6 +73,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN client_id TEXT",
         "CREATE UNIQUE INDEX jobs_client_id ON jobs(client_id) WHERE client_id IS NOT NULL",
     ],
+    # v3: fenced leases (the generation a claim hands out; the time the lease runs out), the
+    # config a job needs a runner to serve, and the runners' roll call.
+    [
+        "ALTER TABLE jobs ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
+        "ALTER TABLE jobs ADD COLUMN serve_key TEXT NOT NULL DEFAULT 'default'",
+        """CREATE TABLE runners (
+            id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            host TEXT NOT NULL,
+            serves TEXT,
+            current_job INTEGER,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL
+        )""",
+    ],
 ]
 # What every queue database holds from v1 on: how a file of ours is told from someone else's.
 _QUEUE_TABLES = {"jobs", "events", "meta"}
@@ -74,16 +98,37 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _JOB_COLUMNS = (
     "id", "state", "priority", "position", "request", "progress", "attempts", "created_at",
     "started_at", "finished_at", "updated_at", "worker", "heartbeat_at", "cancel_requested",
-    "result", "error", "client_id",
+    "result", "error", "client_id", "lease_generation", "lease_expires_at", "serve_key",
 )
+# The lease columns are the lease protocol's business; a job as callers see it leaves them out
+# except the generation (a runner passes it back to prove the lease is still its own).
+_RUNNER_COLUMNS = ("id", "label", "host", "serves", "current_job", "started_at", "heartbeat_at")
 _JSON_COLUMNS = ("request", "result")
 _WRITABLE = frozenset(_JOB_COLUMNS) - {"id"}
 
 
-def _decode_job(row: sqlite3.Row | None) -> dict | None:
+def redact_url(url: str | os.PathLike) -> str:
+    """A queue URL fit for messages and logs: any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
+
+
+def is_postgres_url(url: str | os.PathLike) -> bool:
+    return str(url).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(url: str | os.PathLike, *, synchronous: str = "NORMAL"):
+    """The store a `--db` value names: a `postgresql://` URL or a SQLite file path."""
+    if is_postgres_url(url):
+        from ovi.queue.postgres import PostgresStore  # psycopg only where a farm is used
+
+        return PostgresStore(str(url))
+    return SQLiteStore(url, synchronous=synchronous)
+
+
+def _decode_job(row) -> dict | None:
     if row is None:
         return None
-    job = dict(zip(row.keys(), row))
+    job = dict(row)
     for key in _JSON_COLUMNS:
         if job.get(key) is not None:
             job[key] = json.loads(job[key])
@@ -99,33 +144,50 @@ def _encode(field: str, value: Any) -> Any:
     return value
 
 
-class Txn:
-    """The primitive reads and writes, valid only inside `SQLiteStore.read()/write()`."""
+class SqlTxn:
+    """The primitive reads and writes, valid only inside a store's `read()/write()`. Written once
+    in the SQL both stores speak (`?` placeholders; a store's `execute` translates); a store
+    overrides only what its dialect does differently. `locking`: a write transaction, whose reads
+    of a job lock its row (PostgreSQL `FOR UPDATE`) until commit."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    for_update = ""    # appended to single-job reads in a write transaction
+    limit_all = -1     # LIMIT value meaning "no limit"
+
+    def __init__(self, conn, *, locking: bool = False):
         self.conn = conn
+        self.locking = locking
+
+    def execute(self, sql: str, args: Iterable[Any] = ()):
+        return self.conn.execute(sql, tuple(args))
+
+    def _lock(self) -> str:
+        return self.for_update if self.locking else ""
 
     # -- jobs ---------------------------------------------------------------------------------
     def insert_jobs(self, rows: list[dict]) -> list[int]:
         ids = []
         for row in rows:
             cols = [c for c in row if c in _WRITABLE]
-            cur = self.conn.execute(
-                f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            cur = self.execute(
+                f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"RETURNING id",
                 [_encode(c, row[c]) for c in cols],
             )
-            ids.append(cur.lastrowid)
+            ids.append(_first(cur.fetchone()))
         return ids
 
     def job(self, job_id: int) -> dict | None:
-        return _decode_job(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return _decode_job(self.execute(f"SELECT * FROM jobs WHERE id = ?{self._lock()}",
+                                        (job_id,)).fetchone())
 
     def job_by_client_id(self, client_id: str) -> dict | None:
-        return _decode_job(self.conn.execute("SELECT * FROM jobs WHERE client_id = ?",
-                                             (client_id,)).fetchone())
+        return _decode_job(self.execute(f"SELECT * FROM jobs WHERE client_id = ?{self._lock()}",
+                                        (client_id,)).fetchone())
 
     def jobs(self, states: Iterable[str] | None = None, *, queue_order: bool = False,
-             limit: int | None = None, offset: int = 0) -> list[dict]:
+             limit: int | None = None, offset: int = 0, skip_locked: bool = False) -> list[dict]:
+        """skip_locked (write transactions): lock the rows read, passing over rows another
+        transaction holds (PostgreSQL; SQLite's write lock already excludes everyone)."""
         sql, args = "SELECT * FROM jobs", []
         if states is not None:
             states = list(states)
@@ -133,20 +195,41 @@ class Txn:
             args += states
         sql += " ORDER BY priority DESC, position, id" if queue_order else " ORDER BY id"
         sql += " LIMIT ? OFFSET ?"
-        args += [-1 if limit is None else int(limit), int(offset)]
-        return [_decode_job(r) for r in self.conn.execute(sql, args)]
+        args += [self.limit_all if limit is None else int(limit), int(offset)]
+        if skip_locked and self.locking and self.for_update:
+            sql += self.for_update + " SKIP LOCKED"
+        return [_decode_job(r) for r in self.execute(sql, args)]
 
-    def next_queued(self) -> dict | None:
-        row = self.conn.execute(
-            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, position, id LIMIT 1"
-        ).fetchone()
-        return _decode_job(row)
+    def claim_next(self, worker: str, now: float, lease_seconds: float,
+                   serves: list[str] | None) -> dict | None:
+        """Take the first queued job in run order (of a config in `serves`, None = any) unless the
+        queue is paused: running, attempts + 1, a new lease generation. SQLite: a read then an
+        update, made atomic by the store's write lock."""
+        where, args = self._claimable(serves)
+        if self.get_meta("paused", False):
+            return None
+        row = self.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY priority DESC, position, id "
+                           f"LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        job_id = _first(row)
+        self.execute(f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ?",
+                     (now, worker, now, now, now + lease_seconds, job_id))
+        return self.job(job_id)
+
+    @staticmethod
+    def _claimable(serves: list[str] | None) -> tuple[str, list]:
+        if serves is None:
+            return "state = 'queued'", []
+        if not serves:
+            return "0 = 1", []
+        return f"state = 'queued' AND serve_key IN ({', '.join('?' * len(serves))})", list(serves)
 
     def queued_neighbour(self, priority: int, position: float, *, below: bool,
                          exclude: int) -> dict | None:
         """The queued job of `priority` just before (below=True) or after `position`."""
         op, order = ("<", "DESC") if below else (">", "ASC")
-        row = self.conn.execute(
+        row = self.execute(
             f"SELECT * FROM jobs WHERE state = 'queued' AND priority = ? AND position {op} ? "
             f"AND id != ? ORDER BY position {order}, id {order} LIMIT 1",
             (priority, position, exclude),
@@ -154,12 +237,12 @@ class Txn:
         return _decode_job(row)
 
     def queued_ids_in_order(self, priority: int) -> list[int]:
-        return [r[0] for r in self.conn.execute(
+        return [_first(r) for r in self.execute(
             "SELECT id FROM jobs WHERE state = 'queued' AND priority = ? ORDER BY position, id",
             (priority,))]
 
     def max_position(self) -> float:
-        value = self.conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0]
+        value = _first(self.execute("SELECT MAX(position) FROM jobs").fetchone())
         return float(value) if value is not None else 0.0
 
     def update(self, job_id: int, **fields) -> None:
@@ -167,7 +250,7 @@ class Txn:
         if bad:
             raise KeyError(f"not a job column: {sorted(bad)}")
         cols = list(fields)
-        self.conn.execute(
+        self.execute(
             f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
             [_encode(c, fields[c]) for c in cols] + [job_id],
         )
@@ -177,21 +260,27 @@ class Txn:
             self.update(job_id, **fields)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        rows = self.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def queued_serve_keys(self) -> dict[str, int]:
+        """How many queued jobs need each config (for "no runner serves ...")."""
+        rows = self.execute("SELECT serve_key, COUNT(*) AS n FROM jobs WHERE state = 'queued' "
+                            "GROUP BY serve_key").fetchall()
+        return {r["serve_key"]: int(r["n"]) for r in rows}
 
     # -- events -------------------------------------------------------------------------------
     def add_events(self, events: list[tuple[int | None, str, float, dict]]) -> None:
-        self.conn.executemany(
-            "INSERT INTO events (job_id, kind, time, data) VALUES (?, ?, ?, ?)",
-            [(job_id, kind, t, json.dumps(data)) for job_id, kind, t, data in events],
-        )
+        for job_id, kind, t, data in events:
+            self.execute("INSERT INTO events (job_id, kind, time, data) VALUES (?, ?, ?, ?)",
+                         (job_id, kind, t, json.dumps(data)))
 
     def events_after(self, seq: int, *, job_id: int | None = None, limit: int = 1000) -> list[dict]:
         if job_id is None:
-            rows = self.conn.execute(
+            rows = self.execute(
                 "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
         else:
-            rows = self.conn.execute(
+            rows = self.execute(
                 "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (job_id, seq, limit))
         out = []
@@ -202,28 +291,69 @@ class Txn:
         return out
 
     def last_event_seq(self) -> int:
-        value = self.conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        value = _first(self.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(value or 0)
 
     def prune_events(self, before: float) -> int:
         # Keep the newest event whatever its age, so `last_event_seq` never goes backwards
         # (AUTOINCREMENT would keep it monotonic anyway; this keeps subscribers' cursors valid).
-        cur = self.conn.execute(
+        cur = self.execute(
             "DELETE FROM events WHERE time < ? AND seq < (SELECT MAX(seq) FROM events)", (before,))
         return cur.rowcount
 
     # -- queue-wide settings ------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(_first(row))
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                          (key, json.dumps(value)))
+        self.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    # -- runners ------------------------------------------------------------------------------
+    def upsert_runner(self, runner: dict) -> None:
+        cols = list(_RUNNER_COLUMNS)
+        values = [json.dumps(runner[c]) if c == "serves" and runner[c] is not None else runner[c]
+                  for c in cols]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("id", "started_at"))
+        self.execute(f"INSERT INTO runners ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                     f"ON CONFLICT (id) DO UPDATE SET {updates}", values)
+
+    def touch_runner(self, runner_id: str, now: float, current_job: int | None) -> None:
+        self.execute("UPDATE runners SET heartbeat_at = ?, current_job = ? WHERE id = ?",
+                     (now, current_job, runner_id))
+
+    def remove_runner(self, runner_id: str) -> None:
+        self.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
+
+    def runners(self) -> list[dict]:
+        out = []
+        for row in self.execute("SELECT * FROM runners ORDER BY label, id"):
+            runner = dict(row)
+            runner["serves"] = None if runner["serves"] is None else json.loads(runner["serves"])
+            out.append(runner)
+        return out
+
+
+def _first(row) -> Any:
+    """The first column of a row (a sqlite3.Row or a psycopg dict row)."""
+    if row is None:
+        return None
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+# A claim: the one SET both stores' claims use (args: now, worker, now, now, lease expiry).
+_CLAIM_SET = ("state = 'running', attempts = attempts + 1, progress = 0, started_at = ?, "
+              "finished_at = NULL, worker = ?, heartbeat_at = ?, updated_at = ?, error = NULL, "
+              "lease_expires_at = ?, lease_generation = lease_generation + 1")
+
+
+class Txn(SqlTxn):
+    """SQLite's transaction: the shared SQL as is."""
 
 
 class SQLiteStore:
-    """A queue database file. `synchronous="NORMAL"` (default) makes every commit survive a crash
+    """A queue database file (all runners on this machine: `local`). `synchronous="NORMAL"` (default) makes every commit survive a crash
     or kill of the process; only an OS crash or power cut can lose the last few commits. Pass
     `"FULL"` to fsync every commit and survive those too, at roughly a third of the throughput."""
 
@@ -239,6 +369,8 @@ class SQLiteStore:
         self._conns: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         self._closed = False
+        self.describe = str(self.path)
+        self.local = True
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate(self._conn())
@@ -344,7 +476,7 @@ class SQLiteStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield Txn(conn)
+            yield Txn(conn, locking=True)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -362,6 +494,26 @@ class SQLiteStore:
 
     def integrity_check(self) -> str:
         return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    @staticmethod
+    def now() -> float:
+        """The queue's clock (seconds since the epoch): one machine, so this machine's."""
+        return time.time()
+
+    def wait_for_events(self, stop: threading.Event, timeout: float) -> bool:
+        """Block up to `timeout` for new events; True when woken by a change notification. SQLite
+        has no push, so this is a sleep (cut short by `stop`), always False: the caller polls."""
+        stop.wait(timeout)
+        return False
+
+    @staticmethod
+    def is_duplicate(exc: BaseException) -> bool:
+        """A unique index refused a row (a client id taken)."""
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    @staticmethod
+    def is_transient(exc: BaseException) -> bool:
+        return False  # a local file does not come back by waiting (a busy lock already waited)
 
     def close(self) -> None:
         with self._lock:

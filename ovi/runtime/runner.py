@@ -8,8 +8,13 @@ group) → `generate(..., progress=cb)` → `clip.save(out/<stem>)` → done wit
 - A failing job fails alone (error text kept); the runner goes on with the next.
 - Cancel of a running job: the progress callback sees the flag and raises JobCancelled between
   two denoising steps; the partial files are removed and the job marked cancelled.
-- Liveness: a heartbeat thread beats every few seconds while a job runs (also through long weight
-  loads), so other runners' `recover_lost` only takes jobs whose runner really died.
+- Liveness: a claim is a lease (`ovi.queue.lease`); a heartbeat thread extends it every few seconds
+  while a job runs (also through long weight loads), so other runners' `recover_lost` only takes
+  jobs whose runner really died. Every write names the lease's generation: a runner whose lease
+  was taken over (it was paused, or cut off) is refused, stops the job and touches none of its
+  files, which now belong to the new owner.
+- A runner says what it serves (`serves`: config names/paths; None = all) and who it is
+  (`label`): it claims only jobs of those configs and keeps a roll-call row (`ovi queue runners`).
 - Ctrl-C / SIGTERM while a job runs gives the job back to the queue (never dropped).
 """
 
@@ -125,8 +130,12 @@ class Runner:
         the database, as `ovi queue serve` uses).
     poll_interval: longest sleep between looks at an empty or paused queue.
     heartbeat_interval: seconds between heartbeats of the running job.
-    recover_interval: how often an idle runner looks for jobs lost by dead runners (it always
-        looks once at start).
+    recover_interval: how often the runner looks for jobs lost by dead runners (at start, then
+        between jobs, while idle and from the heartbeat thread; at most a quarter of the lease).
+    serves: the configs (serve keys: a config name or path as requests give it, "default" for
+        the embedded one) this runner can run; None runs any job.
+    label: the name `ovi queue runners` shows and each clip's sidecar records (default: the
+        worker id).
     keep_events: seconds of event history kept (older events are pruned when a run starts).
     """
 
@@ -134,19 +143,28 @@ class Runner:
                  out_dir: str | Path | None = None, folders: ServerFolders | None = None,
                  worker_id: str | None = None,
                  poll_interval: float = 0.5, heartbeat_interval: float = 5.0,
-                 recover_interval: float = 10.0, keep_events: float = 7 * 86400.0):
+                 recover_interval: float = 10.0, keep_events: float = 7 * 86400.0,
+                 serves: list[str] | None = None, label: str | None = None):
         self._owns_queue = not isinstance(queue, JobQueue)
         self.queue = JobQueue(queue) if self._owns_queue else queue
         self.engine_factory = engine_factory or default_engine_factory
         self.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(self.queue)
         self.folders = folders or ServerFolders.beside(self.queue.path)
         self.worker_id = worker_id or make_worker_id()
+        self.serves = None if serves is None else [str(k) for k in serves]
+        self.label = label or self.worker_id
+        self._lease: int | None = None  # the generation of the current job's lease
+        self._registered = False
+        self._last_touch = 0.0
         self.poll_interval = float(poll_interval)
         # Beat well inside the lost-job timeout, or a slow step would look like a dead runner.
         self.heartbeat_interval = min(float(heartbeat_interval),
                                       self.queue.policy.heartbeat_timeout / 4)
         self.keep_events = float(keep_events)
-        self.recover_interval = float(recover_interval)
+        # Look four times per lease (also from the heartbeat thread while a job runs): a dead
+        # runner's job is re-queued within 1.25 leases of its last heartbeat.
+        self.recover_interval = min(float(recover_interval),
+                                    self.queue.policy.heartbeat_timeout / 4)
         self.stats = {"done": 0, "failed": 0, "cancelled": 0, "released": 0, "engine_loads": 0}
         self.last_error: str | None = None
         self._engine = None
@@ -196,6 +214,12 @@ class Runner:
     def close(self) -> None:
         """Stop, and release the engine (its weights) and a queue this runner opened."""
         self.stop()
+        if self._registered:
+            try:
+                self.queue.unregister_runner(self.worker_id)
+            except Exception:  # the roll call is informative; a dead database must not block close
+                log.exception("could not remove runner %s from the roll call", self.label)
+            self._registered = False
         _close_engine(self._engine)
         self._engine, self._engine_key = None, None
         if self._owns_queue:
@@ -227,6 +251,8 @@ class Runner:
             # a stop() right after start() is never lost.)
             self._stop.clear()
             self._abort.clear()
+        self.queue.register_runner(self.worker_id, label=self.label, serves=self.serves)
+        self._registered = True
         self._recover()
         self.queue.prune_events(older_than=self.keep_events)  # the event log must not grow forever
         handled = 0
@@ -242,24 +268,39 @@ class Runner:
                     raise  # a batch run should end with an error, not look "empty"
                 log.exception("runner: queue access failed; retrying")
                 job = None
+            try:
+                # Also between jobs: with every runner busy, a dead one's job must not wait for
+                # an idle runner to be noticed.
+                if time.monotonic() - self._last_recover > self.recover_interval:
+                    self._recover()
+                if job is None and time.monotonic() - self._last_touch > self.heartbeat_interval:
+                    self._touch(None)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("runner: queue access failed; retrying")
             if job is not None:
                 handled += 1
                 wait = min(0.05, self.poll_interval)
                 continue
             if until_empty:
                 break
-            if time.monotonic() - self._last_recover > self.recover_interval:
-                self._recover()
             self._stop.wait(wait)
             wait = min(wait * 2, self.poll_interval)
         return handled
 
     def run_one(self) -> dict | None:
         """Claim and process one job; returns its final dict, or None when nothing was claimable."""
-        job = self.queue.claim(self.worker_id)
+        job = self.queue.claim(self.worker_id, serves=self.serves)
         if job is None:
             return None
         return self.process(job)
+
+    def _touch(self, job_id: int | None) -> None:
+        self._last_touch = time.monotonic()
+        if self._registered:
+            self.queue.touch_runner(self.worker_id, job_id)
 
     def _recover(self) -> None:
         self._last_recover = time.monotonic()
@@ -273,6 +314,7 @@ class Runner:
         log.info("job %s: started (attempt %s) %.60r", job_id, job["attempts"],
                  job["request"].get("prompt"))
         self._current = job
+        self._lease = job.get("lease_generation")
         self._taken.clear()
         out_dir = Path(job["request"].get("out") or self.out_dir)
         stems = [out_dir / job_stem(job)]  # _generate adds the final stem once it is known
@@ -287,7 +329,7 @@ class Runner:
                 return self._stopped(job_id, stems, exc.reason)
             except (KeyboardInterrupt, SystemExit):
                 self._remove_partial(stems)
-                if self.queue.release(job_id, worker_id=self.worker_id,
+                if self.queue.release(job_id, worker_id=self.worker_id, lease=self._lease,
                                       reason="runner interrupted") is not None:
                     self.stats["released"] += 1
                 raise
@@ -296,7 +338,7 @@ class Runner:
                     # The engine wrapped our JobCancelled in its own error: still a cancel.
                     return self._stopped(job_id, stems, "cancel requested")
                 return self._failed(job_id, stems, exc)
-            final = self.queue.finish(job_id, result, worker_id=self.worker_id)
+            final = self.queue.finish(job_id, result, worker_id=self.worker_id, lease=self._lease)
             if final is None:
                 log.warning("job %s finished here but was taken over meanwhile; keeping the "
                             "other runner's state", job_id)
@@ -320,6 +362,7 @@ class Runner:
         def progress(step: int, total: int, info: dict | None = None) -> None:
             fraction = step / total if total else 0.0
             stop = self.queue.set_progress(job_id, fraction, worker_id=self.worker_id,
+                                           lease=self._lease,
                                            info={"step": int(step), "total": int(total)})
             if stop or self._abort.is_set() or self._taken.is_set():
                 raise JobCancelled(job_id)
@@ -327,6 +370,8 @@ class Runner:
         clip = engine.generate(request, progress=progress)
         if self._should_stop(job_id):
             raise JobCancelled(job_id)  # cancelled during the last step: do not save
+        if isinstance(getattr(clip, "meta", None), dict):
+            clip.meta["runner"] = self.label  # the sidecar names who made the clip
         name = clip_stem_for(job, clip)
         if name is not None:
             stems.append(stems[0].parent / name)
@@ -348,36 +393,54 @@ class Runner:
         return self._engine
 
     def _should_stop(self, job_id: int) -> bool:
-        return (self._abort.is_set() or self._taken.is_set()
-                or self.queue.is_cancel_requested(job_id))
+        if self._abort.is_set() or self._taken.is_set():
+            return True
+        job = self.queue.get(job_id)
+        if not self._still_mine(job):
+            self._taken.set()
+            return True
+        return bool(job["cancel_requested"])
+
+    def _still_mine(self, job: dict | None) -> bool:
+        """Does our lease still hold? (Else the job and its files belong to whoever re-claimed it.)"""
+        return bool(job and job["state"] == "running" and job["worker"] == self.worker_id and (
+            self._lease is None or job["lease_generation"] == self._lease))
 
     def _stopped(self, job_id: int, stems: list[Path], reason: str) -> dict:
+        if not self._taken.is_set() and not self._still_mine(self.queue.get(job_id)):
+            self._taken.set()
         if self._taken.is_set():
             # Declared lost and re-queued (maybe running elsewhere, writing the same stem):
             # leave the job and its files to the new owner.
             return self.queue.get(job_id)
         self._remove_partial(stems)
         if self.queue.is_cancel_requested(job_id):
-            final = self.queue.mark_cancelled(job_id, worker_id=self.worker_id)
+            final = self.queue.mark_cancelled(job_id, worker_id=self.worker_id, lease=self._lease)
             if final is not None:
                 self.stats["cancelled"] += 1
                 log.info("job %s: cancelled", job_id)
                 return final
         elif self._abort.is_set():  # stop(interrupt=True): hand the job back
-            final = self.queue.release(job_id, worker_id=self.worker_id, reason="runner stopped")
+            final = self.queue.release(job_id, worker_id=self.worker_id, lease=self._lease,
+                                       reason="runner stopped")
             if final is not None:
                 self.stats["released"] += 1
                 return final
         return self.queue.get(job_id)
 
     def _failed(self, job_id: int, stems: list[Path], exc: Exception) -> dict:
+        if not self._still_mine(self.queue.get(job_id)):
+            log.warning("job %s failed here after its lease was taken over; leaving it to the "
+                        "new owner", job_id)
+            return self.queue.get(job_id)
         self._remove_partial(stems)
         log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         if not isinstance(exc, InputError):
             # The engine may be in a bad state (e.g. a dead rank): rebuild it for the next job.
             _close_engine(self._engine)
             self._engine, self._engine_key = None, None
-        final = self.queue.fail(job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
+        final = self.queue.fail(job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id,
+                                lease=self._lease)
         self.stats["failed"] += 1
         return final if final is not None else self.queue.get(job_id)
 
@@ -399,9 +462,12 @@ class Runner:
     def _beat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_interval):
             try:
-                if not self.queue.heartbeat(job_id, self.worker_id):
+                if not self.queue.heartbeat(job_id, self.worker_id, lease=self._lease):
                     if not stop.is_set():  # not merely finished a moment ago
                         self._taken.set()
                     return
+                self._touch(job_id)
+                if time.monotonic() - self._last_recover > self.recover_interval:
+                    self._recover()  # busy runners keep watching for dead ones too
             except Exception:
                 log.exception("heartbeat for job %s failed", job_id)

@@ -164,14 +164,14 @@ def test_submit_many_is_all_or_nothing(queue):
     assert _order(queue) == ids
 
 
-def test_claims_from_threads_are_exclusive(tmp_path):
-    q = JobQueue(tmp_path / "q.db")
+def test_claims_from_threads_are_exclusive(queue_url):
+    q = JobQueue(queue_url)
     ids = q.submit_many([{"prompt": str(i)} for i in range(200)])
     claimed: list[int] = []
     lock = threading.Lock()
 
     def worker(name):
-        mine = JobQueue(tmp_path / "q.db")
+        mine = JobQueue(queue_url)
         while (job := mine.claim(name)) is not None:
             with lock:
                 claimed.append(job["id"])
@@ -187,8 +187,8 @@ def test_claims_from_threads_are_exclusive(tmp_path):
     assert q.counts()["done"] == 200
 
 
-def test_lost_job_is_requeued_with_its_attempts_and_place(tmp_path):
-    q = JobQueue(tmp_path / "q.db", policy=QueuePolicy(heartbeat_timeout=10, max_attempts=2))
+def test_lost_job_is_requeued_with_its_attempts_and_place(queue_url):
+    q = JobQueue(queue_url, policy=QueuePolicy(heartbeat_timeout=10, max_attempts=2))
     a, b = q.submit({"prompt": "a"}), q.submit({"prompt": "b"})
     q.claim("deadhost:1:x")
     assert q.recover_lost() == []  # heartbeat fresh
@@ -201,8 +201,9 @@ def test_lost_job_is_requeued_with_its_attempts_and_place(tmp_path):
     # Second loss reaches max_attempts: it stays lost for a person to look at.
     assert q.claim("deadhost:1:x")["attempts"] == 2
     q.recover_lost(now=time.time() + 11)
-    assert q.get(a)["state"] == "lost"
+    assert q.get(a)["state"] == "lost" and "gave up after 2 attempts" in q.get(a)["error"]
     assert q.retry(a)["state"] == "queued"
+    q.close()
 
 
 def test_lost_job_whose_cancel_was_requested_ends_cancelled(queue):
@@ -213,7 +214,7 @@ def test_lost_job_whose_cancel_was_requested_ends_cancelled(queue):
     assert queue.get(a)["state"] == "cancelled"
 
 
-def test_dead_local_runner_process_is_detected_without_waiting(queue):
+def test_dead_local_runner_process_is_detected_without_waiting_on_sqlite_only(queue):
     import socket
     import subprocess
     import sys
@@ -222,7 +223,8 @@ def test_dead_local_runner_process_is_detected_without_waiting(queue):
     proc.wait(timeout=30)
     a = queue.submit({"prompt": "a"})
     queue.claim(f"{socket.gethostname()}:{proc.pid}:abc")
-    assert queue.recover_lost(heartbeat_timeout=3600) == [a]
+    # On a farm store runners live on other machines: only the lease says a runner died.
+    assert queue.recover_lost() == ([a] if queue.store.local else [])
 
 
 def test_a_finished_job_cannot_be_finished_by_a_stale_worker(queue):
@@ -236,6 +238,47 @@ def test_a_finished_job_cannot_be_finished_by_a_stale_worker(queue):
     assert queue.finish(a, {"mp4": "new.mp4"}, worker_id="new")["result"] == {"mp4": "new.mp4"}
 
 
+def test_a_fenced_lease_refuses_the_same_runner_s_stale_writes(queue, caplog):
+    """The same worker id re-claims its own lost job: only the new generation may write."""
+    a = queue.submit({"prompt": "a"})
+    first = queue.claim("w")["lease_generation"]
+    queue.recover_lost(now=time.time() + queue.policy.heartbeat_timeout + 1)  # lease ran out
+    second = queue.claim("w")["lease_generation"]
+    assert second == first + 1
+    with caplog.at_level("WARNING", logger="ovi.queue"):
+        assert queue.set_progress(a, 0.9, worker_id="w", lease=first) is True
+        assert queue.heartbeat(a, "w", lease=first) is False
+        assert queue.finish(a, {"mp4": "stale.mp4"}, worker_id="w", lease=first) is None
+        assert queue.release(a, worker_id="w", lease=first) is None
+    assert "fenced out" in caplog.text and f"job {a}" in caplog.text
+    job = queue.get(a)
+    assert job["state"] == "running" and job["progress"] == 0.0 and job["result"] is None
+    assert queue.heartbeat(a, "w", lease=second) is True
+    assert queue.finish(a, {"mp4": "new.mp4"}, worker_id="w", lease=second)["result"] == {"mp4": "new.mp4"}
+
+
+def test_heartbeats_extend_the_lease(queue):
+    queue.policy.heartbeat_timeout = 30
+    a = queue.submit({"prompt": "a"})
+    queue.claim("w")
+    assert queue.recover_lost(now=time.time() + 20) == []
+    assert queue.recover_lost(now=time.time() + 31) == [a]  # the lease ran out
+    queue.claim("w2")
+    time.sleep(0.05)
+    queue.heartbeat(a, "w2")
+    with queue.store.read() as tx:
+        expires = tx.job(a)["lease_expires_at"]
+    assert expires > time.time() + 29
+
+
+def test_claims_only_jobs_of_served_configs(queue):
+    a = queue.submit({"prompt": "a"})
+    b = queue.submit({"prompt": "b", "config": "960x960_10s"})
+    assert queue.claim("small", serves=["720x720_5s"]) is None
+    assert queue.claim("big", serves=["960x960_10s"])["id"] == b
+    assert queue.claim("any")["id"] == a
+
+
 def test_release_puts_an_interrupted_job_back(queue):
     a = queue.submit({"prompt": "a"})
     queue.claim("w")
@@ -245,8 +288,8 @@ def test_release_puts_an_interrupted_job_back(queue):
     assert queue.claim("w")["attempts"] == 1
 
 
-def test_subscribe_sees_events_written_by_another_connection(tmp_path):
-    q1, q2 = JobQueue(tmp_path / "q.db"), JobQueue(tmp_path / "q.db")
+def test_subscribe_sees_events_written_by_another_connection(queue_url):
+    q1, q2 = JobQueue(queue_url), JobQueue(queue_url)
     sub = q1.subscribe(poll=0.01, timeout=20)
     a = q2.submit({"prompt": "a"})
     q2.claim("w")
@@ -262,6 +305,8 @@ def test_subscribe_sees_events_written_by_another_connection(tmp_path):
     assert seen[2]["progress"] == 0.5 and seen[2]["step"] == 1 and seen[2]["id"] == a
     assert seen[3]["result"] == {"mp4": "a.mp4"} and seen[3]["status"] == "done"
     assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)
+    q1.close()
+    q2.close()
 
 
 def test_subscription_stops_on_close_from_another_thread_and_on_timeout(queue):
@@ -336,7 +381,7 @@ def test_import_csv_with_n_times(tmp_path, queue):
         queue.import_csv(bad)
 
 
-def test_schema_is_versioned_and_migrates(tmp_path, monkeypatch):
+def test_schema_is_versioned_and_migrates_sqlite(tmp_path, monkeypatch):
     path = tmp_path / "q.db"
     q = JobQueue(path)
     a = q.submit({"prompt": "kept"})
@@ -391,15 +436,49 @@ def test_client_ids_are_unique_and_found_first(queue):
     assert events[0]["client_id"] == str(a)
 
 
-def test_integrity_and_wal_mode(queue):
+def test_integrity_check(queue):
     queue.submit({"prompt": "a"})
+    queue.claim("w")
     assert queue.integrity_check() == "ok"
+
+
+def test_sqlite_uses_wal_mode(tmp_path):
+    queue = JobQueue(tmp_path / "q.db")
+    queue.submit({"prompt": "a"})
     conn = sqlite3.connect(queue.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+    queue.close()
 
 
 def test_bad_priority_is_refused(queue):
     with pytest.raises(InputError, match="priority must be an integer"):
         queue.submit({"prompt": "a"}, priority="high")
     assert queue.get(queue.submit({"prompt": "a"}, priority="2"))["priority"] == 2
+
+
+def test_postgres_notify_wakes_a_waiting_subscriber(pg_server):
+    """Every committed event sends NOTIFY: a waiter on another connection wakes on it (True), not
+    by its timeout (False)."""
+    url = pg_server.create_database()
+    listening, writer = JobQueue(url), JobQueue(url)
+    assert listening.store.listener_ready(30)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(
+        listening.store.wait_for_events(threading.Event(), 60)))
+    waiter.start()
+    while waiter.is_alive():  # submit until the waiter wakes (it may start waiting after one)
+        writer.submit({"prompt": "wake"})
+        waiter.join(0.2)
+    assert woke == [True]
+    listening.close()
+    writer.close()
+
+
+def test_a_finish_repeated_after_a_lost_answer_is_idempotent(queue):
+    a = queue.submit({"prompt": "a"})
+    lease = queue.claim("w")["lease_generation"]
+    first = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)
+    again = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)  # a retried step
+    assert first == again and again["state"] == "done"
+    assert [e["kind"] for e in queue.events(0, job_id=a)].count("done") == 1

@@ -16,8 +16,8 @@ def ovi_queue(*argv: str) -> int:
 
 
 @pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "queue.db")
+def db(queue_url):
+    return queue_url  # each store (conftest)
 
 
 def _lines(capsys):

@@ -34,8 +34,8 @@ print(" ".join(map(str, mine)))
 """
 
 
-def test_4_producers_x_500_with_2_consumers(tmp_path):
-    db = str(tmp_path / "queue.db")
+def test_4_producers_x_500_with_2_consumers(queue_url, tmp_path):
+    db = queue_url
     flag = tmp_path / "producers-done"
     JobQueue(db).close()  # create the schema once; children race only on jobs
     producers = {f"producer{p}": spawn(PRODUCER, db, f"p{p}", "500") for p in range(4)}

@@ -17,8 +17,8 @@ from tests.queue import fakes
 
 
 @pytest.fixture
-def q(tmp_path):
-    queue = JobQueue(tmp_path / "queue.db")
+def q(queue_url, tmp_path):
+    queue = JobQueue(queue_url, root=tmp_path)  # each store; clips under tmp_path
     yield queue
     queue.close()
 
