@@ -17,7 +17,6 @@ Every change appends an event; `subscribe()` follows the event log from any proc
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sqlite3
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ovi.errors import InputError
+from ovi.inputs import CLIENT_ID_PATTERN, check_int, job_number
 from ovi.queue.requests import requests_from_csv, validate_request
 from ovi.queue.store import SQLiteStore
 from ovi.request import GenerateRequest, RequestError
@@ -35,8 +35,6 @@ from ovi.request import GenerateRequest, RequestError
 STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
 FINISHED = ("done", "failed", "cancelled")  # nothing more happens without a user's retry
 DEFAULT_DB = "outputs/queue.db"
-# A client-chosen job id travels in URL paths (/api/jobs/{id}): URL-safe characters only.
-CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 
 
 class DuplicateJobError(InputError):
@@ -271,8 +269,9 @@ class JobQueue:
         (a client id wins where the two read alike, so a client always gets its own job)."""
         with self.store.read() as tx:
             job = tx.job_by_client_id(str(ref))
-            if job is None and (isinstance(ref, int) or str(ref).isdigit()):
-                job = tx.job(int(ref))
+            number = job_number(ref) if isinstance(ref, (int, str)) else None  # ASCII digits in int64
+            if job is None and number is not None:
+                job = tx.job(number)
             return _public(job)
 
     def list(self, state: str | Iterable[str] | None = None, *, limit: int | None = None,
@@ -588,7 +587,7 @@ class JobQueue:
                 priority = int(priority)
             except (TypeError, ValueError):
                 raise InputError(f"priority must be an integer, got {priority!r}") from None
-        return priority
+        return check_int("priority", priority)  # within SQLite's int64
 
     @staticmethod
     def _check_state(state: str) -> None:
