@@ -55,14 +55,19 @@ def requests_from_args(args, cfg) -> list[GenerateRequest]:
             for index, (prompt, image) in enumerate(jobs)]
 
 
+def output_dir_from_args(args, cfg) -> Path:
+    """--out, or --set output_dir, or the config's output_dir."""
+    out = request_fields_from_args(args)[0].get("out")
+    return Path(out) if out else Path(cfg.output_dir)
+
+
 def run_generate(args) -> int:
     from ovi.pipeline.images import load_image
     from ovi.runtime.launch import torchrun_env
 
     cfg = config_from_args(args)
     requests = requests_from_args(args, cfg)
-    out = request_fields_from_args(args)[0].get("out")  # --out or --set output_dir
-    out_dir = Path(out) if out else Path(cfg.output_dir)
+    out_dir = output_dir_from_args(args, cfg)
     # Check every input before loading anything or writing a file: a bad row fails the batch up front.
     for request in requests:
         resolved = request.fill(cfg.request_defaults())
