@@ -129,3 +129,15 @@ def cli_number(lo: float, hi: float = float("inf"), name: str = "number"):
 
     parse.__name__ = name
     return parse
+
+
+def sendable(value):
+    """`value` with every lone surrogate in its text written as a backslash escape, so a message
+    that echoes a client's bad text can itself be sent as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (list, tuple)):
+        return [sendable(v) for v in value]
+    if isinstance(value, dict):
+        return {sendable(k): sendable(v) for k, v in value.items()}
+    return value

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 
 from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
-from ovi.inputs import ValueProblem, check_int
+from ovi.inputs import ValueProblem, check_int, sendable
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import check_client_id
 from ovi.request import ALIASES, GenerateRequest, RequestError
@@ -61,6 +61,7 @@ class Refused(Exception):
 
     def __init__(self, status: int, message: str, *, loc: list | None = None,
                  kind: str = "value_error", part: str = "body"):
+        message, loc = sendable(message), sendable(loc)  # they may echo a client's bad text
         super().__init__(message)
         self.status, self.message, self.loc, self.kind, self.part = status, message, loc, kind, part
 

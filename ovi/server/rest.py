@@ -62,6 +62,21 @@ KEEP_ALIVE_SECONDS = 15.0
 WS_POLICY_VIOLATION = 1008  # WebSocket close code for a refused token
 
 
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"  # what the schema documents for the SSE routes
+
+
+# One Server-Sent Event as the schema documents it (`data` is the event's JSON as text).
+SSE_EVENTS = {"content": {"text/event-stream": {"schema": {
+    "type": "object", "properties": {"id": {"type": "string"}, "event": {"type": "string"},
+                                     "data": {"type": "string"}}}}},
+    "description": "Server-Sent Events: snapshot, then one per queue event"}
+# The clip files a video URL may serve, as the schema documents them.
+CLIP_TYPES = {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in
+                          ("video/mp4", "video/webm", "audio/x-wav", "application/json", "image/png",
+                           "image/jpeg")}, "description": "the clip file"}
+
+
 class AsciiJSONResponse(JSONResponse):
     """JSON with every non-ASCII character escaped: text a client sent (a lone surrogate included)
     can always be echoed in a message without failing to encode."""
@@ -224,7 +239,7 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
     def resume() -> dict:
         return service.set_paused(False)
 
-    @app.get("/api/videos/{filename:path}", dependencies=guarded)
+    @app.get("/api/videos/{filename:path}", dependencies=guarded, responses={200: CLIP_TYPES})
     def video(filename: str):
         return FileResponse(service.video_path(filename))
 
@@ -261,14 +276,16 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                     last_write = now
                     yield ": keep-alive\n\n"  # lets proxies and clients see the stream is alive
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(stream(), headers=SSE_HEADERS)
 
-    @app.get("/api/events", dependencies=guarded)
+    @app.get("/api/events", dependencies=guarded, response_class=EventStreamResponse,
+             responses={200: SSE_EVENTS})
     async def events(request: Request, job: str | None = None,
                      since: int | None = Query(None, ge=0, le=ID_MAX), timeout: float | None = Query(None, gt=0)):
         return await sse(request, job, since, timeout)
 
-    @app.get("/api/jobs/{ref}/events", dependencies=guarded)
+    @app.get("/api/jobs/{ref}/events", dependencies=guarded, response_class=EventStreamResponse,
+             responses={200: SSE_EVENTS})
     async def job_events(request: Request, ref: str, since: int | None = Query(None, ge=0, le=ID_MAX),
                          timeout: float | None = Query(None, gt=0)):
         return await sse(request, ref, since, timeout)
