@@ -119,9 +119,10 @@ def check_solver(key, value):
 
 
 def check_seed(key, value):
-    if not is_int(value) or not 0 <= value <= SEED_MAX:
-        raise FieldError(key, value, f"must be an integer in 0..{SEED_MAX} (2^64-1, what torch's "
-                                     f"generator takes)")
+    if not is_int(value) or value < 0:
+        raise FieldError(key, value, "must be a non-negative integer")
+    if value > SEED_MAX:
+        raise FieldError(key, value, f"must be at most {SEED_MAX} (2^64-1, what torch's generator takes)")
     return value
 
 

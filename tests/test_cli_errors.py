@@ -165,3 +165,10 @@ def test_every_per_clip_set_key_takes_effect(tmp_path):
 
 def test_an_unknown_set_key_is_refused_by_name(capsys):
     _one_line_error(*_ovi(["generate", "--set", "sampel_steps=3"], capsys), "sampel_steps")
+
+
+def test_a_prompt_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    csv = tmp_path / "prompts.csv"
+    csv.write_bytes(b"text_prompt\n\xff\xfe caf\xe9\n")
+    _one_line_error(*_ovi(["generate", "--prompt", str(csv)], capsys), "UTF-8")
+    _one_line_error(*_ovi(["queue", "import-csv", str(csv), "--db", str(tmp_path / "q.db")], capsys), "UTF-8")

@@ -281,3 +281,45 @@ def test_after_a_flood_of_bad_input_every_job_is_intact(queue):
         r = client.get("/api/jobs")
         assert r.status_code == 200
         assert r.json()["jobs"] == before and len(before) == len(kept)
+
+
+# -- `ovi queue serve` always has a token ----------------------------------------------------------
+def _serve(tmp_path, *extra):
+    import httpx
+
+    from tests.launcher import free_port, spawn_ovi_queue, wait_until
+    port = free_port()
+    proc = spawn_ovi_queue("serve", "--db", str(tmp_path / "queue.db"), "--port", str(port), *extra)
+    first = proc.stderr.readline()
+
+    def up():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code
+        except httpx.TransportError:
+            assert proc.poll() is None, first + proc.stderr.read()
+            return None
+
+    return proc, port, first, wait_until(up, 60, "the server to answer")
+
+
+def test_serve_without_a_token_makes_one_and_prints_it(tmp_path):
+    import re
+
+    import httpx
+    proc, port, first, status = _serve(tmp_path)
+    try:
+        token = re.search(r"access_token=([A-Za-z0-9_-]+)", first).group(1)
+        assert status == 401 and len(token) >= 24
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/health", params={"access_token": token}).status_code == 200
+        assert httpx.get(f"{base}/api/health", headers={"Authorization": f"Bearer {token}",
+                                                        "Host": "evil.example"}).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, port, first, status = _serve(tmp_path, "--no-token")
+    try:
+        assert "warning" in first and "--no-token" in first and status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
