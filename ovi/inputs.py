@@ -141,3 +141,11 @@ def sendable(value):
     if isinstance(value, dict):
         return {sendable(k): sendable(v) for k, v in value.items()}
     return value
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>|\s+at 0x[0-9a-fA-F]+")
+
+
+def without_addresses(text: str) -> str:
+    """A message without memory addresses (`<_io.BytesIO object at 0x7f...>`, PIL's wording)."""
+    return _OBJECT_REPR.sub("", text)

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 
 from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
-from ovi.inputs import ValueProblem, check_int, sendable
+from ovi.inputs import ValueProblem, check_int, sendable, without_addresses
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import check_client_id
 from ovi.request import ALIASES, GenerateRequest, RequestError
@@ -52,7 +52,6 @@ SEED_RESOLUTIONS = {"16:9": [512, 992], "9:16": [992, 512]}  # upstream's defaul
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,(?P<data>.*)", re.DOTALL)
 _SIDE = re.compile(r"[0-9]{1,6}")
-_ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # PIL names the BytesIO by its address
 
 
 class Refused(Exception):
@@ -125,7 +124,7 @@ def check_image(data: bytes, limits: ServerLimits, *, field: str = "image") -> C
                 fmt, (width, height) = im.format, im.size
                 im.verify()
     except Exception as exc:  # PIL raises many types for bad data
-        reason = _ADDRESS.sub("", str(exc)).strip()
+        reason = without_addresses(str(exc)).strip()  # PIL names the BytesIO by its address
         raise Refused(422, f"not an image PIL can read ({type(exc).__name__}: {reason}); upload a "
                            f"PNG, JPEG or WebP file", loc=[field]) from None
     if fmt not in IMAGE_FORMATS:

@@ -18,14 +18,13 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 from typing import AsyncIterator
 
 from ovi.errors import InputError
-from ovi.inputs import ValueProblem, check_int, check_job_ref, text_problem
+from ovi.inputs import ValueProblem, check_int, check_job_ref, text_problem, without_addresses
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
 from ovi.request import RequestError
@@ -37,7 +36,6 @@ from ovi.server.limits import ServerLimits
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
 EVENT_EXTRAS = ("step", "total", "attempt", "priority")
 MAX_FILE_NAME = 255  # the longest name a file system holds; longer is an OSError, not a 404
-_ADDRESS = re.compile(r"\s+at 0x[0-9a-fA-F]+")
 log = logging.getLogger("ovi.server")
 
 
@@ -124,7 +122,7 @@ class ApiService:
                               (self.folders.uploads, "uploads"), (self.out_root, "")):
             text = text.replace(str(folder) + "/", f"{shown}/" if shown else "")
             text = text.replace(str(folder), shown or ".")
-        return _ADDRESS.sub("", text)
+        return without_addresses(text)
 
     def relative_result(self, result):
         """Result paths relative to the output folder (a path elsewhere: its file name)."""
