@@ -10,8 +10,9 @@ plain values a client sends: text, integers and job references. One place, so th
   are refused here). Each has a stated range; anything the store keeps fits SQLite's int64.
 - A job reference is the queue's integer id (1..2^63-1) or a client-chosen id.
 
-Violations raise `ValueProblem` (an InputError) with `field` naming the value, so REST answers
-422/400 and the CLI exit 2 with the field named. Written by hand: the checks are a few lines each,
+Text is checked by `text_problem` (GenerateRequest's checkers use it, so every surface that builds a
+request applies it); the other checks raise `ValueProblem` (an InputError) with `field` naming the
+value, so REST answers 422/400 and the CLI exit 2 with the field named. Written by hand: the checks are a few lines each,
 and pydantic's coercions (which accept '²' in some modes and floats as ints) are what is refused.
 """
 
@@ -52,15 +53,6 @@ def text_problem(value: str, *, multiline: bool = True) -> str | None:
             return (f"character {index} is the control character {char!a}; remove it (control "
                     f"characters allowed: {allowed})")
     return None
-
-
-def check_text(field: str, value, *, multiline: bool = True) -> str:
-    if not isinstance(value, str):
-        raise ValueProblem(field, f"must be text, got {type(value).__name__}")
-    problem = text_problem(value, multiline=multiline)
-    if problem:
-        raise ValueProblem(field, problem)
-    return value
 
 
 def check_int(field: str, value, *, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
