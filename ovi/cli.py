@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"ovi: error: {exc}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as exc:  # a prompt csv or yaml the user gave that is not UTF-8
+        print(f"ovi: error: a file given is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+              f"as UTF-8", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ovi: interrupted", file=sys.stderr)
         return 130

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ovi.errors import InputError
+from ovi.inputs import SEED_MAX, text_problem
 
 MODES = ("t2v", "i2v", "t2i2v")
 SOLVERS = ("unipc", "dpm++", "euler")
@@ -79,18 +80,34 @@ def _choice(key, value, choices):
     raise FieldError(key, value, f"must be one of {', '.join(choices)}{also}")
 
 
+# Upper bounds: every integer has a stated range (ovi.inputs); these are far beyond any real clip.
+MAX_STEPS = 1_000_000
+MAX_CLIPS = 10_000
+MAX_SIDE = 2**16
+MAX_BLOCK = 10_000
+
+
+def _valid_text(key, value, *, multiline: bool = True):
+    """Text rules of ovi.inputs (UTF-8 without surrogates; no control characters but tab/newlines
+    in multi-line text)."""
+    problem = text_problem(value, multiline=multiline)
+    if problem:
+        raise FieldError(key, value[:60] + ("..." if len(value) > 60 else ""), problem)
+    return value
+
+
 def check_text(key, value):
     if isinstance(value, Path):
         return str(value)
     if not isinstance(value, str):
         raise FieldError(key, value, "must be a string")
-    return value
+    return _valid_text(key, value)
 
 
 def check_prompt(key, value):
     if not isinstance(value, str) or not value.strip():
         raise FieldError(key, value, "prompt is empty or not text; pass the text to generate from")
-    return value
+    return _valid_text(key, value)
 
 
 def check_mode(key, value):
@@ -104,6 +121,8 @@ def check_solver(key, value):
 def check_seed(key, value):
     if not is_int(value) or value < 0:
         raise FieldError(key, value, "must be a non-negative integer")
+    if value > SEED_MAX:
+        raise FieldError(key, value, f"must be at most {SEED_MAX} (2^64-1, what torch's generator takes)")
     return value
 
 
@@ -112,6 +131,8 @@ def check_steps(key, value):
         raise FieldError(key, value, "must be an integer")
     if value < 1:
         raise FieldError(key, value, "must be at least 1 (upstream uses 50)")
+    if value > MAX_STEPS:
+        raise FieldError(key, value, f"must be at most {MAX_STEPS}")
     return value
 
 
@@ -136,20 +157,21 @@ def check_guidance(key, value):
 def check_slg_layer(key, value):
     if value is False:
         return False
-    if not is_int(value) or value < -1:
+    if not is_int(value) or not -1 <= value <= MAX_BLOCK:
         raise FieldError(key, value, "must be a block index (e.g. 11), or 0 / -1 / false to disable SLG")
     return value
 
 
 def check_height_width(key, value):
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(is_int(v) and v > 0 and v % 32 == 0 for v in value))
+          and all(is_int(v) and 0 < v <= MAX_SIDE and v % 32 == 0 for v in value))
     if not ok:
         example = [704, 1280]
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_number(v) for v in value):
-            example = [max(32, int(round(v / 32)) * 32) for v in value]
+            example = [min(MAX_SIDE, max(32, int(round(v / 32)) * 32)) for v in value]
         shown = list(value) if isinstance(value, tuple) else value
-        raise FieldError(key, shown, f"each side must be a positive multiple of 32, e.g. {example}")
+        raise FieldError(key, shown, f"each side must be a positive multiple of 32, e.g. {example} (at "
+                                     f"most {MAX_SIDE})")
     return tuple(value)
 
 
@@ -162,6 +184,8 @@ def check_bool(key, value):
 def check_count(key, value):
     if not is_int(value) or value < 1:
         raise FieldError(key, value, "must be at least 1")
+    if value > MAX_CLIPS:
+        raise FieldError(key, value, f"must be at most {MAX_CLIPS}")
     return value
 
 
@@ -198,6 +222,11 @@ def check_loras(key, value) -> tuple:
             raise FieldError(key, value, f"branch {branch!r} of {item['path']!r} must be one of "
                                          f"{', '.join(LORA_BRANCHES)}")
         path = str(item["path"])
+        _valid_text(key, path, multiline=False)
+        if item.get("name") is not None:
+            if not isinstance(item["name"], str):
+                raise FieldError(key, value, f"name of {item['path']!r} must be a string")
+            _valid_text(key, item["name"], multiline=False)
         entry = {"path": path, "weight": float(weight), "name": str(item.get("name") or Path(path).stem),
                  "merge": merge}
         if branch is not None:
@@ -209,6 +238,8 @@ def check_loras(key, value) -> tuple:
 def check_engine(key, value):
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise FieldError(key, value, "must be a mapping of config key -> value, e.g. {sp_size: 2}")
+    for name in value:
+        _valid_text(key, name, multiline=False)
     return dict(value)
 
 
@@ -218,6 +249,8 @@ def check_image(key, value):
         return str(value)
     if isinstance(value, str) and not value:
         raise FieldError(key, value, "is empty; give an image file path or leave it out")
+    if isinstance(value, str):
+        _valid_text(key, value, multiline=False)
     return value
 
 
@@ -285,6 +318,9 @@ class GenerateRequest:
             if key in per_clip or key in FIELDS:
                 raise RequestError("engine", f"{key} is a per-clip setting, not an engine setting; give it as the "
                                              f"request field '{per_clip.get(key, key)}'")
+        if self.seed is not None and self.seed + self.n - 1 > SEED_MAX:
+            raise RequestError("seed", f"{self.seed} + {self.n - 1} (n clips use seed, seed+1, ...) is "
+                                       f"over {SEED_MAX}; choose a smaller seed")
         if self.mode == "i2v" and self.image is None:
             raise RequestError("image", "mode i2v needs an image: pass image=... (--image PATH)")
         if self.mode not in (None, "i2v") and self.image is not None:
@@ -391,6 +427,9 @@ class GenerateRequest:
     def expand(self, default_seed: int) -> list["GenerateRequest"]:
         """n clips of this request: seeds seed, seed+1, ... (seed defaults to `default_seed`), n=1 each."""
         seed = self.seed if self.seed is not None else default_seed
+        if seed + self.n - 1 > SEED_MAX:
+            raise RequestError("seed", f"seeds {seed}..{seed + self.n - 1} go over {SEED_MAX}; choose a "
+                                       f"smaller seed")
         if self.n == 1:
             return [self]
         return [dataclasses.replace(self, seed=seed + i, n=1) for i in range(self.n)]

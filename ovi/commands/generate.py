@@ -7,6 +7,7 @@ every `ovi` command builds all parsers, and `ovi queue list` must start in a bli
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,12 @@ def requests_from_args(args, cfg) -> list[GenerateRequest]:
     fields, _ = request_fields_from_args(args)
     fields.pop("out", None)
     view = {CONFIG_KEYS[name]: fields.pop(name) for name in ("image", "mode", "n") if name in fields}
-    if args.prompt is not None:
-        view["text_prompt"] = args.prompt
+    # --set text_prompt=... is the prompt (or prompt file) as much as --prompt is.
+    set_prompt = fields.pop("prompt", None)
+    if set_prompt is not None and args.prompt is not None:
+        raise InputError("the prompt is given twice (--prompt and --set text_prompt); give it once")
+    if args.prompt is not None or set_prompt is not None:
+        view["text_prompt"] = args.prompt if args.prompt is not None else set_prompt
     view = cfg.replace(**view) if view else cfg
     jobs = expand_prompts(view)
     seed = fields.pop("seed", view.seed)
@@ -50,13 +55,19 @@ def requests_from_args(args, cfg) -> list[GenerateRequest]:
             for index, (prompt, image) in enumerate(jobs)]
 
 
+def output_dir_from_args(args, cfg) -> Path:
+    """--out, or --set output_dir, or the config's output_dir."""
+    out = request_fields_from_args(args)[0].get("out")
+    return Path(out) if out else Path(cfg.output_dir)
+
+
 def run_generate(args) -> int:
     from ovi.pipeline.images import load_image
     from ovi.runtime.launch import torchrun_env
 
     cfg = config_from_args(args)
     requests = requests_from_args(args, cfg)
-    out_dir = Path(args.out) if args.out else Path(cfg.output_dir)
+    out_dir = output_dir_from_args(args, cfg)
     # Check every input before loading anything or writing a file: a bad row fails the batch up front.
     for request in requests:
         resolved = request.fill(cfg.request_defaults())
@@ -65,6 +76,7 @@ def run_generate(args) -> int:
                 raise InputError(f"mode i2v needs an image for prompt {request.prompt[:40]!r}: pass --image or an "
                                  f"image_path column")
             load_image(resolved.image)
+    check_out_dir(out_dir)
     if torchrun_env() is not None:
         return _generate_under_torchrun(cfg, requests, out_dir, args)
     with _open_engine(cfg) as engine:
@@ -76,6 +88,28 @@ def run_generate(args) -> int:
                 bar.close()
             _save(cfg, out_dir, index, request, clip)
     return 0
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The output folder exists (made here) and takes files, or one line saying why not."""
+    shown = f"--out {out_dir}"
+    taken = next((p for p in (out_dir, *out_dir.absolute().parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        which = "is a file" if taken == out_dir else f"is under the file {taken}"
+        raise InputError(f"{shown} {which}, not a folder; give a folder for the clips")
+    # Made and removed again: the folder can be made, and nothing is left if loading fails later.
+    missing = [p for p in (out_dir, *out_dir.absolute().parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot create the folder ({exc.strerror}); give a folder you "
+                         f"can write") from None
+    finally:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    if not missing and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(f"{shown}: the folder is not writable for this user; give one you can write")
 
 
 @contextlib.contextmanager

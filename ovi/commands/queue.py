@@ -15,7 +15,9 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
+from pathlib import Path
 
 from ovi.commands.request_args import (
     add_request_arguments,
@@ -23,8 +25,9 @@ from ovi.commands.request_args import (
     request_fields_from_args,
 )
 from ovi.errors import InputError
+from ovi.inputs import ID_MAX, INT64_MAX, INT64_MIN, cli_int, cli_number
 from ovi.queue.folders import ServerFolders
-from ovi.queue.jobqueue import DEFAULT_DB, QUEUE_URL_ENV, STATES, JobQueue, QueuePolicy
+from ovi.queue.jobqueue import DEFAULT_DB, QUEUE_URL_ENV, STATES, JobQueue, QueuePolicy, default_queue_url
 from ovi.queue.lease import serve_key
 from ovi.queue.requests import check_engine_settings, validate_request
 from ovi.runtime.runner import Runner, load_engine_factory
@@ -47,7 +50,8 @@ def _add_request_options(p: argparse.ArgumentParser, *, with_prompt: bool) -> No
         p.add_argument("config", nargs="?", metavar="CONFIG", help="config yaml (or --config)")
         p.add_argument("--prompt", required=True, help="text prompt")
     add_request_arguments(p)
-    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--priority", type=cli_int(INT64_MIN, INT64_MAX, "priority"), default=0,
+                   help="higher runs first (default 0)")
 
 
 def _request_from_args(args, *, with_prompt: bool) -> dict:
@@ -61,12 +65,45 @@ def _request_from_args(args, *, with_prompt: bool) -> dict:
         fields["config"] = config
     if engine:
         fields["engine"] = engine
+    if "prompt" in fields:  # --set text_prompt=...: never silently replaced
+        raise InputError("--set text_prompt: give the prompt with --prompt" if with_prompt else
+                         "--set text_prompt: import-csv takes each prompt from the csv's "
+                         "text_prompt column; remove it")
     if with_prompt:
         fields["prompt"] = args.prompt
     return fields
 
 
-def _open(args) -> JobQueue:
+def check_db_path(db, *, create: bool) -> None:
+    """One line naming the problem with --db, before the store touches the disk. Commands that
+    only work on existing jobs (`create=False`) never create a file or folder."""
+    db = default_queue_url() if db is None else db
+    if "://" in str(db):  # a database URL: the store checks it
+        return
+    path = Path(db).expanduser()
+    if path.is_dir():
+        raise InputError(f"--db {db} is a folder; give the database file, e.g. {path / 'queue.db'}")
+    if not path.exists():
+        if not create:
+            raise InputError(f"--db {db}: no queue database there; check the path (`ovi queue "
+                             f"submit --db {db}` creates one)")
+        folder = next((p for p in path.absolute().parents if p.exists()), None)
+        if folder is not None and not folder.is_dir():
+            raise InputError(f"--db {db}: {folder} is a file, not a folder; give a path in a folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--db {db}: cannot create the folder {path.parent} ({exc.strerror}); "
+                             f"give a path you can write") from None
+    # SQLite writes a -wal and -shm file beside the database, also to read it.
+    for needed in (path, path.parent) if path.exists() else (path.parent,):
+        if not os.access(needed, os.R_OK | os.W_OK):
+            raise InputError(f"--db {db}: {needed} is read-only for this user; the queue needs to "
+                             f"write beside its database (fix the permissions, or copy it)")
+
+
+def _open(args, *, create: bool = True) -> JobQueue:
+    check_db_path(args.db, create=create)
     return JobQueue(args.db)
 
 
@@ -91,7 +128,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_list(args) -> int:
-    with _open(args) as q:
+    with _open(args, create=False) as q:
         jobs = q.list(args.state, limit=args.limit)
         if args.json:
             for job in jobs:
@@ -107,7 +144,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    with _open(args) as q:
+    with _open(args, create=False) as q:
         job = q.get(args.id)
         if job is None:
             raise InputError(f"no job {args.id} in {q!r}; `ovi queue list` shows the ids")
@@ -116,7 +153,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    with _open(args) as q:
+    with _open(args, create=False) as q:
         for job_id in args.ids:
             job = q.cancel(job_id)
             note = "cancel requested (stops at the next step)" if job["state"] == "running" \
@@ -126,7 +163,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    with _open(args) as q:
+    with _open(args, create=False) as q:
         for job_id in args.ids:
             print(f"{job_id}: {q.retry(job_id)['state']}")
     return 0
@@ -147,7 +184,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_move(args) -> int:
-    with _open(args) as q:
+    with _open(args, create=False) as q:
         job = q.move(args.id, before=args.before, after=args.after, priority=args.to_priority)
         order = [j["id"] for j in q.list("queued")]
         print(f"{job['id']}: priority {job['priority']}, place {order.index(job['id']) + 1} "
@@ -185,6 +222,7 @@ def _add_folders(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args) -> int:
     policy = QueuePolicy(heartbeat_timeout=args.heartbeat_timeout, max_attempts=args.max_attempts)
+    check_db_path(args.db, create=True)
     queue = JobQueue(args.db, policy=policy)
     # A served config is named as jobs name it: a yaml path absolute (as submit stores it).
     serves = None if not args.serves else [config_ref(c) for c in args.serves]
@@ -212,23 +250,38 @@ def cmd_run(args) -> int:
 
 def cmd_serve(args) -> int:
     from ovi.server.rest import create_app
+    from ovi.server.browser import allowed_hosts_for
     from ovi.server.serve import serve
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(f"warning: serving on {args.host} without a token; anyone who can reach it can "
-              f"submit jobs (set --token or ${TOKEN_ENV})", file=sys.stderr)
+    if args.no_token and token:
+        raise InputError(f"--no-token and a token (--token or ${TOKEN_ENV}) contradict; give one")
+    if args.no_token:
+        print(f"warning: serving on {args.host} without a token (--no-token): any program on this "
+              f"machine{'' if args.host in ('127.0.0.1', 'localhost', '::1') else ' or network'} "
+              f"can submit and cancel jobs", file=sys.stderr)
+    elif token is None:  # as Jupyter does: a fresh token, shown once with the URL
+        token = secrets.token_urlsafe(24)
+    check_db_path(args.db, create=True)
     limits = ServerLimits(max_steps=args.max_steps, max_pixels=args.max_pixels,
                           max_frames=args.max_frames, max_prompt_chars=args.max_prompt_chars,
                           max_clips=args.max_clips, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    hosts, any_ip = allowed_hosts_for(args.host, args.allow_host)
     with JobQueue(args.db) as queue:
         app = create_app(queue, out_dir=args.out, token=token, run=args.run,
                          engine_factory=_engine_factory(args), folders=_folders(args, queue),
-                         limits=limits, allow_origins=args.allow_origin)
+                         limits=limits, allow_origins=args.allow_origin, allowed_hosts=hosts,
+                         any_ip_host=any_ip)
+        shown_host = f"[{args.host}]" if ":" in args.host else args.host
+        url = f"http://{shown_host}:{args.port}/api/health"
+        print(f"serving {url}" + (f"?access_token={token}" if token else "")
+              + (f"\n  (or send 'Authorization: Bearer {token}')" if token else ""), file=sys.stderr,
+              flush=True)
         return serve(app, host=args.host, port=args.port)
 
 
 def cmd_runners(args) -> int:
+    check_db_path(args.db, create=False)
     with JobQueue(args.db, policy=QueuePolicy(heartbeat_timeout=args.heartbeat_timeout)) as q:
         runners = q.runners()
         if args.json:
@@ -260,20 +313,20 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list jobs (queued ones in run order)")
     _add_db(p)
     p.add_argument("--state", choices=STATES)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=cli_int(1, ID_MAX, "limit"))
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="print one job as JSON")
     _add_db(p)
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=cli_int(1, ID_MAX, "job id"))
     p.set_defaults(func=cmd_show)
 
     for name, func, help_text in (("cancel", cmd_cancel, "cancel jobs (running: between steps)"),
                                   ("retry", cmd_retry, "re-queue failed/cancelled/lost jobs")):
         p = sub.add_parser(name, help=help_text)
         _add_db(p)
-        p.add_argument("ids", type=int, nargs="+", metavar="ID")
+        p.add_argument("ids", type=cli_int(1, ID_MAX, "job id"), nargs="+", metavar="ID")
         p.set_defaults(func=func)
 
     p = sub.add_parser("pause", help="start no new job until resume")
@@ -285,17 +338,19 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("move", help="reorder a queued job")
     _add_db(p)
-    p.add_argument("id", type=int)
+    job_id = cli_int(1, ID_MAX, "job id")
+    p.add_argument("id", type=job_id)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--before", type=int, metavar="ID")
-    where.add_argument("--after", type=int, metavar="ID")
-    where.add_argument("--priority", dest="to_priority", type=int, metavar="N")
+    where.add_argument("--before", type=job_id, metavar="ID")
+    where.add_argument("--after", type=job_id, metavar="ID")
+    where.add_argument("--priority", dest="to_priority", type=cli_int(INT64_MIN, INT64_MAX, "priority"),
+                       metavar="N")
     p.set_defaults(func=cmd_move)
 
     p = sub.add_parser("import-csv", help="queue every row of upstream Ovi's prompt csv")
     _add_db(p)
     p.add_argument("file", help="csv with a text_prompt column and optionally image_path")
-    p.add_argument("--n-times", dest="n", type=int,
+    p.add_argument("--n-times", dest="n", type=cli_int(1, 10_000, "n-times"),
                    help="runs per row (upstream's each_example_n_times, same as --n); seeds seed+0..n-1")
     _add_request_options(p, with_prompt=False)
     p.set_defaults(func=cmd_import_csv)
@@ -303,13 +358,13 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="process jobs in this process")
     _add_db(p)
     p.add_argument("--until-empty", action="store_true", help="exit 0 when no job is left")
-    p.add_argument("--max-jobs", type=int)
+    p.add_argument("--max-jobs", type=cli_int(1, ID_MAX, "max-jobs"))
     p.add_argument("--engine-factory", metavar="MODULE:FUNCTION",
                    help="build engines with this function (default: ovi.Engine / WorkerGroup)")
     p.add_argument("--out", help="output folder (default: the database's folder)")
-    p.add_argument("--heartbeat-timeout", type=float, default=60.0,
+    p.add_argument("--heartbeat-timeout", type=cli_number(0.1, 10**9, "seconds"), default=60.0,
                    help="seconds without a heartbeat before a running job counts as lost")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--max-attempts", type=cli_int(1, 10**6, "max-attempts"), default=3,
                    help="re-queue a lost job while it has had fewer attempts than this")
     p.add_argument("--serves", action="append", metavar="CONFIG",
                    help="run only jobs of this config (name, yaml path, or 'default' for the "
@@ -329,8 +384,14 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="REST + Socket.IO API over the queue (FastAPI + uvicorn)")
     _add_db(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set ${TOKEN_ENV})")
+    p.add_argument("--port", type=cli_int(1, 65535, "port"), default=8000)
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set ${TOKEN_ENV}); "
+                                   f"without one a fresh token is made and printed with the URL")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token (a warning is printed): any local program can use it")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a host name clients use to reach the server (the Host header); the bound "
+                        "address is always accepted (repeatable)")
     p.add_argument("--out", help="folder of clips to serve (default: the database's folder)")
     p.add_argument("--run", action="store_true", help="also run jobs in this process")
     p.add_argument("--engine-factory", metavar="MODULE:FUNCTION")
@@ -344,9 +405,11 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
                             ("max_frames", "frames per clip (the config's model decides them)"),
                             ("max_prompt_chars", "characters of each prompt"),
                             ("max_clips", "clips per request (n)")):
-        limits.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+        limits.add_argument("--" + name.replace("_", "-"), type=cli_int(1, INT64_MAX, name),
+                            default=getattr(defaults, name),
                             help=f"{help_text} (default {getattr(defaults, name)})")
-    limits.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+    limits.add_argument("--max-upload-mb", type=cli_number(1 / 1024, 2**20, "MiB"),
+                        default=defaults.max_upload_bytes / 2**20,
                         help="size of an uploaded image, MiB (413 over it; default "
                              f"{defaults.max_upload_bytes / 2**20:g})")
     p.set_defaults(func=cmd_serve)

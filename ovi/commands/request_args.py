@@ -14,18 +14,22 @@ from pathlib import Path
 
 from ovi.config import ENGINE_KEYS, parse_set_option
 from ovi.errors import InputError
+from ovi.inputs import SEED_MAX, cli_int
 from ovi.request import FieldError, GenerateRequest, check_loras, split_overrides
 
 # Fields a command adds itself (the prompt's form differs; config is positional in generate).
 _OWN = ("prompt", "config", "engine", "out", "image")
-_TYPES = {"seed": int, "steps": int, "slg_layer": int, "n": int, "shift": float,
-          "video_guidance_scale": float, "audio_guidance_scale": float}
+# Integers are ASCII digits (ovi.inputs); GenerateRequest checks every value's range, with messages
+# naming the config key too.
+_INTEGER = cli_int(-SEED_MAX, SEED_MAX, "integer")
+_TYPES = {"seed": _INTEGER, "steps": _INTEGER, "slg_layer": _INTEGER, "n": _INTEGER,
+          "shift": float, "video_guidance_scale": float, "audio_guidance_scale": float}
 
 
 def _parse_height_width(text: str) -> list[int]:
     try:
-        h, w = (int(x) for x in text.lower().replace(",", "x").split("x"))
-    except ValueError:
+        h, w = (cli_int(1, 2**31, "side")(x) for x in text.lower().replace(",", "x").split("x"))
+    except (ValueError, argparse.ArgumentTypeError):
         raise InputError(f"--height-width {text!r}: use HxW, e.g. 720x720") from None
     return [h, w]
 
@@ -52,9 +56,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", dest="config_opt", metavar="CONFIG",
                         help="config yaml or shipped name (default: the embedded tiny model)")
     engine = parser.add_argument_group("engine settings")
-    engine.add_argument("--sp", type=int, help="sequence-parallel ranks (sp_size)")
+    engine.add_argument("--sp", type=cli_int(1, 2**16, "sp"), help="sequence-parallel ranks (sp_size)")
     engine.add_argument("--fsdp", metavar="STRATEGY", help="enable FSDP with this sharding strategy")
-    engine.add_argument("--world-size", type=int, metavar="N",
+    engine.add_argument("--world-size", type=cli_int(1, 2**16, "world-size"), metavar="N",
                         help="ranks to run (world_size; default cfg x sp); more than cfg x sp with --fsdp: the "
                              "extra ranks are replicas that hold shards (e.g. --world-size 4 --sp 1 --fsdp FULL_SHARD)")
     engine.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

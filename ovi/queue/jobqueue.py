@@ -20,13 +20,13 @@ transaction of the store (`ovi.queue.store`), so they never see half a change. T
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from ovi.errors import InputError
+from ovi.inputs import CLIENT_ID_PATTERN, check_int, job_number
 from ovi.queue.events import FINISHED, Subscription, job_event
 from ovi.queue.lease import (
     LeaseProtocol,
@@ -43,8 +43,6 @@ STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
 DEFAULT_DB = "outputs/queue.db"
 QUEUE_URL_ENV = "OVI_QUEUE_URL"  # the queue every command uses when --db is not given
 QUEUE_ROOT_ENV = "OVI_QUEUE_ROOT"  # a PostgreSQL queue's output root (default: outputs)
-# A client-chosen job id travels in URL paths (/api/jobs/{id}): URL-safe characters only.
-CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 __all__ = ["DEFAULT_DB", "FINISHED", "STATES", "DuplicateJobError", "JobCancelled", "JobQueue",
            "QueuePolicy", "Subscription", "make_worker_id"]
 
@@ -208,8 +206,9 @@ class JobQueue(LeaseProtocol):
         (a client id wins where the two read alike, so a client always gets its own job)."""
         with self.store.read() as tx:
             job = tx.job_by_client_id(str(ref))
-            if job is None and (isinstance(ref, int) or str(ref).isdigit()):
-                job = tx.job(int(ref))
+            number = job_number(ref) if isinstance(ref, (int, str)) else None  # ASCII digits in int64
+            if job is None and number is not None:
+                job = tx.job(number)
             return _public(job)
 
     def list(self, state: str | Iterable[str] | None = None, *, limit: int | None = None,
@@ -408,7 +407,7 @@ class JobQueue(LeaseProtocol):
                 priority = int(priority)
             except (TypeError, ValueError):
                 raise InputError(f"priority must be an integer, got {priority!r}") from None
-        return priority
+        return check_int("priority", priority)  # within SQLite's int64
 
     @staticmethod
     def _check_state(state: str) -> None:

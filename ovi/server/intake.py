@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse
 
 from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
+from ovi.inputs import ValueProblem, check_int, sendable, without_addresses
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import check_client_id
 from ovi.request import ALIASES, GenerateRequest, RequestError
@@ -50,22 +51,24 @@ RESERVED_KEYS = ("id", "priority", "options")
 SEED_RESOLUTIONS = {"16:9": [512, 992], "9:16": [992, 512]}  # upstream's default frame size, both ways
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,(?P<data>.*)", re.DOTALL)
+_SIDE = re.compile(r"[0-9]{1,6}")
 
 
 class Refused(Exception):
-    """The server will not take this: `status` (404, 409, 413, 422, ...), `loc` (the path in the
-    body, for 422) and a message saying what to fix."""
+    """The server will not take this: `status` (404, 409, 413, 422, ...), `loc` (where in the
+    request `part`, body/path/query, for 422) and a message saying what to fix."""
 
     def __init__(self, status: int, message: str, *, loc: list | None = None,
-                 kind: str = "value_error"):
+                 kind: str = "value_error", part: str = "body"):
+        message, loc = sendable(message), sendable(loc)  # they may echo a client's bad text
         super().__init__(message)
-        self.status, self.message, self.loc, self.kind = status, message, loc, kind
+        self.status, self.message, self.loc, self.kind, self.part = status, message, loc, kind, part
 
     @property
     def detail(self):
         """FastAPI's shape: a list of {loc, msg, type} for a 422, else the message."""
         if self.status == 422:
-            return [{"loc": ["body", *(self.loc or [])], "msg": self.message, "type": self.kind}]
+            return [{"loc": [self.part, *(self.loc or [])], "msg": self.message, "type": self.kind}]
         return self.message
 
 
@@ -121,8 +124,9 @@ def check_image(data: bytes, limits: ServerLimits, *, field: str = "image") -> C
                 fmt, (width, height) = im.format, im.size
                 im.verify()
     except Exception as exc:  # PIL raises many types for bad data
-        raise Refused(422, f"not an image PIL can read ({type(exc).__name__}: {exc}); upload a PNG, "
-                           f"JPEG or WebP file", loc=[field]) from None
+        reason = without_addresses(str(exc)).strip()  # PIL names the BytesIO by its address
+        raise Refused(422, f"not an image PIL can read ({type(exc).__name__}: {reason}); upload a "
+                           f"PNG, JPEG or WebP file", loc=[field]) from None
     if fmt not in IMAGE_FORMATS:
         raise Refused(422, f"a {fmt} image; upload PNG, JPEG or WebP", loc=[field])
     name = hashlib.sha256(data).hexdigest()[:32] + IMAGE_FORMATS[fmt]
@@ -169,9 +173,9 @@ def _seed_option(key: str, value, loc: list):
         if value in SEED_RESOLUTIONS:
             return list(SEED_RESOLUTIONS[value])
         parts = value.lower().replace(" ", "").split("x")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
+        if len(parts) == 2 and all(_SIDE.fullmatch(p) for p in parts):  # ASCII digits only
             return [int(p) for p in parts]
-        raise Refused(422, f"{value!r}: give HxW (e.g. \"704x1280\"), [H, W], or one of "
+        raise Refused(422, f"{value[:40]!a}: give HxW (e.g. \"704x1280\"), [H, W], or one of "
                            f"{', '.join(SEED_RESOLUTIONS)}", loc=loc)
     return value
 
@@ -214,8 +218,11 @@ def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> S
         request = GenerateRequest.from_dict(body, aliases=True)
     except RequestError as exc:
         raise Refused(422, exc.reason, loc=loc(exc.field) if exc.field else []) from None
-    if isinstance(priority, bool) or not isinstance(priority, (int, type(None))):
-        raise Refused(422, f"priority {priority!r} must be an integer", loc=["priority"])
+    if priority is not None:
+        try:
+            priority = check_int("priority", priority)
+        except ValueProblem as exc:
+            raise Refused(422, exc.problem, loc=["priority"]) from None
     if client_id is not None:
         try:
             client_id = check_client_id(client_id)

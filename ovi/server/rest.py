@@ -18,9 +18,13 @@
     WS     /api/ws[?job=&since=]            the same events over a WebSocket
     Socket.IO at /socket.io/                submit_job, cancel_job -> job_update (ovi.server.sio)
 
-What a body may hold, and the limits, are in ovi.server.intake. Binds 127.0.0.1 by default; with a
-token every route (WebSocket and Socket.IO included) needs `Authorization: Bearer <token>`, or
-`?access_token=` for clients that cannot set headers (EventSource, browser WebSockets).
+What a body may hold, and the limits, are in ovi.server.intake; the rules for plain values (text,
+integers, job ids) in ovi.inputs; the browser rules (Host, Origin, JSON bodies) in
+ovi.server.browser. Binds 127.0.0.1 by default; with a token (`ovi queue serve` always has one) every
+route (WebSocket, Socket.IO and the docs /docs, /redoc, /openapi.json included) needs
+`Authorization: Bearer <token>`, or `?access_token=` for clients that cannot set headers
+(EventSource, browser WebSockets). Responses are ASCII JSON: any text a client sent is echoed
+escaped, never as bytes that cannot be encoded.
 """
 
 from __future__ import annotations
@@ -35,14 +39,19 @@ from typing import Any, Literal
 
 import anyio
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
 import ovi
+from ovi.inputs import ID_MAX, ValueProblem, check_int
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import STATES, JobQueue, default_out_dir
 from ovi.runtime.shutdown import SHUTDOWN_GRACE_SECONDS
+from ovi.server.browser import BrowserGuard
 from ovi.server.intake import BodySizeLimit, Refused
 from ovi.server.limits import ServerLimits
 from ovi.server.service import ApiService
@@ -53,12 +62,38 @@ KEEP_ALIVE_SECONDS = 15.0
 WS_POLICY_VIOLATION = 1008  # WebSocket close code for a refused token
 
 
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"  # what the schema documents for the SSE routes
+
+
+# One Server-Sent Event as the schema documents it (`data` is the event's JSON as text).
+SSE_EVENTS = {"content": {"text/event-stream": {"schema": {
+    "type": "object", "properties": {"id": {"type": "string"}, "event": {"type": "string"},
+                                     "data": {"type": "string"}}}}},
+    "description": "Server-Sent Events: snapshot, then one per queue event"}
+# The clip files a video URL may serve, as the schema documents them.
+CLIP_TYPES = {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in
+                          ("video/mp4", "video/webm", "audio/x-wav", "application/json", "image/png",
+                           "image/jpeg")}, "description": "the clip file"}
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: text a client sent (a lone surrogate included)
+    can always be echoed in a message without failing to encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                out_dir: str | os.PathLike | None = None, token: str | None = None,
                run: bool = False, engine_factory=None, folders: ServerFolders | None = None,
-               limits: ServerLimits | None = None, allow_origins: list[str] | None = None) -> FastAPI:
+               limits: ServerLimits | None = None, allow_origins: list[str] | None = None,
+               allowed_hosts: frozenset | None = None, any_ip_host: bool = False) -> FastAPI:
     """The API app over queue `db` (`app.state.service` is its ApiService). `run=True` also drives
-    a Runner in this process while the app runs. `folders` default to the ones beside the database."""
+    a Runner in this process while the app runs. `folders` default to the ones beside the database.
+    `allowed_hosts` (None: any, for an in-process app) and `any_ip_host` are the Host rule of
+    ovi.server.browser; `ovi queue serve` passes its bound address (`allowed_hosts_for`)."""
     owns_queue = not isinstance(db, JobQueue)
     queue = JobQueue(db) if owns_queue else db
     service = ApiService(
@@ -80,12 +115,18 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
             if owns_queue:
                 queue.close()
 
-    app = FastAPI(title="Ovi Workbench queue", version=ovi.__version__, lifespan=lifespan)
+    # The docs are routes of our own below, behind the token.
+    app = FastAPI(title="Ovi Workbench queue", version=ovi.__version__, lifespan=lifespan,
+                  default_response_class=AsciiJSONResponse, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     if allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["*"],
                            allow_headers=["*"])
+    # Outermost: a refused Host or Origin is answered before anything else runs.
+    app.add_middleware(BrowserGuard, allowed_hosts=allowed_hosts, any_ip=any_ip_host,
+                       allow_origins=allow_origins, socketio_path=SOCKETIO_PATH)
 
     def authorize(request: Request) -> None:
         if not service.authorized(authorization=request.headers.get("authorization"),
@@ -95,9 +136,34 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused):
-        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+        return AsciiJSONResponse(status_code=exc.status, content={"detail": exc.detail})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes the input as UTF-8: a lone surrogate made it a 500.
+        return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
 
     guarded = [Depends(authorize)]
+
+    # -- the API's own description, behind the token like every route -------------------------
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi_schema() -> dict:
+        return app.openapi()
+
+    def _schema_url(request: Request) -> str:
+        # The page's own fetch of the schema carries the token only if the page was opened with
+        # it (and only ours: the value lands in the page's script).
+        given = request.query_params.get("access_token")
+        ours = bool(given and service.token and service.authorized(token=given))
+        return "/openapi.json" + (f"?access_token={service.token}" if ours else "")
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=_schema_url(request), title=app.title)
+
+    @app.get("/redoc", dependencies=guarded, include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=_schema_url(request), title=app.title)
 
     # -- queue -----------------------------------------------------------------------------------
     @app.get("/api/health", dependencies=guarded)
@@ -108,12 +174,7 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
 
     @app.post("/api/generate", status_code=202, dependencies=guarded)
     def generate(payload: Any = Body(...)) -> dict:
-        if isinstance(payload, (bytes, str)):  # sent without Content-Type: application/json (curl -d)
-            try:
-                payload = json.loads(payload)
-            except ValueError:
-                raise Refused(422, "the body is not valid JSON", loc=[], kind="json_invalid") from None
-        return service.submit(payload)
+        return service.submit(payload)  # JSON only: BrowserGuard refused other content types
 
     @app.post("/api/uploads", status_code=201, dependencies=guarded)
     async def upload(request: Request) -> dict:
@@ -126,7 +187,7 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
         else:
             try:
                 body = json.loads(await request.body())
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = None
             if not (isinstance(body, dict) and isinstance(body.get("image"), str)):
                 raise Refused(422, "send multipart/form-data with a 'file' field, or JSON "
@@ -145,7 +206,7 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
     @app.get("/api/jobs", dependencies=guarded)
     def list_jobs(state: Literal[STATES] | None = None,  # type: ignore[valid-type]
                   limit: int = Query(default=100, ge=1, le=10000),
-                  offset: int = Query(default=0, ge=0)) -> dict:
+                  offset: int = Query(default=0, ge=0, le=ID_MAX)) -> dict:
         jobs = queue.list(state, limit=limit, offset=offset)
         return {"jobs": [service.job_json(j) for j in jobs], "counts": queue.counts(),
                 "paused": queue.paused}
@@ -178,7 +239,7 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
     def resume() -> dict:
         return service.set_paused(False)
 
-    @app.get("/api/videos/{filename:path}", dependencies=guarded)
+    @app.get("/api/videos/{filename:path}", dependencies=guarded, responses={200: CLIP_TYPES})
     def video(filename: str):
         return FileResponse(service.video_path(filename))
 
@@ -186,13 +247,17 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
     def _job_filter(job: str | None) -> tuple[int | None, dict | None]:
         if job is None:
             return None, None
-        found = service.find(job)
+        found = service.find(job, field="job", part="query")
         return found["id"], found
 
     async def sse(request: Request, job: str | None, since: int | None, timeout: float | None):
         job_id, found = _job_filter(job)
-        if since is None and request.headers.get("last-event-id", "").isdigit():
-            since = int(request.headers["last-event-id"])  # an EventSource reconnecting
+        last_event_id = request.headers.get("last-event-id")
+        if since is None and last_event_id:  # an EventSource reconnecting
+            try:
+                since = check_int("Last-Event-ID", last_event_id, lo=0, hi=ID_MAX)
+            except ValueProblem as exc:
+                raise Refused(400, f"header {exc}; send the id of the last event received") from None
         cursor = since if since is not None else await asyncio.to_thread(queue.last_event_id)
 
         async def stream():
@@ -211,21 +276,23 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
                     last_write = now
                     yield ": keep-alive\n\n"  # lets proxies and clients see the stream is alive
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(stream(), headers=SSE_HEADERS)
 
-    @app.get("/api/events", dependencies=guarded)
+    @app.get("/api/events", dependencies=guarded, response_class=EventStreamResponse,
+             responses={200: SSE_EVENTS})
     async def events(request: Request, job: str | None = None,
-                     since: int | None = Query(None, ge=0), timeout: float | None = Query(None, gt=0)):
+                     since: int | None = Query(None, ge=0, le=ID_MAX), timeout: float | None = Query(None, gt=0)):
         return await sse(request, job, since, timeout)
 
-    @app.get("/api/jobs/{ref}/events", dependencies=guarded)
-    async def job_events(request: Request, ref: str, since: int | None = Query(None, ge=0),
+    @app.get("/api/jobs/{ref}/events", dependencies=guarded, response_class=EventStreamResponse,
+             responses={200: SSE_EVENTS})
+    async def job_events(request: Request, ref: str, since: int | None = Query(None, ge=0, le=ID_MAX),
                          timeout: float | None = Query(None, gt=0)):
         return await sse(request, ref, since, timeout)
 
     @app.websocket("/api/ws")
     async def ws_events(websocket: WebSocket, job: str | None = None,
-                        since: int | None = Query(None, ge=0)):
+                        since: int | None = Query(None, ge=0, le=ID_MAX)):
         if not service.authorized(authorization=websocket.headers.get("authorization"),
                                   token=websocket.query_params.get("access_token")):
             await websocket.close(code=WS_POLICY_VIOLATION, reason="missing or wrong bearer token")

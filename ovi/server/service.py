@@ -5,12 +5,18 @@ token rule and the Runner a `--run` server drives.
 A client knows a job by `id`: the id it chose at submit (the seed fork's API), else the queue's
 integer id; `job_id` is always the integer. Job and event JSON carry the seed's fields `id`, `status`,
 `progress`, `videoUrl`, `error`, plus ours.
+
+What a client sees never shows the server's folders or memory: result paths are relative to the
+output folder, known folders in messages are shown by name, `<... at 0x...>` addresses are cut.
+A record already stored that cannot be sent as UTF-8 JSON (e.g. a lone surrogate written before
+the intake refused them) is shown as `damaged`, so one bad row never stops a listing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import threading
 import time
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from ovi.errors import InputError
+from ovi.inputs import ValueProblem, check_int, check_job_ref, text_problem, without_addresses
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
 from ovi.request import RequestError
@@ -28,7 +35,17 @@ from ovi.server.limits import ServerLimits
 # Only clip files are served; the output folder also holds the queue database, which must not leak.
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
 EVENT_EXTRAS = ("step", "total", "attempt", "priority")
+MAX_FILE_NAME = 255  # the longest name a file system holds; longer is an OSError, not a 404
 log = logging.getLogger("ovi.server")
+
+
+def client_safe(value) -> bool:
+    """True when `value` can be sent as UTF-8 JSON (no NaN, no lone surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
 
 
 class ApiService:
@@ -82,7 +99,10 @@ class ApiService:
             return True
         scheme, _, value = (authorization or "").partition(" ")
         given = value if scheme.lower() == "bearer" and value else (token or "")
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        # A client may send anything (a number, a dict, a lone surrogate): it is simply not the token.
+        if not isinstance(given, str) or not given or text_problem(given, multiline=False):
+            return False
+        return hmac.compare_digest(given.encode(), self.token.encode())
 
     # -- what a client sees ----------------------------------------------------------------------
     def video_url(self, result: dict | None) -> str | None:
@@ -94,27 +114,74 @@ class ApiService:
                     return f"/api/videos/{p.name}"
         return None
 
+    def client_text(self, text):
+        """A message for a client: the server's folders by name, no memory addresses."""
+        if not isinstance(text, str):
+            return text
+        for folder, shown in ((self.folders.loras, "loras"), (self.folders.configs, "configs"),
+                              (self.folders.uploads, "uploads"), (self.out_root, "")):
+            text = text.replace(str(folder) + "/", f"{shown}/" if shown else "")
+            text = text.replace(str(folder), shown or ".")
+        return without_addresses(text)
+
+    def relative_result(self, result):
+        """Result paths relative to the output folder (a path elsewhere: its file name)."""
+        if not isinstance(result, dict):
+            return result
+        shown = {}
+        for key, value in result.items():
+            if isinstance(value, str) and Path(value).is_absolute():
+                path = Path(value)
+                value = (str(path.relative_to(self.out_root)) if path.is_relative_to(self.out_root)
+                         else path.name)
+            shown[key] = value
+        return shown
+
     def job_json(self, job: dict) -> dict:
-        return {**job, "id": job.get("client_id") or job["id"], "job_id": job["id"],
-                "status": job["state"], "videoUrl": self.video_url(job.get("result"))}
+        shown = {**job, "id": job.get("client_id") or job["id"], "job_id": job["id"],
+                 "status": job["state"], "videoUrl": self.video_url(job.get("result")),
+                 "result": self.relative_result(job.get("result")),
+                 "error": self.client_text(job.get("error"))}
+        return shown if client_safe(shown) else self._damaged(job)
+
+    def _damaged(self, job: dict) -> dict:
+        log.warning("job %s: its stored record cannot be sent as JSON; shown as damaged", job.get("id"))
+        client_id = job.get("client_id")
+        return {"id": client_id if client_safe(client_id) and client_id else job.get("id"),
+                "job_id": job.get("id"), "status": job.get("state"), "state": job.get("state"),
+                "damaged": True, "request": None, "result": None, "videoUrl": None,
+                "progress": job.get("progress") if client_safe(job.get("progress")) else None,
+                "error": "this job's stored record holds values that cannot be sent as JSON (e.g. "
+                         "text that is not valid UTF-8); cancel or leave it"}
 
     def event_json(self, event: dict) -> dict:
-        return {"id": event.get("client_id") or event["id"], "job_id": event["id"],
-                "status": event["status"], "progress": event["progress"],
-                "videoUrl": self.video_url(event.get("result")), "error": event["error"],
-                "kind": event["kind"], "seq": event["seq"], "time": event["time"],
-                **{k: event[k] for k in EVENT_EXTRAS if k in event}}
+        shown = {"id": event.get("client_id") or event["id"], "job_id": event["id"],
+                 "status": event["status"], "progress": event["progress"],
+                 "videoUrl": self.video_url(event.get("result")),
+                 "error": self.client_text(event["error"]),
+                 "kind": event["kind"], "seq": event["seq"], "time": event["time"],
+                 **{k: event[k] for k in EVENT_EXTRAS if k in event}}
+        if client_safe(shown):
+            return shown
+        return {**{k: shown[k] for k in ("job_id", "kind", "seq", "time")},
+                "id": event["id"], "status": event["status"], "progress": None, "videoUrl": None,
+                "damaged": True, "error": "this event's stored record cannot be sent as JSON"}
 
     def video_path(self, filename: str) -> Path:
         """A clip file in the output folder by its plain name; anything that could walk out of it
         (separators, '..', hidden names, NUL, links out) is refused before touching the disk."""
-        if (not filename or "/" in filename or "\\" in filename or "\x00" in filename
-                or filename.startswith(".")):
-            raise Refused(400, "give a plain file name from a job's videoUrl, without folders")
-        path = (self.out_root / filename).resolve()
-        if path.parent != self.out_root or path.suffix.lower() not in SERVED_SUFFIXES \
-                or not path.is_file():
-            raise Refused(404, f"no clip named {filename}")
+        if (not filename or "/" in filename or "\\" in filename or filename.startswith(".")
+                or len(filename) > MAX_FILE_NAME or text_problem(filename, multiline=False)):
+            raise Refused(400, f"give a plain file name (at most {MAX_FILE_NAME} characters) from a "
+                               f"job's videoUrl, without folders")
+        try:
+            path = (self.out_root / filename).resolve()
+            found = (path.parent == self.out_root and path.suffix.lower() in SERVED_SUFFIXES
+                     and path.is_file())
+        except OSError:  # a name the file system cannot hold
+            found = False
+        if not found:
+            raise Refused(404, f"no clip named {ascii(filename)[1:-1]}")
         return path
 
     # -- actions ---------------------------------------------------------------------------------
@@ -145,26 +212,37 @@ class ApiService:
     def upload_data_url(self, text: str) -> dict:
         return self.upload(decode_data_url(text, self.limits, loc=["image"]))
 
-    def find(self, ref) -> dict:
-        job = self.queue.find(ref) if ref not in (None, "") else None
+    def find(self, ref, *, field: str = "ref", part: str = "path") -> dict:
+        """The job a client names (see ovi.inputs.check_job_ref); 422 for what cannot be an id."""
+        try:
+            ref = check_job_ref(field, ref)
+        except ValueProblem as exc:
+            raise Refused(422, exc.problem, loc=[field], part=part) from None
+        job = self.queue.find(ref)
         if job is None:
             raise Refused(404, f"no job {ref}")
         return job
 
-    def cancel(self, ref) -> dict:
-        return self._act(ref, self.queue.cancel)
+    def cancel(self, ref, **where) -> dict:
+        """`where`: field= and part= of the reference, for a 422's loc (default the URL path)."""
+        return self._act(ref, self.queue.cancel, **where)
 
     def retry(self, ref) -> dict:
         return self._act(ref, self.queue.retry)
 
     def move(self, ref, *, before=None, after=None, priority=None) -> dict:
-        before = None if before is None else self.find(before)["id"]
-        after = None if after is None else self.find(after)["id"]
+        before = None if before is None else self.find(before, field="before", part="body")["id"]
+        after = None if after is None else self.find(after, field="after", part="body")["id"]
+        if priority is not None:
+            try:
+                priority = check_int("priority", priority)
+            except ValueProblem as exc:
+                raise Refused(422, exc.problem, loc=["priority"]) from None
         return self._act(ref, lambda job_id: self.queue.move(job_id, before=before, after=after,
                                                              priority=priority))
 
-    def _act(self, ref, action) -> dict:
-        job = self.find(ref)
+    def _act(self, ref, action, **where) -> dict:
+        job = self.find(ref, **where)
         try:
             return self.job_json(action(job["id"]))
         except InputError as exc:  # not in a state that allows it (already finished, not queued)

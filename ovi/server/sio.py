@@ -52,7 +52,7 @@ class SocketIOBridge:
     async def connect(self, sid, environ, auth=None):
         query = parse_qs(environ.get("QUERY_STRING", ""))
         token = None
-        if isinstance(auth, dict):
+        if isinstance(auth, dict):  # any JSON a client sends; authorized() refuses non-text
             token = auth.get("token") or auth.get("access_token")
         token = token or (query.get("access_token") or [None])[0]
         if not self.service.authorized(authorization=environ.get("HTTP_AUTHORIZATION"), token=token):
@@ -67,7 +67,8 @@ class SocketIOBridge:
     async def cancel_job(self, sid, data=None):
         ref = data.get("id") if isinstance(data, dict) else data
         try:
-            return {"ok": True, "job": await asyncio.to_thread(self.service.cancel, ref)}
+            job = await asyncio.to_thread(self.service.cancel, ref, field="id", part="body")
+            return {"ok": True, "job": job}
         except Refused as exc:
             return _refusal(exc)
 

@@ -20,7 +20,7 @@ def _start(kind: str, db: str, step_seconds: str) -> tuple[subprocess.Popen, int
     if kind == "run":
         return spawn_ovi_queue("run", "--db", db, *FAKE, **env), None
     port = free_port()
-    return spawn_ovi_queue("serve", "--db", db, "--port", str(port), "--run", *FAKE, **env), port
+    return spawn_ovi_queue("serve", "--db", db, "--port", str(port), "--token", "t", "--run", *FAKE, **env), port
 
 
 def _stderr_lines(proc: subprocess.Popen) -> list[str]:
@@ -50,7 +50,7 @@ def test_a_signal_requeues_the_running_job_and_exits(tmp_path, kind, sig):
         if port is not None:
             # An event-stream client stays attached: it used to keep uvicorn waiting for ever.
             held = socket.create_connection(("127.0.0.1", port), timeout=10)
-            held.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n\r\n")
             assert b"200 OK" in held.recv(4096)
         proc.send_signal(sig)
         code = proc.wait(timeout=10)

@@ -147,14 +147,22 @@ def test_uploads_by_multipart_and_base64(queue, folders):
     assert len(queue.list()) == 2
 
 
-def test_n_clips_become_n_jobs_and_a_plain_body_is_json(queue, folders):
+def test_n_clips_become_n_jobs_and_only_a_json_body_is_taken(queue, folders):
+    body = b'{"prompt": "a cat", "n": 2, "seed": 4}'
     with _client(queue) as client:
-        r = client.post("/api/generate", content=b'{"prompt": "a cat", "n": 2, "seed": 4}')
+        # Without a JSON content type (curl -d, a web form, text/plain): 415, nothing queued.
+        for headers in ({}, {"content-type": "text/plain"},
+                        {"content-type": "application/x-www-form-urlencoded"}):
+            r = client.post("/api/generate", content=body, headers=headers)
+            assert r.status_code == 415 and "application/json" in r.json()["detail"], r.text
+        assert queue.list() == []
+        r = client.post("/api/generate", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 202, r.text
         assert [queue.get(i)["request"]["seed"] for i in r.json()["job_ids"]] == [4, 5]
         r = client.post("/api/generate", json={"id": "one", "prompt": "a cat", "n": 2})
         assert r.status_code == 422 and _loc(r) == ["body", "n"]
-        assert client.post("/api/generate", content=b"{nope").status_code == 422
+        assert client.post("/api/generate", content=b"{nope",
+                           headers={"content-type": "application/json"}).status_code == 422
 
 
 def test_pause_resume_move_and_retry_routes(queue, folders):
