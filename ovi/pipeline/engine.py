@@ -44,6 +44,7 @@ from ovi.pipeline.images import (
     snap_to_area,
     to_uint8_frames,
 )
+from ovi.pipeline.memory_profiles import apply_memory_settings, resolve_memory_settings
 from ovi.pipeline.output import Clip
 from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text, format_prompt
@@ -159,6 +160,10 @@ class Engine:
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
+        # One GPU (ovi.pipeline.memory_profiles): quantise and place the DiT (block swap), umT5, VAE tiling.
+        self.memory_settings = resolve_memory_settings(config, device, dtype)
+        self.memory_profile = apply_memory_settings(components, self.memory_settings, device,
+                                                   cpu_offload=config.cpu_offload)
         self.trace_worker = "engine"  # trace file name under profile_dir (the runtime sets rank<N>)
         self.last_profile = None      # the profiler of the last generate() when it was profiled
 
@@ -438,6 +443,7 @@ class Engine:
             "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
             "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg, "fsdp": None,
             "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
+            "memory_profile": self.memory_profile,
             "loras": list(loras or []), "lightning": plan.lightning, "components": self.components.describe(),
             "timings": timings,
             "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,

@@ -1,0 +1,78 @@
+"""Weight-only quantisation of the fusion DiT through torchao: int8 (CPU and GPU) and fp8 (GPUs with fp8
+tensor cores, compute capability >= 8.9).
+
+Only the `nn.Linear` layers inside the fused blocks are quantised (attention projections, cross-modal
+projections, FFNs: nearly all of the DiT's parameters). Norms, the per-block modulation table, the
+embeddings, time projection and heads keep their precision, and the codecs are never touched.
+
+The existing fp8 *storage* path (ovi.checkpoint.loading, `fp8: true`) stays as it is: it keeps the
+checkpoint's unscaled float8_e4m3fn tensors exactly as upstream's `model_fp8_e4m3fn.safetensors` holds
+them and upcasts per layer, so it loads upstream's fp8 file bit-exactly on any device (CPU included).
+torchao's fp8 weight-only config re-quantises with per-row scales (a different, more accurate
+rounding) and needs fp8 hardware, so it is not the same job; `quantize: fp8` is that torchao path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ovi.config import QUANTIZE_MODES
+from ovi.errors import ConfigError
+
+
+def fp8_supported(device: torch.device) -> tuple[bool, str]:
+    """(supported, why not): fp8 weight-only matmuls need a CUDA GPU of compute capability 8.9+."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, f"fp8 weight-only needs a CUDA GPU with fp8 tensor cores; this engine runs on {device}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return False, (f"fp8 weight-only needs compute capability 8.9+ (Ada, Hopper, Blackwell); "
+                       f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+    return True, ""
+
+
+def is_block_linear(module: nn.Module, fqn: str) -> bool:
+    """The layers quantisation touches: Linear layers inside a fused block."""
+    return isinstance(module, nn.Linear) and ".blocks." in f".{fqn}."
+
+
+def _bytes(model: nn.Module) -> int:
+    total = 0
+    for p in model.parameters():
+        inner = getattr(p, "__tensor_flatten__", None)
+        if inner is not None:  # a torchao tensor subclass: count the tensors it holds
+            names, _ = p.__tensor_flatten__()
+            total += sum(getattr(p, n).numel() * getattr(p, n).element_size() for n in names)
+            continue
+        total += p.numel() * p.element_size()
+    return total
+
+
+def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> dict:
+    """Quantise `model`'s block Linears in place (`mode` int8 | fp8 | none) -> a record for the sidecar
+    (`quantize`, `quantized_layers`, `param_bytes_before` / `_after`). fp8 on hardware without it is an
+    error naming the fix."""
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize {mode!r}: must be one of {', '.join(QUANTIZE_MODES)}")
+    before = _bytes(model)
+    if mode == "none":
+        return {"quantize": "none", "quantized_layers": 0, "param_bytes_before": before, "param_bytes_after": before}
+    if mode == "fp8":
+        ok, why = fp8_supported(device)
+        if not ok:
+            raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device) or the "
+                              f"fp8 storage path (fp8: true)")
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    config = Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig()
+    layers = [name for name, m in model.named_modules() if is_block_linear(m, name)]
+    for name in layers:
+        weight = model.get_submodule(name).weight
+        if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise ConfigError(f"quantize: {mode} needs the DiT in bf16/fp32, but {name} is stored in fp8 (fp8: true); "
+                              f"set fp8: false to quantise, or keep fp8 storage without quantize")
+    quantize_(model, config, filter_fn=is_block_linear)
+    return {"quantize": mode, "quantized_layers": len(layers), "param_bytes_before": before,
+            "param_bytes_after": _bytes(model)}
