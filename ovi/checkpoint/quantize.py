@@ -14,11 +14,30 @@ rounding) and needs fp8 hardware, so it is not the same job; `quantize: fp8` is 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 import torch.nn as nn
 
 from ovi.config import QUANTIZE_MODES
 from ovi.errors import ConfigError
+
+
+@contextlib.contextmanager
+def quiet_torchao_import():
+    """Importing torchao (directly, or through diffusers' model classes, which load their torchao
+    integration when it is installed) logs that its CUDA kernels do not load on a CPU build of torch,
+    and diffusers that it cannot import torchao's older tensor classes: neither matters here."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def fp8_supported(device: torch.device) -> tuple[bool, str]:
@@ -33,6 +52,11 @@ def fp8_supported(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def is_quantized(t: torch.Tensor) -> bool:
+    """A torchao-quantised weight (a tensor subclass holding qdata and scales; not a DTensor shard)."""
+    return hasattr(t, "__tensor_flatten__") and type(t).__module__.startswith("torchao")
+
+
 def is_block_linear(module: nn.Module, fqn: str) -> bool:
     """The layers quantisation touches: Linear layers inside a fused block."""
     return isinstance(module, nn.Linear) and ".blocks." in f".{fqn}."
@@ -41,10 +65,9 @@ def is_block_linear(module: nn.Module, fqn: str) -> bool:
 def _bytes(model: nn.Module) -> int:
     total = 0
     for p in model.parameters():
-        inner = getattr(p, "__tensor_flatten__", None)
-        if inner is not None:  # a torchao tensor subclass: count the tensors it holds
-            names, _ = p.__tensor_flatten__()
-            total += sum(getattr(p, n).numel() * getattr(p, n).element_size() for n in names)
+        if is_quantized(p):  # count the tensors it holds (int8/fp8 data, scales)
+            inner = [getattr(p, n) for n in p.__tensor_flatten__()[0]]
+            total += sum(t.numel() * t.element_size() for t in inner if t is not None)
             continue
         total += p.numel() * p.element_size()
     return total
@@ -64,7 +87,8 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
         if not ok:
             raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device) or the "
                               f"fp8 storage path (fp8: true)")
-    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    with quiet_torchao_import():
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     config = Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig()
     layers = [name for name, m in model.named_modules() if is_block_linear(m, name)]
