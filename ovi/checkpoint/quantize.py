@@ -62,9 +62,10 @@ def is_block_linear(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and ".blocks." in f".{fqn}."
 
 
-def _bytes(model: nn.Module) -> int:
+def stored_bytes(params) -> int:
+    """Bytes these parameters occupy (a quantised one: its int8/fp8 data and scales)."""
     total = 0
-    for p in model.parameters():
+    for p in params:
         if is_quantized(p):  # count the tensors it holds (int8/fp8 data, scales)
             inner = [getattr(p, n) for n in p.__tensor_flatten__()[0]]
             total += sum(t.numel() * t.element_size() for t in inner if t is not None)
@@ -79,7 +80,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
     error naming the fix."""
     if mode not in QUANTIZE_MODES:
         raise ConfigError(f"quantize {mode!r}: must be one of {', '.join(QUANTIZE_MODES)}")
-    before = _bytes(model)
+    before = stored_bytes(model.parameters())
     if mode == "none":
         return {"quantize": "none", "quantized_layers": 0, "param_bytes_before": before, "param_bytes_after": before}
     if mode == "fp8":
@@ -99,4 +100,4 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
                               f"set fp8: false to quantise, or keep fp8 storage without quantize")
     quantize_(model, config, filter_fn=is_block_linear)
     return {"quantize": mode, "quantized_layers": len(layers), "param_bytes_before": before,
-            "param_bytes_after": _bytes(model)}
+            "param_bytes_after": stored_bytes(model.parameters())}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ovi.checkpoint.quantize import stored_bytes as tensor_bytes  # int8/fp8 weights: their data + scales
 from ovi.errors import ConfigError
 
 
@@ -42,10 +43,6 @@ def _block_tensors(blocks: list[nn.Module]) -> list[tuple[nn.Module, str, bool]]
             found += [(module, name, True) for name, p in module._parameters.items() if p is not None]
             found += [(module, name, False) for name, b in module._buffers.items() if b is not None]
     return found
-
-
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class BlockSwap:

@@ -121,8 +121,10 @@ def block_param_bytes(architecture: str, compute: torch.dtype, quantize: str, st
 
 
 def estimate_profile(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtype, *, height_width=None,
-                     forwards_per_step: int = 2) -> dict:
-    """Device bytes per phase, host bytes, and the bytes block swap moves per denoising step."""
+                     forwards_per_step: int = 2, device: str = "cuda") -> dict:
+    """Device bytes per phase, host bytes, and the bytes block swap moves per denoising step. On a GPU two
+    swapped blocks are on the device while streaming (the running one, the next one's copy); on a CPU the
+    copies are synchronous, so one."""
     storage = FP8 if cfg.fp8 else dtype
     layout = param_layout(cfg.model, storage, dtype)
     n = num_blocks(cfg.model)
@@ -132,7 +134,7 @@ def estimate_profile(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtyp
     k = n if settings.blocks_on_device is None else settings.blocks_on_device
     swapped = n - k
     resident = non_block + k * block
-    streaming = min(2, swapped) * block
+    streaming = min(2 if device == "cuda" else 1, swapped) * block
     load = workload(cfg, dtype, height_width)
     acts = activation_bytes(cfg.model, load.video_tokens, load.audio_tokens, compute=dtype)
     text_on_device = settings.text_encoder_device == "device"
@@ -162,6 +164,21 @@ def _clip_bytes(cfg: OviConfig, height_width=None) -> int:
     height, width = snap_to_area(*(height_width or cfg.height_width), spec.area)
     clip = 3 * spec.num_frames * height * width
     return 3 * clip * 4 + clip
+
+
+def resident_param_bytes(components) -> int:
+    """Parameter bytes the device holds between forwards under the applied settings: the DiT less its
+    swapped blocks, plus umT5 when it runs on the device (counted, as the estimate counts them)."""
+    from ovi.checkpoint.quantize import stored_bytes
+    model = components.model
+    swap = vars(model).get("fused_block")
+    swapped = {id(p) for i in (swap.swapped if isinstance(swap, BlockSwap) else ())
+               for b in swap.pair(i) for p in b.parameters()}
+    total = stored_bytes(p for p in model.parameters() if id(p) not in swapped)
+    settings = getattr(model, "memory_settings", None)
+    if settings is None or settings.text_encoder_device == "device":
+        total += stored_bytes(components.text_encoder.model.parameters())
+    return total
 
 
 # ---- resolving -------------------------------------------------------------------------------------
@@ -227,7 +244,7 @@ def apply_memory_settings(components, settings: MemorySettings, device: torch.de
         record["vae_tiling_applied"] = True
     elif settings.vae_tiling:
         record["vae_tiling_applied"] = False
-        record["vae_tiling_note"] = f"{type(video_codec).__name__} decodes whole clips (no tiling for the toy codecs)"
+        record["vae_tiling_note"] = f"{type(video_codec).__name__} decodes whole clips (tiling applies to the Wan2.2 VAE)"
     audio_codec = components.audio_codec
     if settings.vae_tiling and hasattr(audio_codec, "decode_chunk_frames"):
         audio_codec.decode_chunk_frames = audio_codec.DEFAULT_DECODE_CHUNK
