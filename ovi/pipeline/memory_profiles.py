@@ -250,3 +250,41 @@ def apply_memory_settings(components, settings: MemorySettings, device: torch.de
         audio_codec.decode_chunk_frames = audio_codec.DEFAULT_DECODE_CHUNK
     model.memory_settings = settings
     return record
+
+
+# ---- planning (`ovi doctor --gpus 1`) --------------------------------------------------------------
+def profile_plan(cfg: OviConfig, gpu_memory_gb: float, host_memory_gb: float | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Every profile of `cfg` on one GPU of `gpu_memory_gb`: estimated peak, whether it fits 90% of the
+    GPU (and the host, when `host_memory_gb` is given), host memory needed, bytes moved per step over the
+    link and an expected step time. Step time = max(compute, transfer): the prefetch hides a block's copy
+    behind the previous block's compute when the link keeps up (an ideal-overlap bound, not measured);
+    compute at the spec-sheet model of ovi.parallel.memory (int8 weight-only counted at bf16 speed)."""
+    from ovi.parallel.memory import GB, forward_flops, gpu_profile
+    gpu = gpu_profile(gpu_memory_gb)
+    load = workload(cfg, dtype)
+    forwards = 2  # positive + negative pass (SLG skips a block in the second)
+    compute_s = forwards * forward_flops(cfg.model, load.video_tokens, load.audio_tokens) / (
+        gpu.bf16_tflops * 1e12 * gpu.mfu)
+    dit_file = param_layout(cfg.model, FP8 if cfg.fp8 else dtype, dtype).total
+    rows = []
+    for name in AUTO_ORDER:
+        settings = settings_for(cfg, name)
+        est = estimate_profile(cfg, settings, dtype, forwards_per_step=forwards)
+        transfer_s = est["bytes_moved_per_step"] / (gpu.pinned_gbps * GB)
+        # the DiT is read whole on the host before it is quantised / placed (no streamed loading yet)
+        load_host = dit_file + (load.text_encoder_bytes if settings.text_encoder_device == "cpu" else 0)
+        host = max(load_host, est["host_bytes"])
+        fits = est["peak_bytes"] <= HEADROOM * gpu_memory_gb * GB
+        host_fits = None if host_memory_gb is None else host <= HEADROOM * host_memory_gb * GB
+        rows.append({"doctor": "memory_profile", "model_name": cfg.model_name, "gpus": 1,
+                     "gpu_memory_gb": gpu_memory_gb, "host_memory_gb": host_memory_gb, "profile": name,
+                     "blocks_on_device": settings.blocks_on_device, "blocks": num_blocks(cfg.model),
+                     "quantize": settings.quantize, "vae_tiling": settings.vae_tiling,
+                     "text_encoder_device": settings.text_encoder_device,
+                     "peak_gb": est["peak_bytes"] / GB, "phases_gb": {k: v / GB for k, v in est["phases"].items()},
+                     "host_gb": host / GB, "bytes_moved_per_step": est["bytes_moved_per_step"],
+                     "step_seconds": max(compute_s, transfer_s), "compute_seconds": compute_s,
+                     "transfer_seconds": transfer_s, "fits": fits and host_fits is not False,
+                     "fits_gpu": fits, "fits_host": host_fits})
+    return rows
