@@ -80,7 +80,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
     error naming the fix."""
     if mode not in QUANTIZE_MODES:
         raise ConfigError(f"quantize {mode!r}: must be one of {', '.join(QUANTIZE_MODES)}")
-    before = stored_bytes(model.parameters())
+    before = sum(p.numel() * p.dtype.itemsize for p in model.parameters())  # unquantised (quantised while loading too)
     if mode == "none":
         return {"quantize": "none", "quantized_layers": 0, "param_bytes_before": before, "param_bytes_after": before}
     if mode == "fp8":
@@ -98,6 +98,27 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
         if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             raise ConfigError(f"quantize: {mode} needs the DiT in bf16/fp32, but {name} is stored in fp8 (fp8: true); "
                               f"set fp8: false to quantise, or keep fp8 storage without quantize")
-    quantize_(model, config, filter_fn=is_block_linear)
+    quantize_(model, config, filter_fn=lambda m, fqn: is_block_linear(m, fqn) and not is_quantized(m.weight))
     return {"quantize": mode, "quantized_layers": len(layers), "param_bytes_before": before,
             "param_bytes_after": stored_bytes(model.parameters())}
+
+
+def quantize_block_while_loading(mode: str):
+    """An `after_block` for ovi.checkpoint.loading.load_fusion_model: quantise fused block i's Linears as
+    soon as they are loaded (host peak: the quantised model plus one block in the file's dtype), or
+    None for mode none. `quantize_model` afterwards finds them done and only records the result."""
+    if mode in (None, "none"):
+        return None
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize {mode!r}: must be one of {', '.join(QUANTIZE_MODES)}")
+
+    def after_block(model: nn.Module, i: int) -> None:
+        with quiet_torchao_import():
+            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+        config = Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig()
+        for block in (model.video_model.blocks[i], model.audio_model.blocks[i]):
+            if any(m.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+                   for m in block.modules() if isinstance(m, nn.Linear)):
+                return  # fp8 storage: quantize_model refuses it with the reason
+            quantize_(block, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    return after_block

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ovi.checkpoint.loading import FP8
-from ovi.checkpoint.quantize import fp8_supported, quantize_model
+from ovi.checkpoint.quantize import fp8_supported, quantize_block_while_loading, quantize_model
 from ovi.config import MEMORY_PROFILES, OviConfig
 from ovi.errors import ConfigError
 from ovi.model import FusionModel
@@ -89,6 +89,13 @@ def dit_loads_on_host(cfg: OviConfig) -> bool:
     """Whether the DiT is loaded on the host first and placed by `apply_memory_settings` (any profile or
     knob that quantises or swaps it)."""
     return cfg.memory_profile != "none" or cfg.blocks_on_device is not None or cfg.quantize not in (None, "none")
+
+
+def quantize_while_loading(cfg: OviConfig):
+    """The `after_block` that quantises each fused block as the DiT streams in (load_fusion_model), when
+    the config's quantize mode is known before loading (any profile but auto), else None."""
+    mode = cfg.quantize if cfg.memory_profile == "auto" else settings_for(cfg, cfg.memory_profile).quantize
+    return quantize_block_while_loading(mode)
 
 
 def text_encoder_on_cpu(cfg: OviConfig) -> bool:
@@ -153,6 +160,7 @@ def estimate_profile(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtyp
     host = swapped * block + (0 if text_on_device else load.text_encoder_bytes)
     return {"peak_bytes": max(phases.values()), "phases": phases, "host_bytes": host,
             "bytes_moved_per_step": moved, "block_bytes": block, "resident_param_bytes": resident,
+            "dit_bytes": non_block + n * block, "file_block_bytes": plain_block,
             "activation_bytes": acts}
 
 
@@ -266,14 +274,15 @@ def profile_plan(cfg: OviConfig, gpu_memory_gb: float, host_memory_gb: float | N
     forwards = 2  # positive + negative pass (SLG skips a block in the second)
     compute_s = forwards * forward_flops(cfg.model, load.video_tokens, load.audio_tokens) / (
         gpu.bf16_tflops * 1e12 * gpu.mfu)
-    dit_file = param_layout(cfg.model, FP8 if cfg.fp8 else dtype, dtype).total
     rows = []
     for name in AUTO_ORDER:
         settings = settings_for(cfg, name)
         est = estimate_profile(cfg, settings, dtype, forwards_per_step=forwards)
         transfer_s = est["bytes_moved_per_step"] / (gpu.pinned_gbps * GB)
-        # the DiT is read whole on the host before it is quantised / placed (no streamed loading yet)
-        load_host = dit_file + (load.text_encoder_bytes if settings.text_encoder_device == "cpu" else 0)
+        # Loading streams the DiT block by block (load_fusion_model): straight onto the GPU without a
+        # profile; else into host memory, each block quantised as it lands (peak: the stored DiT + one block).
+        load_host = 0 if name == "none" else est["dit_bytes"] + est["file_block_bytes"]
+        load_host += load.text_encoder_bytes if settings.text_encoder_device == "cpu" else 0
         host = max(load_host, est["host_bytes"])
         fits = est["peak_bytes"] <= HEADROOM * gpu_memory_gb * GB
         host_fits = None if host_memory_gb is None else host <= HEADROOM * host_memory_gb * GB

@@ -68,3 +68,28 @@ def test_a_merged_lora_on_int8_weights_runs_unmerged_and_says_so():
     assert record["merged"] is False and "quantised" in record["note"]
     base = engine.generate(PROMPT, seed=1)
     assert not torch.equal(base.latents["video"], clip.latents["video"])
+
+
+def test_streamed_loading_assigns_one_fused_block_at_a_time_and_quantises_it_there(tmp_path):
+    from ovi.checkpoint.loading import load_fusion_model, read_state_dict
+    from ovi.checkpoint.quantize import quantize_block_while_loading
+    from ovi.pipeline.random_checkpoint import make_random_checkpoint
+    make_random_checkpoint(tmp_path, "mid")
+    path = next((tmp_path / "Ovi").glob("*.safetensors"))
+    quantise = quantize_block_while_loading("int8")
+    seen = []
+
+    def after_block(model, i):
+        seen.append(i)
+        # block i is in place, every later block is still on the meta device (nothing read yet)
+        assert not any(p.is_meta for p in model.video_model.blocks[i].parameters())
+        assert all(p.is_meta for j in range(i + 1, model.num_blocks)
+                   for b in (model.video_model.blocks[j], model.audio_model.blocks[j]) for p in b.parameters())
+        quantise(model, i)
+    model = load_fusion_model(path, "mid", after_block=after_block)
+    assert seen == list(range(model.num_blocks))
+    assert all(is_quantized(m.weight) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".blocks." in n)
+    plain = load_fusion_model(path, "mid")
+    expected = read_state_dict(path)
+    assert all(torch.equal(v, expected[k]) for k, v in plain.state_dict().items())

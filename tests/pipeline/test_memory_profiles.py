@@ -73,3 +73,21 @@ def test_bench_memory_measures_each_profile_within_25_percent_of_the_model(capsy
     for name in ("low", "minimal"):  # the swap's own count agrees with the model's within 2% (int8 scales)
         assert by[name]["bytes_moved_per_step"] == pytest.approx(by[name]["estimated_bytes_moved_per_step"], rel=0.02)
     assert by["minimal"]["peak_device_bytes"] < by["none"]["peak_device_bytes"]
+
+
+def test_doctor_names_a_profile_for_720p_5s_on_16_gb_and_960p_10s_on_24_gb(capsys):
+    assert main(["doctor", "ovi_720x720_5s", "--gpus", "1", "--gpu-memory", "16", "--host-memory", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "ovi_720x720_5s: memory_profile: low fits" in out and "| 720x720_5s | none |" in out
+    assert main(["doctor", "ovi_960x960_10s", "--gpus", "1", "--gpu-memory", "24", "--host-memory", "32",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    profiles = {r["profile"]: r for r in rows if r.get("doctor") == "memory_profile"}
+    assert profiles["low"]["fits"] and not profiles["none"]["fits"] and not profiles["balanced"]["fits"]
+    assert profiles["low"]["bytes_moved_per_step"] > 0 and profiles["none"]["bytes_moved_per_step"] == 0
+    assert 0 < profiles["low"]["host_gb"] < 0.9 * 32
+    # a host too small for the swapped blocks and umT5 rules the profile out
+    assert main(["doctor", "ovi_960x960_10s", "--gpus", "1", "--gpu-memory", "24", "--host-memory", "16",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not any(r["fits"] for r in rows if r.get("doctor") == "memory_profile")
