@@ -136,3 +136,16 @@ def test_a_second_schedule_on_the_same_model_is_refused(mid):
     finally:
         swap.remove()
     assert "fused_block" not in vars(mid.model)
+
+
+def test_each_sp_rank_swaps_its_own_blocks_and_the_clip_is_unchanged(tiny_ckpt):
+    from ovi.runtime import WorkerGroup
+    cfg = ovi.load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2, sp_size=2)
+    with WorkerGroup(cfg, world_size=2) as group:
+        plain = group.generate(PROMPT, seed=4)
+    with WorkerGroup(cfg.replace(blocks_on_device=0), world_size=2) as group:
+        swapped = group.generate(PROMPT, seed=4)
+    record = swapped.meta["memory_profile"]
+    assert record["blocks_on_device"] == 0 and record["blocks_swapped"] == 3 and swapped.meta["sp"] == 2  # tiny: 3 blocks
+    for key in ("video", "audio"):
+        assert torch.equal(plain.latents[key], swapped.latents[key])
