@@ -217,6 +217,10 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
         settings = MemorySettings(**{**settings.to_dict(), "profile": "auto", "reason": (
             f"auto: {settings.chosen} is the first profile whose estimated peak ({peak / 1e9:.2f} GB) fits 90% of "
             f"{budget_bytes / 1e9:.2f} GB")})
+    if (settings.swaps or settings.quantize != "none") and cfg.use_fsdp and cfg.fsdp_sharding_strategy != "NO_SHARD":
+        raise ConfigError(f"memory profile {settings.chosen} swaps blocks or quantises the DiT, which FSDP-sharded "
+                          f"weights cannot do (FSDP already streams each block; fsdp_cpu_offload is its offload); "
+                          f"set memory_profile: none with use_fsdp")
     if settings.swaps and cfg.cpu_offload:
         raise ConfigError(f"memory profile {settings.chosen} swaps blocks, and cpu_offload moves the whole DiT: choose "
                           f"one (cpu_offload: false, or memory_profile none/balanced)")
@@ -242,8 +246,8 @@ def apply_memory_settings(components, settings: MemorySettings, device: torch.de
     if settings.swaps:
         swap = BlockSwap(model, device, settings.blocks_on_device)
         record.update(blocks_swapped=len(swap.swapped), swapped_bytes_per_forward=swap.swapped_bytes_per_forward())
-    elif not cpu_offload:
-        model.to(device)
+    elif not cpu_offload and not any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        model.to(device)  # loaded on the host for this profile (FSDP places its own shards)
     if settings.text_encoder_device == "cpu":
         components.text_encoder.to("cpu")
     video_codec = components.video_codec

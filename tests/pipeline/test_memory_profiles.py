@@ -91,3 +91,10 @@ def test_doctor_names_a_profile_for_720p_5s_on_16_gb_and_960p_10s_on_24_gb(capsy
                  "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert not any(r["fits"] for r in rows if r.get("doctor") == "memory_profile")
+
+
+def test_cli_bad_profile_exits_2_naming_the_fix(capsys):
+    assert main(["generate", "--memory-profile", "tiny-gpu", "--quiet"]) == 2
+    assert "memory_profile 'tiny-gpu': must be one of none, balanced, low, minimal, auto" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="FSDP"):
+        resolve_memory_settings(ovi.load_config(None, memory_profile="low", use_fsdp=True), CPU, torch.float32)
