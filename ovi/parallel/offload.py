@@ -45,6 +45,17 @@ def _block_tensors(blocks: list[nn.Module]) -> list[tuple[nn.Module, str, bool]]
     return found
 
 
+def _pinned(host: torch.Tensor) -> torch.Tensor:
+    """`host` in page-locked memory (asynchronous copies need it); a tensor type that cannot be pinned
+    (some quantised subclasses) stays pageable: its copies are then synchronous, still correct."""
+    if host.is_pinned():
+        return host
+    try:
+        return host.pin_memory()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return host
+
+
 class BlockSwap:
     """Installed as a FusionModel's `fused_block`. `blocks_on_device` fused blocks (the first ones) and
     everything outside the blocks go to `device`; the rest stay in host memory and stream in per use.
@@ -101,8 +112,7 @@ class BlockSwap:
                     if t is None:
                         continue
                     if in_swapped:
-                        host = t.data.to("cpu")
-                        t.data = host.pin_memory() if pin and not host.is_pinned() else host
+                        t.data = _pinned(t.data.to("cpu")) if pin else t.data.to("cpu")
                     else:
                         t.data = t.data.to(self.device)
             for child in module.children():
@@ -134,7 +144,8 @@ class BlockSwap:
             return
         entries = [(m, n, is_p, getattr(m, n).data) for m, n, is_p in _block_tensors(self.pair(i))]
         if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # host values final (LoRA merges)
+            # No wait on the compute stream: the copy must run *while* the current block computes. Host
+            # tensors only change between generations (LoRA switches), synchronously on the CPU.
             with torch.cuda.stream(self.stream):
                 copies = [host.to(self.device, non_blocking=True) for _, _, _, host in entries]
                 event = torch.cuda.Event()
