@@ -197,6 +197,8 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
     there is no separate device memory, so `none`). quantize: fp8 where the device has no fp8 -> error."""
     if cfg.memory_profile != "auto":
         settings = settings_for(cfg, cfg.memory_profile, f"memory_profile {cfg.memory_profile} is set in the config")
+        if cfg.memory_profile != "none" and (budget_bytes is not None or cfg.device_memory_gb is not None):
+            _check_fits(cfg, settings, dtype, budget_bytes or int(cfg.device_memory_gb * 1e9))
     elif device.type != "cuda" and budget_bytes is None and cfg.device_memory_gb is None:
         settings = settings_for(cfg, "none", f"auto on {device}: the model runs in host memory, nothing to save")
     else:
@@ -230,6 +232,19 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
             raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device) or the fp8 "
                               f"storage path (fp8: true)")
     return settings
+
+
+def _check_fits(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtype, budget_bytes: int) -> None:
+    """A named profile whose estimate exceeds 90% of the device the config describes is refused, naming
+    the least saving profile that would fit."""
+    peak = estimate_profile(cfg, settings, dtype)["peak_bytes"]
+    if peak <= HEADROOM * budget_bytes:
+        return
+    fits = [name for name in AUTO_ORDER
+            if estimate_profile(cfg, settings_for(cfg, name), dtype)["peak_bytes"] <= HEADROOM * budget_bytes]
+    fix = f"use memory_profile: {fits[0]} (or auto)" if fits else "no profile fits: use a smaller clip or a bigger GPU"
+    raise ConfigError(f"memory_profile {settings.chosen} needs an estimated {peak / 1e9:.2f} GB, more than 90% of the "
+                      f"{budget_bytes / 1e9:.2f} GB device (device_memory_gb); {fix}")
 
 
 # ---- applying --------------------------------------------------------------------------------------

@@ -98,3 +98,12 @@ def test_cli_bad_profile_exits_2_naming_the_fix(capsys):
     assert "memory_profile 'tiny-gpu': must be one of none, balanced, low, minimal, auto" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="FSDP"):
         resolve_memory_settings(ovi.load_config(None, memory_profile="low", use_fsdp=True), CPU, torch.float32)
+
+
+def test_a_named_profile_that_cannot_fit_the_described_device_is_refused_naming_one_that_does():
+    cfg = ovi.load_config(model_name="mid", ckpt_dir="unused", memory_profile="balanced")
+    minimal = estimate_profile(cfg, settings_for(cfg, "minimal"), torch.bfloat16)["peak_bytes"]
+    with pytest.raises(ConfigError, match="memory_profile balanced needs.*use memory_profile: minimal"):
+        resolve_memory_settings(cfg, CPU, torch.bfloat16, budget_bytes=int(minimal / 0.9) + 1)
+    assert resolve_memory_settings(cfg.replace(memory_profile="minimal"), CPU, torch.bfloat16,
+                                   budget_bytes=int(minimal / 0.9) + 1).chosen == "minimal"
