@@ -11,3 +11,8 @@ fi
 export PYTHONPATH=$(pwd):${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 experiments/gpu_check.py "${OUT:-.}/gpu_check.jsonl"
+
+# One GPU of 24 / 16 / 12 GB (issue 21): the memory profiles on random weights of the real shapes, made on
+# the device, memory capped with set_per_process_memory_fraction; 720x720 5 s, 2 steps per profile.
+# Needs torchao (int8 weights) among the carried wheels. JSON lines: peak VRAM, host RSS, s/step, model error.
+timeout 480 python3 experiments/gpu_check_memory.py "${OUT:-.}/gpu_check_memory.jsonl" --steps 2 || echo "memory profiles check failed or timed out"

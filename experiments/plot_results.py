@@ -103,6 +103,31 @@ def plot_fsdp(records: list[dict]) -> None:
     fig.savefig(PLOTS / "fsdp.png", dpi=110)
 
 
+def plot_memory(records: list[dict]) -> None:
+    """Per memory profile: measured peak device bytes vs the memory model's estimate, and the bytes block
+    swap moved per step (measured and estimated)."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
+    labels = [f"{r['profile']}\n{r['quantize']}, {r['blocks_on_device'] if r['blocks_on_device'] is not None else 'all'}"
+              f" on device" for r in records]
+    x = range(len(records))
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], [r["peak_device_bytes"] / 1e6 for r in records], width, label="measured peak")
+    ax.bar([i + width / 2 for i in x], [r["estimated_peak_bytes"] / 1e6 for r in records], width, label="estimate")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("MB")
+    ax.set_title(f"{records[0]['config']}: peak device memory per profile ({records[0]['device']})")
+    ax.legend(fontsize=8)
+    bx.bar([i - width / 2 for i in x], [r["bytes_moved_per_step"] / 1e6 for r in records], width, label="measured")
+    bx.bar([i + width / 2 for i in x], [r["estimated_bytes_moved_per_step"] / 1e6 for r in records], width,
+           label="estimate")
+    bx.set_xticks(list(x), labels, fontsize=8)
+    bx.set_ylabel("MB per denoising step")
+    bx.set_title("host -> device bytes moved by block swap")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "memory.png", dpi=110)
+
+
 def plot_quality(records: list[dict]) -> None:
     """Held-out accuracy and bounce sync of the trained tiny model against sampling steps, with the
     untrained floor and the training data's ceiling as reference lines."""
@@ -171,7 +196,7 @@ def plot_lora_quality(distill: list[dict], training: list[dict]) -> None:
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("quality", plot_quality),
-                       ("lora", plot_lora)):
+                       ("lora", plot_lora), ("memory", plot_memory)):
         records = load(name)
         if records:
             plot(records)

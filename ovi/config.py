@@ -43,6 +43,20 @@ FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "a
 ATTENTION_BACKENDS = ("auto", "flash3", "flash2", "sdpa", "math")
 DTYPES = ("auto", "bf16", "fp32")
 
+# One GPU (DESIGN §7): a memory profile is a named set of the knobs below; a key the config sets itself
+# wins over its profile's value. `blocks_on_device` is a fraction of the fused blocks here (the count
+# depends on the model) and None = all of them (no block swap). `auto` picks one from the memory model
+# (ovi.pipeline.memory_profiles) for the device it finds.
+MEMORY_PROFILES = {
+    "none": {"blocks_on_device": None, "quantize": "none", "vae_tiling": False, "text_encoder_device": "device"},
+    "balanced": {"blocks_on_device": None, "quantize": "int8", "vae_tiling": True, "text_encoder_device": "cpu"},
+    "low": {"blocks_on_device": 0.5, "quantize": "int8", "vae_tiling": True, "text_encoder_device": "cpu"},
+    "minimal": {"blocks_on_device": 0.0, "quantize": "int8", "vae_tiling": True, "text_encoder_device": "cpu"},
+}
+MEMORY_PROFILE_NAMES = (*MEMORY_PROFILES, "auto")
+QUANTIZE_MODES = ("none", "int8", "fp8")
+TEXT_ENCODER_DEVICES = ("device", "cpu")
+
 # Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
 # feature lands; `require_available()` then stops refusing it.
 PENDING_FEATURES = {
@@ -98,6 +112,12 @@ class OviConfig:
     profile_dir: str | None = None          # write a torch.profiler trace of each generation here (TensorBoard)
     profile_memory: bool = False            # CPU ranks: measure allocated bytes with torch.profiler
     device_memory_gb: float | None = None   # memory per device the FSDP `auto` strategy plans for (null: measured)
+    # --- one GPU (null: the memory profile's value) --------------------------------------------------
+    memory_profile: str = "none"            # none | balanced | low | minimal | auto (MEMORY_PROFILES)
+    blocks_on_device: int | None = None     # fused blocks kept on the device; the rest stream in (block swap)
+    quantize: str | None = None             # none | int8 | fp8 weight-only (torchao) for the DiT's linear layers
+    vae_tiling: bool | None = None          # decode the video VAE in spatial tiles (bounded memory)
+    text_encoder_device: str | None = None  # device | cpu: where umT5 runs (cpu keeps it off the GPU)
 
     def __post_init__(self):
         _validate(self)
@@ -285,7 +305,8 @@ def _check_types(cfg: OviConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "world_size", "device_memory_gb"):
+        if f.name in PER_CLIP_KEYS or f.name in ("model", "sp_size", "world_size", "device_memory_gb",
+                                                  "blocks_on_device", "quantize", "vae_tiling", "text_encoder_device"):
             continue  # checked on their own below
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -356,3 +377,28 @@ def _validate(cfg: OviConfig) -> None:
         cfg.device_memory_gb = float(cfg.device_memory_gb)
     cfg.video_frame_height_width = list(cfg.video_frame_height_width)
     cfg.lora = [dict(item) for item in cfg.lora]
+    _check_memory_keys(cfg)
+
+
+def _check_memory_keys(cfg: OviConfig) -> None:
+    _choice(cfg, "memory_profile", MEMORY_PROFILE_NAMES, fold_case=True)
+    if cfg.quantize is not None:
+        _choice(cfg, "quantize", QUANTIZE_MODES, fold_case=True)
+    if cfg.text_encoder_device is not None:
+        _choice(cfg, "text_encoder_device", TEXT_ENCODER_DEVICES)
+    if cfg.vae_tiling is not None and not isinstance(cfg.vae_tiling, bool):
+        raise _fail("vae_tiling", cfg.vae_tiling, "must be true or false (or null for the memory profile's value)")
+    b = cfg.blocks_on_device
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0):
+        raise _fail("blocks_on_device", b, "must be a whole number of fused blocks (0 or more) to keep on the device, "
+                                           "or null for all of them (no block swap)")
+    if b is not None and cfg.use_fsdp and cfg.fsdp_sharding_strategy != "NO_SHARD":
+        raise _fail("blocks_on_device", b, "block swap cannot be combined with FSDP, which already streams each fused "
+                                           "block (fsdp_cpu_offload is its offload); drop use_fsdp or set "
+                                           "blocks_on_device: null")
+    if cfg.quantize not in (None, "none") and cfg.use_fsdp and cfg.fsdp_sharding_strategy != "NO_SHARD":
+        raise _fail("quantize", cfg.quantize, "torchao weight-only quantisation is not applied to FSDP-sharded weights; "
+                                              "drop use_fsdp, or use fp8 storage (fp8: true), which FSDP shards")
+    if b is not None and cfg.cpu_offload:
+        raise _fail("blocks_on_device", b, "block swap and cpu_offload both move the DiT between host and device; "
+                                           "choose one (set cpu_offload: false or blocks_on_device: null)")

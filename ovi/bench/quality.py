@@ -131,7 +131,8 @@ def run(args):
     base = {"bench": "quality", "config": args.config or "tiny (embedded default)", "world_size": 1,
             "model_name": cfg.model_name, "solver": cfg.solver_name, "shift": cfg.shift,
             "video_guidance_scale": cfg.video_guidance_scale, "audio_guidance_scale": cfg.audio_guidance_scale,
-            "slg_layer": cfg.slg_layer, "seeds": args.seeds, "held_out_combinations": len(specs)}
+            "slg_layer": cfg.slg_layer, "seeds": args.seeds, "held_out_combinations": len(specs),
+            "quantize": engine.memory_settings.quantize}  # one GPU: int8/fp8 weights (memory_profiles)
     nf = engine.spec.num_frames
 
     if not args.no_ceiling:

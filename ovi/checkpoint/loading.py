@@ -13,6 +13,7 @@ fp8 rule (upstream PR #11): every tensor except those with "norm" or "bias" in i
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,24 +175,57 @@ def storage_dtype_for(name: str, source: torch.dtype, storage: torch.dtype) -> t
 
 
 def load_fusion_model(path: str | Path, architecture: str, *, storage: torch.dtype = torch.float32,
-                      compute: torch.dtype | None = None, device="cpu") -> FusionModel:
+                      compute: torch.dtype | None = None, device="cpu", after_block=None) -> FusionModel:
     """Build on meta, check keys, then assign tensors (cast to their storage dtype) on `device`.
 
     storage=FP8 keeps matrices in float8_e4m3fn (converting a bf16/fp32 file on the fly if needed)
     and norms/biases in bf16; compute defaults to bf16 then, else to the storage dtype.
+    A safetensors file is streamed: memory-mapped and assigned one fused block (video block i + audio
+    block i) at a time, each tensor cast as it is read, so the host never holds the file's dtype copy
+    of the whole model; `after_block(model, i)` runs once block i is in place (e.g. quantising it,
+    ovi.checkpoint.quantize, so the host peak is the quantised model plus one block).
     """
     checked_shapes(path, architecture)
-    sd = read_state_dict(path, device="cpu")
-    for key in list(sd):
-        target = storage_dtype_for(key, sd[key].dtype, storage)
-        sd[key] = sd[key].to(device=device, dtype=target)
     with torch.device("meta"):
         model = FusionModel(*architecture_configs(architecture))
-    model.load_state_dict(sd, strict=True, assign=True)
+    if Path(path).suffix == ".safetensors":
+        _stream_safetensors(model, Path(path), storage, device, after_block)
+    else:
+        sd = read_state_dict(path, device="cpu")
+        for key in list(sd):
+            sd[key] = sd[key].to(device=device, dtype=storage_dtype_for(key, sd[key].dtype, storage))
+        model.load_state_dict(sd, strict=True, assign=True)
+        for i in range(model.num_blocks) if after_block else ():
+            after_block(model, i)
     if compute is None:
         compute = torch.bfloat16 if storage == FP8 else storage
     model.set_compute_dtype(compute)
     return model.eval().requires_grad_(False)
+
+
+_BLOCK_KEY = re.compile(r"^(?:video|audio)_model\.blocks\.(\d+)\.")
+
+
+def _stream_safetensors(model: FusionModel, path: Path, storage: torch.dtype, device, after_block) -> None:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        names = {fusion_key(k): k for k in f.keys()}
+        groups: dict[int | None, list[str]] = {None: []}
+        for key in names:
+            match = _BLOCK_KEY.match(key)
+            groups.setdefault(int(match.group(1)) if match else None, []).append(key)
+        for i in sorted(groups, key=lambda g: -1 if g is None else g):
+            part = {}
+            for key in groups[i]:
+                t = f.get_tensor(names[key])
+                part[key] = t.to(device=device, dtype=storage_dtype_for(key, t.dtype, storage))
+            model.load_state_dict(part, strict=False, assign=True)
+            del part
+            if i is not None and after_block is not None:
+                after_block(model, i)
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: {len(left)} parameters were not in the file (first: {left[0]})")
 
 
 def checked_shapes(path: str | Path, architecture: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -446,8 +446,17 @@ class MMAudioCodec(AudioCodec):
     exact multiples); the mel front end always runs in fp32.
     """
 
+    # Bounded-memory decode (vae_tiling): BigVGAN, the decode's largest working set, runs over chunks of
+    # mel frames, each with VOCODER_CONTEXT frames of context on both sides that are decoded and dropped.
+    # BigVGAN is convolutional with a receptive radius of 30 mel frames (measured with an impulse), so
+    # chunked == whole up to float rounding (tests/pipeline/test_bounded_decode.py). The VAE's mel
+    # decode stays whole: it is small (80 x 2L) and its mid attention sees the whole clip.
+    DEFAULT_DECODE_CHUNK = 128
+    VOCODER_CONTEXT = 32
+
     def __init__(self, vae: MMAudioVAE, vocoder: BigVGANGenerator):
         self.net = MMAudio(vae, vocoder).eval().requires_grad_(False)
+        self.decode_chunk_frames: int | None = None  # mel frames per vocoder chunk; None: the whole clip
         self.latent_channels = vae.config.embed_dim
         self.samples_per_latent = 2 * math.prod(vocoder.config.upsample_rates)
         self.mel = MelFrontEnd()
@@ -515,5 +524,19 @@ class MMAudioCodec(AudioCodec):
         device, dtype = self._place()
         z = latent.t()[None].to(device=device, dtype=dtype)          # [1, 20, L]
         mel = self.net.vae.decode(z)                                  # [1, 80, 2L]
-        wave = self.net.vocoder(mel)                                  # [1, 1, 512L]
+        wave = self.vocode(mel)                                       # [1, 1, 512L]
         return wave.reshape(-1).float().to(latent.device)
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """BigVGAN over `mel` [1, 80, T], whole or in chunks of `decode_chunk_frames` (see above)."""
+        chunk, frames = self.decode_chunk_frames, mel.shape[-1]
+        if not chunk or frames <= chunk:
+            return self.net.vocoder(mel)
+        hop, context = math.prod(self.net.vocoder.config.upsample_rates), self.VOCODER_CONTEXT
+        pieces = []
+        for start in range(0, frames, chunk):
+            lo, hi = max(0, start - context), min(frames, start + chunk + context)
+            wave = self.net.vocoder(mel[..., lo:hi])
+            keep = min(chunk, frames - start)
+            pieces.append(wave[..., (start - lo) * hop:(start - lo + keep) * hop])
+        return torch.cat(pieces, dim=-1)

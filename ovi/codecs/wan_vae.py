@@ -22,6 +22,7 @@ from ovi.checkpoint.codec_keys import (
     read_torch_file,
     wan22_vae_to_diffusers,
 )
+from ovi.checkpoint.quantize import quiet_torchao_import
 from ovi.codecs.base import VideoCodec
 from ovi.errors import CheckpointError, InputError
 from ovi.specs import WAN_VAE_FILE
@@ -55,7 +56,8 @@ def make_wan22_vae(**overrides):
 
     Built on the current default device, so `with torch.device("meta"):` gives an empty shell.
     """
-    from diffusers import AutoencoderKLWan
+    with quiet_torchao_import():
+        from diffusers import AutoencoderKLWan
     cfg = dict(WAN22_VAE_CONFIG, latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD)
     cfg.update(overrides)
     z = cfg["z_dim"]

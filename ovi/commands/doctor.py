@@ -34,6 +34,8 @@ def add_doctor_parser(subparsers) -> None:
     p.add_argument("config", nargs="?", default=None, help="a config (default: the three real-weight configs)")
     p.add_argument("--gpus", type=int, default=None, help="plan for this many GPUs (with --gpu-memory)")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory per GPU to plan for")
+    p.add_argument("--host-memory", type=float, default=None, metavar="GB",
+                   help="host memory to plan the one-GPU memory profiles for (block swap keeps blocks there)")
     p.add_argument("--all", action="store_true", help="list every setting that fits, not the fastest three")
     p.add_argument("--json", action="store_true", help="one JSON object per machine fact and per setting")
     p.add_argument("--measure", action="store_true",
@@ -229,6 +231,28 @@ def print_footnote() -> None:
           f"spec figures. None of this has been checked on a GPU yet (experiments/gpu_check.py does).")
 
 
+def print_memory_profiles(configs, gpu_memory: float, host_memory: float | None, as_json: bool) -> None:
+    from ovi.config import load_config
+    from ovi.pipeline.memory_profiles import profile_plan
+    rows = [row for name in configs for row in profile_plan(load_config(name), gpu_memory, host_memory)]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return
+    print(f"\n| model | memory_profile (1x{gpu_memory:g} GB) | blocks on GPU | weights | peak GPU | host needed | "
+          "moved / step | s / step | fits |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        blocks = f"{r['blocks'] if r['blocks_on_device'] is None else r['blocks_on_device']}/{r['blocks']}"
+        print(f"| {r['model_name']} | {r['profile']} | {blocks} | {r['quantize']} | {r['peak_gb']:.1f} GB | "
+              f"{r['host_gb']:.1f} GB | {r['bytes_moved_per_step'] / 1e9:.1f} GB | {r['step_seconds']:.1f} | "
+              f"{'yes' if r['fits'] else 'no'} |")
+    for name in configs:
+        fit = next((r for r in rows if r["model_name"] == load_config(name).model_name and r["fits"]), None)
+        print(f"{name}: " + (f"memory_profile: {fit['profile']} fits (the least saving one that does)" if fit
+                             else "no memory profile fits this GPU"))
+
+
 def measure_cpu(as_json: bool) -> list[dict]:
     """tiny and mid on this CPU: measured peak per rank / the memory model's estimate."""
     import tempfile
@@ -277,6 +301,9 @@ def run_doctor(args) -> int:
         print_machine(facts)
         print_table(rows, args.all)
         print_footnote()
+    if args.gpus == 1:  # one GPU: the memory profiles (ovi.pipeline.memory_profiles)
+        print_memory_profiles([args.config] if args.config else REAL_CONFIGS, args.gpu_memory, args.host_memory,
+                              args.json)
     if args.measure:
         if not args.json:
             print("\nMeasured on this CPU (one clip, 2 steps, gloo ranks; peak = torch's allocator peak from "

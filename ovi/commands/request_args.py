@@ -61,6 +61,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--world-size", type=cli_int(1, 2**16, "world-size"), metavar="N",
                         help="ranks to run (world_size; default cfg x sp); more than cfg x sp with --fsdp: the "
                              "extra ranks are replicas that hold shards (e.g. --world-size 4 --sp 1 --fsdp FULL_SHARD)")
+    engine.add_argument("--memory-profile", metavar="PROFILE", default=None,
+                        help="one GPU: none | balanced | low | minimal | auto (block swap, int8 weights, tiled decode)")
     engine.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key (per-clip keys set the request field they default)")
     engine.add_argument("--save-latents", action="store_true", default=None,
@@ -101,6 +103,8 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         engine["world_size"] = args.world_size
     if args.fsdp:
         engine.update(use_fsdp=True, fsdp_sharding_strategy=args.fsdp)
+    if args.memory_profile:
+        engine["memory_profile"] = args.memory_profile
     if args.save_latents:
         engine["save_latents"] = True
     if args.profile:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from ovi.checkpoint.quantize import is_quantized
 from ovi.errors import LoRAError
 from ovi.lora.adapter import LoRAAdapter, Resolved, base_module, get_param
 
@@ -218,7 +219,7 @@ class LoRAManager:
                 param = f"{module}.weight"
                 coeff = e.weight * scale
                 stored = state.pristine.get(param, get_param(model, param))  # the base dtype, even while merged
-                fp8 = stored.dtype in FP8_DTYPES
+                fp8 = stored.dtype in FP8_DTYPES or is_quantized(stored)  # a merge would be rounded away
                 if e.merge and not fp8:
                     recipes[param].append((ident, e.weight))
                     terms[param].append((up, down, coeff))
@@ -234,7 +235,7 @@ class LoRAManager:
         record = {**r.report.to_dict(), "weight": e.weight, "merged": bool(e.merge and not fp8_unmerged),
                   "merge_requested": e.merge}
         if fp8_unmerged:
-            record["note"] = (f"{fp8_unmerged} fp8-stored layers run the low-rank update unmerged (re-quantising a "
+            record["note"] = (f"{fp8_unmerged} fp8-stored (or quantised) layers run the low-rank update unmerged (re-quantising a "
                               f"merged weight to fp8 would round it away)")
         return record
 

@@ -28,6 +28,7 @@ from ovi.codecs.toy import ToyAudioCodec, ToyVideoCodec
 from ovi.codecs.wan_vae import WanVideoCodec
 from ovi.errors import CheckpointError
 from ovi.model.configs import RANDOM_ARCHITECTURES
+from ovi.pipeline.memory_profiles import dit_loads_on_host, quantize_while_loading, text_encoder_on_cpu
 from ovi.pipeline.random_checkpoint import RANDOM_MARKER, ensure_random_checkpoint
 from ovi.specs import (
     FP8_CHECKPOINT_FILE,
@@ -92,10 +93,12 @@ def load_components(cfg, *, device: torch.device, dtype: torch.dtype, fusion_loa
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, spec.checkpoint_file)  # converted to fp8 while loading
     else:
         ckpt = fusion_checkpoint_path(cfg.ckpt_dir, ckpt.name)
-    if fusion_loader is None:
-        fusion_loader = functools.partial(load_fusion_model, device=load_device)
+    if fusion_loader is None:  # a memory profile quantises / places the DiT from host memory (memory_profiles)
+        fusion_loader = functools.partial(load_fusion_model, after_block=quantize_while_loading(cfg),
+                                          device=torch.device("cpu") if dit_loads_on_host(cfg) else load_device)
     model = fusion_loader(ckpt, architecture, storage=storage, compute=dtype)
-    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype, device=load_device,
+    text = T5TextEncoder.from_checkpoint_dir(cfg.ckpt_dir, architecture, dtype=dtype,
+                                             device=torch.device("cpu") if text_encoder_on_cpu(cfg) else load_device,
                                              place=text_placer)
     if codecs == "toy":
         return Components(text, model, ToyVideoCodec(), ToyAudioCodec(), ckpt, storage)

@@ -34,6 +34,7 @@ from ovi.model.attention import resolve_backend
 from ovi.parallel.dims import ParallelDims
 from ovi.pipeline.components import Components, codec_family, load_components
 from ovi.pipeline.images import FluxImageGenerator, ToyImageGenerator, load_image, resize_image, to_uint8_frames
+from ovi.pipeline.memory_profiles import apply_memory_settings, resolve_memory_settings
 from ovi.pipeline.objective import pin
 from ovi.pipeline.output import Clip
 from ovi.pipeline.plan import Plan, plan
@@ -111,6 +112,10 @@ class Engine:
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
+        # One GPU (ovi.pipeline.memory_profiles): quantise and place the DiT (block swap), umT5, VAE tiling.
+        self.memory_settings = resolve_memory_settings(config, device, dtype)
+        self.memory_profile = apply_memory_settings(components, self.memory_settings, device,
+                                                   cpu_offload=config.cpu_offload)
         self.trace_worker = trace_worker  # trace file name under profile_dir (rank<N> on a parallel group)
         self.last_profile = None      # the profiler of the last generate() when it was profiled
 
@@ -354,6 +359,7 @@ class Engine:
             "tensor_cores": self.tensor_cores, "cpu_offload": self.config.cpu_offload,
             "world_size": self.world_size, "sp": self.sp_size, "cfg": self.dims.cfg, "fsdp": None,
             "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
+            "memory_profile": self.memory_profile,
             "components": self.components.describe(), "timings": timings,
             "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},

@@ -1,0 +1,109 @@
+"""Memory profiles (config memory_profile + knobs; ovi.pipeline.memory_profiles) and `ovi bench memory`."""
+
+import json
+
+import pytest
+import torch
+
+import ovi
+from ovi.cli import main
+from ovi.config import MEMORY_PROFILES
+from ovi.errors import ConfigError
+from ovi.pipeline.memory_profiles import estimate_profile, resolve_memory_settings, settings_for
+
+CPU = torch.device("cpu")
+
+
+def test_each_profile_is_a_named_set_of_knobs_and_the_configs_own_keys_win():
+    cfg = ovi.load_config(model_name="mid", ckpt_dir="unused", memory_profile="low")
+    s = resolve_memory_settings(cfg, CPU, torch.float32)
+    assert (s.chosen, s.blocks_on_device, s.quantize, s.vae_tiling, s.text_encoder_device) == ("low", 2, "int8", True, "cpu")
+    s = resolve_memory_settings(cfg.replace(quantize="none", blocks_on_device=3), CPU, torch.float32)
+    assert (s.blocks_on_device, s.quantize) == (3, "none")
+    assert settings_for(cfg.replace(memory_profile="minimal"), "minimal").blocks_on_device == 0
+    assert settings_for(cfg, "balanced").blocks_on_device is None  # all blocks: no swap
+    assert set(MEMORY_PROFILES) == {"none", "balanced", "low", "minimal"}
+
+
+def test_unknown_profile_and_bad_knobs_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="memory_profile 'lowest'.*did you mean 'low'"):
+        ovi.load_config(None, memory_profile="lowest")
+    with pytest.raises(ConfigError, match="vae_tiling"):
+        ovi.load_config(None, vae_tiling="yes")
+    with pytest.raises(ConfigError, match="quantize.*FSDP"):
+        ovi.load_config(None, quantize="int8", use_fsdp=True)
+    with pytest.raises(ConfigError, match="cpu_offload"):
+        resolve_memory_settings(ovi.load_config(None, memory_profile="low", cpu_offload=True), CPU, torch.float32)
+
+
+def test_auto_picks_the_least_saving_profile_that_fits_the_budget_and_says_why():
+    cfg = ovi.load_config(model_name="mid", ckpt_dir="unused", memory_profile="auto")
+    peaks = {p: estimate_profile(cfg, settings_for(cfg, p), torch.bfloat16)["peak_bytes"] for p in MEMORY_PROFILES}
+    assert peaks["none"] > peaks["balanced"] > peaks["low"] > peaks["minimal"]
+    for name in ("none", "balanced", "low", "minimal"):
+        s = resolve_memory_settings(cfg, CPU, torch.bfloat16, budget_bytes=int(peaks[name] / 0.9) + 1)
+        assert s.chosen == name and s.profile == "auto" and "fits 90%" in s.reason
+    with pytest.raises(ConfigError, match="even the minimal profile"):
+        resolve_memory_settings(cfg, CPU, torch.bfloat16, budget_bytes=int(peaks["minimal"] / 2))
+    # on a CPU with no budget given there is no separate device memory to save
+    assert resolve_memory_settings(cfg, CPU, torch.float32).chosen == "none"
+
+
+def test_the_sidecar_records_the_profile_that_ran():
+    clip = ovi.Engine.from_config(ovi.load_config(None, sample_steps=1, memory_profile="low")).generate(
+        "A red square moves right. <AUDCAP>a high tone<ENDAUDCAP>", seed=0)
+    record = clip.meta["memory_profile"]
+    assert record["profile"] == "low" and record["quantize"] == "int8" and record["blocks_on_device"] == 1
+    assert record["text_encoder_device"] == "cpu" and record["vae_tiling"] is True
+    assert record["vae_tiling_applied"] is False and "ShapesVideoCodec" in record["vae_tiling_note"]
+
+
+def test_bench_memory_measures_each_profile_within_25_percent_of_the_model(capsys, tmp_path):
+    assert main(["bench", "memory", "--json", "--arch", "tiny", "--steps", "1", "--ckpt-dir", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["profile"] for r in rows] == ["none", "balanced", "low", "minimal"]
+    for r in rows:
+        for key in ("peak_device_bytes", "peak_host_bytes", "bytes_moved_per_step", "max_latent_diff", "seconds",
+                    "estimated_peak_bytes"):
+            assert r[key] is not None, key
+        assert 0.75 <= r["peak_device_bytes"] / r["estimated_peak_bytes"] <= 1.25, r
+    by = {r["profile"]: r for r in rows}
+    assert by["none"]["max_latent_diff"] == 0 and by["none"]["bytes_moved_per_step"] == 0
+    assert 0 < by["low"]["bytes_moved_per_step"] < by["minimal"]["bytes_moved_per_step"]
+    for name in ("low", "minimal"):  # the swap's own count agrees with the model's within 2% (int8 scales)
+        assert by[name]["bytes_moved_per_step"] == pytest.approx(by[name]["estimated_bytes_moved_per_step"], rel=0.02)
+    assert by["minimal"]["peak_device_bytes"] < by["none"]["peak_device_bytes"]
+
+
+def test_doctor_names_a_profile_for_720p_5s_on_16_gb_and_960p_10s_on_24_gb(capsys):
+    assert main(["doctor", "ovi_720x720_5s", "--gpus", "1", "--gpu-memory", "16", "--host-memory", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "ovi_720x720_5s: memory_profile: low fits" in out and "| 720x720_5s | none |" in out
+    assert main(["doctor", "ovi_960x960_10s", "--gpus", "1", "--gpu-memory", "24", "--host-memory", "32",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    profiles = {r["profile"]: r for r in rows if r.get("doctor") == "memory_profile"}
+    assert profiles["low"]["fits"] and not profiles["none"]["fits"] and not profiles["balanced"]["fits"]
+    assert profiles["low"]["bytes_moved_per_step"] > 0 and profiles["none"]["bytes_moved_per_step"] == 0
+    assert 0 < profiles["low"]["host_gb"] < 0.9 * 32
+    # a host too small for the swapped blocks and umT5 rules the profile out
+    assert main(["doctor", "ovi_960x960_10s", "--gpus", "1", "--gpu-memory", "24", "--host-memory", "16",
+                 "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not any(r["fits"] for r in rows if r.get("doctor") == "memory_profile")
+
+
+def test_cli_bad_profile_exits_2_naming_the_fix(capsys):
+    assert main(["generate", "--memory-profile", "tiny-gpu", "--quiet"]) == 2
+    assert "memory_profile 'tiny-gpu': must be one of none, balanced, low, minimal, auto" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="FSDP"):
+        resolve_memory_settings(ovi.load_config(None, memory_profile="low", use_fsdp=True), CPU, torch.float32)
+
+
+def test_a_named_profile_that_cannot_fit_the_described_device_is_refused_naming_one_that_does():
+    cfg = ovi.load_config(model_name="mid", ckpt_dir="unused", memory_profile="balanced")
+    minimal = estimate_profile(cfg, settings_for(cfg, "minimal"), torch.bfloat16)["peak_bytes"]
+    with pytest.raises(ConfigError, match="memory_profile balanced needs.*use memory_profile: minimal"):
+        resolve_memory_settings(cfg, CPU, torch.bfloat16, budget_bytes=int(minimal / 0.9) + 1)
+    assert resolve_memory_settings(cfg.replace(memory_profile="minimal"), CPU, torch.bfloat16,
+                                   budget_bytes=int(minimal / 0.9) + 1).chosen == "minimal"
