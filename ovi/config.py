@@ -42,6 +42,8 @@ DEFAULT_CONFIG = "tiny"
 FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
 ATTENTION_BACKENDS = ("auto", "flash3", "flash2", "sdpa", "math")
 DTYPES = ("auto", "bf16", "fp32")
+STEP_CACHES = ("none", "teacache", "magcache", "fbcache")
+STEP_CACHE_THRESHOLD_RANGE = (0.0, 1.0)
 
 # Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
 # feature lands; `require_available()` then stops refusing it.
@@ -98,6 +100,9 @@ class OviConfig:
     profile_dir: str | None = None          # write a torch.profiler trace of each generation here (TensorBoard)
     profile_memory: bool = False            # CPU ranks: measure allocated bytes with torch.profiler
     device_memory_gb: float | None = None   # memory per device the FSDP `auto` strategy plans for (null: measured)
+    compile: bool = False                   # torch.compile the fused block once per shape (ovi.pipeline.compile)
+    step_cache: str = "none"                # skip forwards whose input barely changed (ovi.pipeline.step_cache)
+    step_cache_threshold: float | None = None  # 0..1; null: the method's default
 
     def __post_init__(self):
         _validate(self)
@@ -258,6 +263,17 @@ def _fail(key: str, value, problem: str) -> ConfigError:
     return ConfigError(f"{key} {show(value)}: {problem}")
 
 
+def check_step_cache(method, threshold) -> None:
+    """An unknown step cache or an out-of-range threshold -> ConfigError naming the allowed values."""
+    if method not in STEP_CACHES:
+        raise _fail("step_cache", method, f"unknown step cache; choose one of {', '.join(STEP_CACHES)}")
+    lo, hi = STEP_CACHE_THRESHOLD_RANGE
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not lo <= threshold <= hi):
+        raise _fail("step_cache_threshold", threshold, f"must be a number from {lo} to {hi} (0 never skips; "
+                                                       "larger skips more), or null for the method's default")
+
+
 def _check_request_key(cfg: OviConfig, key: str) -> None:
     """Per-clip keys are checked (and normalised) by the same checkers GenerateRequest uses."""
     try:
@@ -354,5 +370,6 @@ def _validate(cfg: OviConfig) -> None:
                                                               "each device's free memory")
     if cfg.device_memory_gb is not None:
         cfg.device_memory_gb = float(cfg.device_memory_gb)
+    check_step_cache(cfg.step_cache, cfg.step_cache_threshold)
     cfg.video_frame_height_width = list(cfg.video_frame_height_width)
     cfg.lora = [dict(item) for item in cfg.lora]
