@@ -27,9 +27,9 @@ from ovi.pipeline.step_cache import install_step_cache
 from ovi.train import data
 from ovi.train.metrics import score
 
-GRID = {"teacache": (0.05, 0.1, 0.15, 0.2, 0.3),
+GRID = {"teacache": (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
         "magcache": (0.1, 0.2, 0.5, 1.0),
-        "fbcache": (0.1, 0.15, 0.2, 0.3)}
+        "fbcache": (0.1, 0.15, 0.2, 0.3, 0.5, 1.0)}
 # The goal of issue 22: >= 30% of forwards saved at >= 0.95 of every accuracy, bounce sync within 1 frame.
 MIN_SAVED, MIN_ACCURACY_RATIO, MAX_SYNC_FRAMES = 0.30, 0.95, 1.0
 

@@ -61,6 +61,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any config key (per-clip keys set the request field they default)")
     engine.add_argument("--save-latents", action="store_true", default=None,
                         help="also write <stem>.latents.safetensors")
+    engine.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the fused block once per shape (regional compile; config compile)")
     engine.add_argument("--profile", metavar="DIR", default=None,
                         help="write a torch.profiler trace of each clip (per rank) into DIR; open it with "
                              "`tensorboard --logdir DIR` (torch-tb-profiler)")
@@ -99,6 +101,8 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         engine.update(use_fsdp=True, fsdp_sharding_strategy=args.fsdp)
     if args.save_latents:
         engine["save_latents"] = True
+    if args.compile:
+        engine["compile"] = True
     if args.profile:
         engine["profile_dir"] = str(Path(args.profile).expanduser().resolve())
     unknown = [k for k in engine if k not in ENGINE_KEYS]
