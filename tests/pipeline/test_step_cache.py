@@ -108,3 +108,16 @@ def test_sequence_parallel_is_refused(engine):
         install_step_cache(engine.model, "teacache", 0.1, sp=2)
     assert isinstance(install_step_cache(engine.model, "none", sp=2), StepCache)  # counting only: fine
     engine.step_cache = install_step_cache(engine.model, "none")
+
+
+def test_quality_rows_carry_the_speed_settings_and_forwards(capsys):
+    import json
+
+    from ovi.cli import main
+    assert main(["bench", "quality", "--json", "--steps", "4", "--seeds", "1", "--limit", "1", "--no-floor",
+                 "--no-ceiling", "--out-dir", "", "--set", "step_cache=teacache",
+                 "--set", "step_cache_threshold=1.0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    trained = next(r for r in rows if r["weights"] == "trained" and r.get("kind") is None)
+    assert (trained["compile"], trained["step_cache"], trained["step_cache_threshold"]) == (False, "teacache", 1.0)
+    assert 4 <= trained["forwards"] < 4 * 2  # first and last of each pass ran; the rest were skipped
