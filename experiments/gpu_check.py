@@ -5,6 +5,7 @@ Checks what cannot run on the CPU machines and records numbers as JSON lines:
   - the fusion model in bf16 (and fp8 storage) on CUDA vs the fp32 CPU reference (relative error);
   - denoising-step time of the mid preset in bf16 with SDPA, TF32 on/off (use_tensor_cores);
   - a full tiny generation through the Engine on CUDA;
+  - eager vs compiled vs step-cached s/step at 720x720 5 s (experiments/gpu_check_speed.py);
   - FSDP on nccl and the memory model at real size (experiments/gpu_check_fsdp.py).
 """
 
@@ -83,6 +84,12 @@ def main(path: str) -> int:
             clip = engine.generate("a red ball bounces")
             emit({"check": "engine_generate", "use_tensor_cores": tensor_cores, "timings": clip.meta["timings"],
                   "attention_backend": clip.meta["attention_backend"], "tensor_cores": clip.meta["tensor_cores"]}, out)
+        import gpu_check_speed  # beside this script: eager vs compiled vs cached s/step at 720x720 5 s
+        try:
+            gpu_check_speed.run(emit, out, dev)
+        except Exception as exc:  # keep the records above; go on to the FSDP section
+            emit({"check": "speed", "error": f"{type(exc).__name__}: {exc}"}, out)
+        torch.cuda.empty_cache()
         import gpu_check_fsdp  # beside this script
         try:
             gpu_check_fsdp.run(emit, out, dev)

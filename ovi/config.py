@@ -42,6 +42,8 @@ DEFAULT_CONFIG = "tiny"
 FSDP_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD", "auto")
 ATTENTION_BACKENDS = ("auto", "flash3", "flash2", "sdpa", "math")
 DTYPES = ("auto", "bf16", "fp32")
+STEP_CACHES = ("none", "teacache", "magcache", "fbcache")
+STEP_CACHE_THRESHOLD_RANGE = (0.0, 1.0)
 
 # One GPU (DESIGN §7): a memory profile is a named set of the knobs below; a key the config sets itself
 # wins over its profile's value. `blocks_on_device` is a fraction of the fused blocks here (the count
@@ -118,6 +120,10 @@ class OviConfig:
     quantize: str | None = None             # none | int8 | fp8 weight-only (torchao) for the DiT's linear layers
     vae_tiling: bool | None = None          # decode the video VAE in spatial tiles (bounded memory)
     text_encoder_device: str | None = None  # device | cpu: where umT5 runs (cpu keeps it off the GPU)
+    # --- speed -----------------------------------------------------------------------------------------
+    compile: bool = False                   # torch.compile the fused block once per shape (ovi.pipeline.compile)
+    step_cache: str = "none"                # skip forwards whose input barely changed (ovi.pipeline.step_cache)
+    step_cache_threshold: float | None = None  # 0..1; null: the method's default
 
     def __post_init__(self):
         _validate(self)
@@ -278,6 +284,17 @@ def _fail(key: str, value, problem: str) -> ConfigError:
     return ConfigError(f"{key} {show(value)}: {problem}")
 
 
+def check_step_cache(method, threshold) -> None:
+    """An unknown step cache or an out-of-range threshold -> ConfigError naming the allowed values."""
+    if method not in STEP_CACHES:
+        raise _fail("step_cache", method, f"unknown step cache; choose one of {', '.join(STEP_CACHES)}")
+    lo, hi = STEP_CACHE_THRESHOLD_RANGE
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not lo <= threshold <= hi):
+        raise _fail("step_cache_threshold", threshold, f"must be a number from {lo} to {hi} (0 never skips; "
+                                                       "larger skips more), or null for the method's default")
+
+
 def _check_request_key(cfg: OviConfig, key: str) -> None:
     """Per-clip keys are checked (and normalised) by the same checkers GenerateRequest uses."""
     try:
@@ -375,6 +392,7 @@ def _validate(cfg: OviConfig) -> None:
                                                               "each device's free memory")
     if cfg.device_memory_gb is not None:
         cfg.device_memory_gb = float(cfg.device_memory_gb)
+    check_step_cache(cfg.step_cache, cfg.step_cache_threshold)
     cfg.video_frame_height_width = list(cfg.video_frame_height_width)
     cfg.lora = [dict(item) for item in cfg.lora]
     _check_memory_keys(cfg)

@@ -89,7 +89,8 @@ def sampler_used(rows) -> dict:
     return {"solver": meta["solver"], "shift": meta["shift"], "video_guidance_scale": meta["video_guidance_scale"],
             "audio_guidance_scale": meta["audio_guidance_scale"], "lightning": meta["lightning"] is not None,
             "loras": [{k: r[k] for k in ("name", "weight", "merged")} for r in meta["loras"]],
-            "denoise_seconds": float(np.mean([c.meta["timings"]["denoise"] for _, _, c in rows]))}
+            "denoise_seconds": float(np.mean([c.meta["timings"]["denoise"] for _, _, c in rows])),
+            "forwards": float(np.mean([c.meta["forwards"] for _, _, c in rows]))}  # per clip, that really ran
 
 
 def measure_engine(engine, specs, seeds: int, steps: int):
@@ -132,7 +133,8 @@ def run(args):
             "model_name": cfg.model_name, "solver": cfg.solver_name, "shift": cfg.shift,
             "video_guidance_scale": cfg.video_guidance_scale, "audio_guidance_scale": cfg.audio_guidance_scale,
             "slg_layer": cfg.slg_layer, "seeds": args.seeds, "held_out_combinations": len(specs),
-            "quantize": engine.memory_settings.quantize}  # one GPU: int8/fp8 weights (memory_profiles)
+            "quantize": engine.memory_settings.quantize,  # one GPU: int8/fp8 weights (memory_profiles)
+            "compile": cfg.compile, "step_cache": cfg.step_cache, "step_cache_threshold": engine.step_cache.threshold}
     nf = engine.spec.num_frames
 
     if not args.no_ceiling:

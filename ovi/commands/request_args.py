@@ -67,6 +67,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any config key (per-clip keys set the request field they default)")
     engine.add_argument("--save-latents", action="store_true", default=None,
                         help="also write <stem>.latents.safetensors")
+    engine.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the fused block once per shape (regional compile; config compile)")
     engine.add_argument("--profile", metavar="DIR", default=None,
                         help="write a torch.profiler trace of each clip (per rank) into DIR; open it with "
                              "`tensorboard --logdir DIR` (torch-tb-profiler)")
@@ -107,6 +109,8 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         engine["memory_profile"] = args.memory_profile
     if args.save_latents:
         engine["save_latents"] = True
+    if args.compile:
+        engine["compile"] = True
     if args.profile:
         engine["profile_dir"] = str(Path(args.profile).expanduser().resolve())
     unknown = [k for k in engine if k not in ENGINE_KEYS]

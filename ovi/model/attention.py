@@ -75,7 +75,9 @@ def _key_mask(k_lens, batch: int, lq: int, lk: int, window, device) -> torch.Ten
     mask = None
     if k_lens is not None:
         k_lens = torch.as_tensor(k_lens, device=device)
-        if bool((k_lens < lk).any()):
+        # Inside a compiled graph the mask is always built: a data-dependent branch would break the graph
+        # (ovi.pipeline.compile), and a mask that keeps every key gives the same attention.
+        if torch.compiler.is_compiling() or bool((k_lens < lk).any()):
             mask = (torch.arange(lk, device=device)[None, :] < k_lens[:, None])[:, None, None, :]
     left, right = window
     if left >= 0 or right >= 0:

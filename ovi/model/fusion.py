@@ -31,6 +31,28 @@ class TokenLayout:
         return out
 
 
+class AllBlocks:
+    """Runs every fused block of a forward (the default). A step cache (ovi.pipeline.step_cache) takes
+    its place to skip forwards whose input barely changed; a plain attribute, like `token_layout`."""
+
+    def __call__(self, model, blocks, vid, audio, *rest):
+        return model.run_blocks(blocks, vid, audio, *rest)
+
+
+def fused_block_step(vb, ab, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
+    """One fused block: video block `vb` and audio block `ab` (modules passed in, so one compiled graph
+    serves every block: ovi.pipeline.compile)."""
+    v_mods, a_mods = vb.modulate(v_e0), ab.modulate(a_e0)
+    audio = ab.self_attn_residual(audio, a_mods, a_info)
+    vid = vb.self_attn_residual(vid, v_mods, v_info)
+    # Both cross-attentions read the other branch's post-self-attention state. Audio's is started
+    # first and finished last: a parallel kernel's communication can run under the video branch.
+    audio_cross = ab.cross_attn.start(ab.norm3(audio), a_ctx, a_info, target=vid, tgt=v_info)
+    vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=audio, tgt=a_info)
+    audio = ab.ffn_residual(audio + ab.cross_attn.finish(audio_cross), a_mods)
+    return vid, audio
+
+
 def _all_none(x) -> bool:
     return x is None or (isinstance(x, (list, tuple)) and all(u is None for u in x))
 
@@ -49,6 +71,8 @@ class FusionModel(nn.Module):
                               "audio_config an audio one (model_type t2a)")
         self.gradient_checkpointing = False
         self.token_layout = TokenLayout()  # a plain attribute: not a module, not in the state_dict
+        self.block_runner = AllBlocks()    # likewise; a step cache replaces it
+        self.fused_block_fn = fused_block_step  # regional compile swaps in the compiled function
 
     @property
     def num_blocks(self) -> int:
@@ -68,15 +92,18 @@ class FusionModel(nn.Module):
         return [i for i in range(self.num_blocks) if not (slg_layer and slg_layer > 0 and i == slg_layer)]
 
     def fused_block(self, i, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
-        vb, ab = self.video_model.blocks[i], self.audio_model.blocks[i]
-        v_mods, a_mods = vb.modulate(v_e0), ab.modulate(a_e0)
-        audio = ab.self_attn_residual(audio, a_mods, a_info)
-        vid = vb.self_attn_residual(vid, v_mods, v_info)
-        # Both cross-attentions read the other branch's post-self-attention state. Audio's is started
-        # first and finished last: a parallel kernel's communication can run under the video branch.
-        audio_cross = ab.cross_attn.start(ab.norm3(audio), a_ctx, a_info, target=vid, tgt=v_info)
-        vid = vb.cross_ffn_residual(vid, v_mods, v_ctx, v_info, target=audio, tgt=a_info)
-        audio = ab.ffn_residual(audio + ab.cross_attn.finish(audio_cross), a_mods)
+        return self.fused_block_fn(self.video_model.blocks[i], self.audio_model.blocks[i],
+                                   vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info)
+
+    def run_blocks(self, blocks, vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info):
+        """Fused blocks `blocks` (indices, in order) on the prepared tokens -> (vid, audio)."""
+        for i in blocks:
+            args = (vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info)
+            with record_function(f"fused_block/{i}"):  # a range in profiler traces; ~free otherwise
+                if self.gradient_checkpointing and self.training:
+                    vid, audio = checkpoint(self.fused_block, i, *args, use_reentrant=False)
+                else:
+                    vid, audio = self.fused_block(i, *args)
         return vid, audio
 
     def forward(self, vid, audio, t, vid_context, audio_context, vid_seq_len, audio_seq_len,
@@ -97,13 +124,8 @@ class FusionModel(nn.Module):
         audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len)
         vid, v_e, v_e0, v_info = self.token_layout.scatter("video", vid, v_e, v_e0, v_info)
         audio, a_e, a_e0, a_info = self.token_layout.scatter("audio", audio, a_e, a_e0, a_info)
-        for i in self.blocks_to_run(slg_layer):
-            args = (vid, audio, v_e0, a_e0, v_ctx, a_ctx, v_info, a_info)
-            with record_function(f"fused_block/{i}"):  # a range in profiler traces; ~free otherwise
-                if self.gradient_checkpointing and self.training:
-                    vid, audio = checkpoint(self.fused_block, i, *args, use_reentrant=False)
-                else:
-                    vid, audio = self.fused_block(i, *args)
+        vid, audio = self.block_runner(self, self.blocks_to_run(slg_layer), vid, audio, v_e0, a_e0, v_ctx, a_ctx,
+                                       v_info, a_info)
         vid = self.token_layout.gather("video", self.video_model.head(vid, v_e))
         audio = self.token_layout.gather("audio", self.audio_model.head(audio, a_e))
         return (self.video_model.unpatchify(vid, v_info.grid_sizes),

@@ -33,6 +33,7 @@ from ovi.lora.presets import lightning_profile
 from ovi.model.attention import resolve_backend
 from ovi.parallel.dims import ParallelDims
 from ovi.pipeline.components import Components, codec_family, load_components
+from ovi.pipeline.compile import compile_fused_block
 from ovi.pipeline.images import FluxImageGenerator, ToyImageGenerator, load_image, resize_image, to_uint8_frames
 from ovi.pipeline.memory_profiles import apply_memory_settings, resolve_memory_settings
 from ovi.pipeline.objective import pin
@@ -41,6 +42,7 @@ from ovi.pipeline.plan import Plan, plan
 from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text
 from ovi.pipeline.solvers import make_solver
+from ovi.pipeline.step_cache import install_step_cache
 from ovi.request import GenerateRequest
 from ovi.specs import FLUX_DIR, MODEL_SPECS
 from ovi.version import __version__
@@ -109,6 +111,9 @@ class Engine:
         self.load_seconds = load_seconds
         self.attention_backend, self.attention_note = resolve_backend(config.attention_backend, device, dtype)
         self.model.set_attention_backend(self.attention_backend)
+        # Speed (ovi.pipeline.step_cache): skips forwards and counts those that ran (sidecar `forwards`).
+        self.step_cache = install_step_cache(self.model, config.step_cache, config.step_cache_threshold, self.dims.sp)
+        self.compiled = compile_fused_block(self.model, config.compile, device)  # regional torch.compile
         self.tensor_cores = configure_tensor_cores(config.use_tensor_cores, device)
         self.defaults = config.request_defaults()
         self.image_generator = None
@@ -252,6 +257,7 @@ class Engine:
         timesteps = video_solver.timesteps
         video_fixed = self.fixed_latents(self.components.video_codec, video)
         audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
+        self.step_cache.reset(plan.steps)
         with self.model_scope():
             for i, t in enumerate(timesteps):
                 with record_function(f"denoise_step/{i}"):
@@ -361,6 +367,7 @@ class Engine:
             "cfg_parallel": self.dims.cfg == 2, **self.parallel_info,
             "memory_profile": self.memory_profile,
             "components": self.components.describe(), "timings": timings,
+            **self.step_cache.record(), "compile": self.compiled.record(),
             "versions": {"ovi": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
             "config": self.config.to_dict(),
