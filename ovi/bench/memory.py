@@ -39,7 +39,7 @@ def measure(cfg, reference=None) -> tuple[dict, dict]:
     import torch
 
     import ovi
-    from ovi.parallel.memory import PeakMeter, allocated_peak, count_cpu_allocations
+    from ovi.parallel.measure import PeakMeter, allocated_peak, count_cpu_allocations
     from ovi.parallel.offload import BlockSwap
     from ovi.pipeline.engine import resolve_device, resolve_dtype
     from ovi.pipeline.memory_profiles import estimate_profile, resident_param_bytes

@@ -34,7 +34,8 @@ from ovi.errors import ConfigError
 from ovi.model import FusionModel
 from ovi.model.configs import RANDOM_ARCHITECTURES
 from ovi.model.configs import architecture as architecture_configs
-from ovi.parallel.memory import HEADROOM, activation_bytes, free_device_memory, param_layout
+from ovi.parallel.measure import free_device_memory
+from ovi.parallel.memory import HEADROOM, activation_bytes, param_layout
 from ovi.parallel.offload import BlockSwap
 from ovi.pipeline.footprint import WAN_DECODER_BYTES_PER_PIXEL, workload
 
@@ -286,8 +287,9 @@ def profile_plan(cfg: OviConfig, gpu_memory_gb: float, host_memory_gb: float | N
     GPU (and the host, when `host_memory_gb` is given), host memory needed, bytes moved per step over the
     link and an expected step time. Step time = max(compute, transfer): the prefetch hides a block's copy
     behind the previous block's compute when the link keeps up (an ideal-overlap bound, not measured);
-    compute at the spec-sheet model of ovi.parallel.memory (int8 weight-only counted at bf16 speed)."""
-    from ovi.parallel.memory import GB, forward_flops, gpu_profile
+    compute at the spec-sheet model of ovi.parallel.speed (int8 weight-only counted at bf16 speed)."""
+    from ovi.parallel.memory import GB
+    from ovi.parallel.speed import forward_flops, gpu_profile
     gpu = gpu_profile(gpu_memory_gb)
     load = workload(cfg, dtype)
     forwards = 2  # positive + negative pass (SLG skips a block in the second)
