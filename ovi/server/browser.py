@@ -5,8 +5,8 @@ position. A token stops most of that (`ovi queue serve` always has one), and the
 rest, token or not:
 
 - Host: a page on attacker.example whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends
-  `Host: attacker.example`. Only the bound address, `localhost` when bound to loopback, any IP
-  literal when bound to every interface (rebinding needs a name), and names given with
+  `Host: attacker.example`. Only the bound address, `localhost` when bound to loopback or every
+  interface, any IP literal when bound to every interface (rebinding needs a name), and names given with
   `--allow-host` are accepted; anything else gets 400.
 - Origin: a browser sends Origin on every cross-origin request that could change state. A request
   that changes state (not GET/HEAD/OPTIONS), a WebSocket, or any Socket.IO traffic with an Origin
@@ -56,9 +56,10 @@ def allowed_hosts_for(bind: str, extra: list[str] | None = None) -> tuple[frozen
     """(names accepted in Host, whether any IP literal is) for a server bound to `bind`."""
     bind = bind.strip("[]").lower()
     names = {bind, *(name.lower() for name in extra or ())}
-    if bind in LOOPBACK_NAMES or (_is_ip(bind) and ipaddress.ip_address(bind).is_loopback):
-        names |= LOOPBACK_NAMES
-    return frozenset(names), bind in WILDCARD_BINDS
+    wildcard = bind in WILDCARD_BINDS
+    if wildcard or bind in LOOPBACK_NAMES or (_is_ip(bind) and ipaddress.ip_address(bind).is_loopback):
+        names |= LOOPBACK_NAMES  # `localhost` always names this machine
+    return frozenset(names), wildcard
 
 
 class BrowserGuard:
