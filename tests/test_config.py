@@ -252,4 +252,5 @@ def test_every_field_is_a_known_key():
     assert set(UPSTREAM_KEYS) | set(SEED_KEYS) | {
         "model", "attention_backend", "cfg_parallel", "lora", "lightning", "dtype", "device",
         "save_latents", "profile_comms", "profile_dir", "profile_memory", "device_memory_gb", "world_size",
-        "compile", "step_cache", "step_cache_threshold"} == set(FIELDS)
+        "compile", "step_cache", "step_cache_threshold",
+        "memory_profile", "blocks_on_device", "quantize", "vae_tiling", "text_encoder_device"} == set(FIELDS)
