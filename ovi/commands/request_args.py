@@ -19,7 +19,7 @@ from ovi.request import FieldError, GenerateRequest, check_loras, split_override
 # Fields a command adds itself (the prompt's form differs; config is positional in generate).
 _OWN = ("prompt", "config", "engine", "out", "image")
 _TYPES = {"seed": int, "steps": int, "slg_layer": int, "n": int, "shift": float,
-          "video_guidance_scale": float, "audio_guidance_scale": float}
+          "video_guidance_scale": float, "audio_guidance_scale": float, "duration": float}
 
 
 def _parse_height_width(text: str) -> list[int]:
@@ -82,7 +82,7 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         fields[f.name] = value
     if isinstance(fields.get("height_width"), str):
         fields["height_width"] = _parse_height_width(fields["height_width"])
-    for key in ("image", "out"):
+    for key in ("image", "out", "extend"):
         if isinstance(fields.get(key), str) and fields[key]:
             fields[key] = str(Path(fields[key]).expanduser().resolve())
     if fields.get("loras"):
