@@ -40,3 +40,30 @@ def test_duration_then_extend_with_a_new_prompt(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--quiet", "--extend", str(plain), "--out", str(tmp_path / "d")]) == 2
     assert "--save-latents" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_a_bad_duration_is_not_queued_from_the_cli_or_rest(tmp_path, capsys):
+    from ovi.queue import JobQueue
+    db = tmp_path / "queue.db"
+    assert main(["queue", "submit", "--db", str(db), "--prompt", PROMPT, "--duration", "0"]) == 2
+    assert "duration" in capsys.readouterr().err
+    assert main(["queue", "submit", "--db", str(db), "--prompt", PROMPT, "--duration", "2.5"]) == 0
+    queue = JobQueue(db)
+    try:
+        (job,) = queue.list()
+        assert job["request"]["duration"] == 2.5
+
+        from fastapi.testclient import TestClient
+
+        from ovi.server.rest import create_app
+        with TestClient(create_app(queue)) as client:
+            # the seed's body shape: options.duration
+            bad = client.post("/api/generate", json={"prompt": PROMPT, "options": {"duration": 10 ** 6}})
+            assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "options", "duration"]
+            ext = client.post("/api/generate", json={"prompt": PROMPT, "extend": str(tmp_path / "x.mp4")})
+            assert ext.status_code == 422  # a server path is never taken from a client
+            ok = client.post("/api/generate", json={"prompt": PROMPT, "options": {"duration": 2}})
+            assert ok.status_code == 202, ok.text
+        assert [j["request"].get("duration") for j in queue.list()] == [2.5, 2]
+    finally:
+        queue.close()

@@ -4,6 +4,8 @@ shapes through the pure plan())."""
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -185,3 +187,24 @@ def test_extend_refuses_a_clip_without_latents_or_of_another_model(tiny_ckpt, tm
         read_prior(kept["mp4"], "tiny")
     with pytest.raises(InputError, match="no such clip"):
         read_prior(tmp_path / "missing.mp4", "tiny")
+
+
+# ---- the real components (Wan2.2 VAE, MMAudio) decode the whole sequence once ---------------------------
+
+from tests.pipeline.test_real_component_path import miniature_real_setup  # noqa: E402,F401  (a fixture)
+
+
+def test_real_codecs_decode_the_whole_window_sequence_causally(miniature_real_setup):
+    engine = ovi.Engine.from_config(miniature_real_setup)  # the 720x720 config's code path, shrunk
+    clip = engine.generate("A red ball bounces. <AUDCAP>thuds<ENDAUDCAP>", seed=2, duration=13 / 24)
+    (v0, a0), *rest = engine.last_windows
+    assert len(rest) == 2 and clip.latents["video"].shape == (48, 4, 4, 4)
+    previous = v0
+    for v, _ in rest:  # each window starts from the previous one's last latent frame, bit for bit
+        assert torch.equal(v[:, :1], previous[:, -1:])
+        previous = v
+    assert clip.video.shape[0] == 13 and clip.meta["windows"]["seams_frames"] == [5, 9]
+    # The Wan VAE is causal in time: the first window's frames decode the same inside the long sequence as
+    # alone, so decoding once adds no seam and an extension leaves the old part as it was.
+    alone, _ = engine.decode(engine.plan("x"), v0, a0)
+    assert np.abs(alone.astype(int) - clip.video[:5].astype(int)).max() <= 1
