@@ -30,9 +30,12 @@ def test_audio_seam_db_sees_a_level_step_at_the_seam_only():
 
 def test_one_small_run_of_each_method_yields_the_pinned_fields(tmp_path):
     args = argparse.Namespace(config=None, windows="2", methods="ours,independent,last_frame", limit=1, seed=0,
+                              extend_turn=True,
                               out_dir=str(tmp_path), set=["sample_steps=2"])
-    rows = list(bench_long.run(args))
+    *rows, turn = list(bench_long.run(args))
     assert [r["method"] for r in rows] == ["ours", "independent", "last_frame"]
+    assert turn["kind"] == "extend_turn" and turn["n_clips"] == 1  # the first held-out prompt moves left
+    assert 0 <= turn["turn_accuracy"] <= 1 and (tmp_path / "extend_turn_seams.png").is_file()
     for r in rows:
         assert {"method", "windows", "duration_s", "direction_accuracy_per_window", "color_accuracy",
                 "pitch_accuracy", "shape_accuracy", "seam_jump_ratio", "audio_seam_db", "bounce_sync_frames",

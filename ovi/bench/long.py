@@ -18,7 +18,8 @@ centroid step within the windows), `audio_seam_db` (mean |level step| in dB betw
 frames at a seam, beside `audio_step_db_within`, the same over every other frame boundary),
 `bounce_sync_frames` (mean contact-to-click offset in frames per window of the bounce prompts, null when
 there are none), `seconds` (mean generation seconds per clip). A contact sheet of frames around every seam
-goes to `--out-dir`.
+goes to `--out-dir`. With `--extend-turn`, one more row (`kind: "extend_turn"`): each linear-motion clip
+extended by one window whose prompt names the opposite direction: `turn_accuracy`, `color_held`, `pitch_held`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every clip (default 0)")
     parser.add_argument("--out-dir", default="experiments/results/long",
                         help="where the seam contact sheets go ('' for none)")
+    parser.add_argument("--extend-turn", action="store_true",
+                        help="also extend each linear-motion clip with the opposite direction's prompt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -177,6 +180,35 @@ def seam_sheet(out_dir, name: str, rows: list[tuple[str, np.ndarray, list[int]]]
     return str(contact_sheet(picked, Path(out_dir) / f"{name}_seams.png", frame_step=1))
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def extend_turn(engine, specs, seed: int, out_dir=None) -> dict:
+    """`--extend` with a new prompt: each held-out linear-motion clip is made, saved with its latents, and
+    extended by one window whose prompt names the opposite direction (`ovi generate --extend` runs the same
+    request). Measured on the extension: direction is the new prompt's, colour and tone held."""
+    import tempfile
+
+    from ovi.train.metrics import measure
+    turned, color, pitch, pics = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, spec in enumerate(s for s in specs if s.motion in OPPOSITE):
+            first = engine.generate(spec.prompt, seed=seed)
+            paths = first.save(Path(tmp) / f"clip{i}", save_latents=True)
+            prompt = spec.prompt.replace(f"moves {spec.motion}", f"moves {OPPOSITE[spec.motion]}")
+            longer = engine.generate(prompt, extend=str(paths["mp4"]))
+            (seam,) = longer.meta["windows"]["seams_frames"]
+            rate = longer.sample_rate / longer.fps
+            m = measure(longer.video[seam:], longer.audio[int(round(seam * rate)): int(round(len(longer.video) * rate))])
+            turned.append(m.motion == OPPOSITE[spec.motion])
+            color.append(m.color == spec.color)
+            pitch.append(m.pitch == spec.pitch)
+            pics.append((f"{spec.motion} -> {OPPOSITE[spec.motion]}", longer.video, [seam]))
+    return {"kind": "extend_turn", "turn_accuracy": float(np.mean(turned)), "color_held": float(np.mean(color)),
+            "pitch_held": float(np.mean(pitch)), "n_clips": len(turned),
+            "seam_contact_sheet": seam_sheet(out_dir, "extend_turn", pics)}
+
+
 def run(args):
     import ovi
     from ovi.config import parse_set_option
@@ -216,3 +248,9 @@ def run(args):
                    "held_out_combinations": len(specs), **summarize(rows, windows),
                    "seconds": float(np.mean(seconds)),
                    "seam_contact_sheet": seam_sheet(args.out_dir, f"{method}_{windows}w", pics)}
+    if args.extend_turn:
+        t0 = time.perf_counter()
+        row = extend_turn(engine, specs, args.seed, args.out_dir)
+        yield {"bench": "long", "config": args.config or "tiny (embedded default)", "world_size": 1,
+               "model_name": cfg.model_name, "method": "ours", "windows": 2, "steps": cfg.sample_steps,
+               "seed": args.seed, **row, "seconds": (time.perf_counter() - t0) / max(1, row["n_clips"])}
