@@ -208,3 +208,15 @@ def test_real_codecs_decode_the_whole_window_sequence_causally(miniature_real_se
     # alone, so decoding once adds no seam and an extension leaves the old part as it was.
     alone, _ = engine.decode(engine.plan("x"), v0, a0)
     assert np.abs(alone.astype(int) - clip.video[:5].astype(int)).max() <= 1
+
+
+def test_windows_run_unchanged_on_two_sequence_parallel_gloo_ranks():
+    from ovi.runtime import WorkerGroup
+    cfg = load_config(sample_steps=1)  # the embedded trained default
+    request = GenerateRequest("A red circle moves left. <AUDCAP>a high tone<ENDAUDCAP>", seed=4, duration=1.2)
+    one = ovi.Engine.from_config(cfg).generate(request)
+    with WorkerGroup(cfg, world_size=2) as group:
+        two = group.generate(request)
+    assert two.meta["sp"] == 2 and two.meta["windows"]["windows"] == 2
+    torch.testing.assert_close(two.latents["video"], one.latents["video"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(two.latents["audio"], one.latents["audio"], atol=1e-4, rtol=0)
