@@ -170,6 +170,7 @@ def plot_lora_quality(distill: list[dict], training: list[dict]) -> None:
 
 def plot_long(records: list[dict]) -> None:
     """`ovi bench long`: direction per window (one line per method and window count), and the seam figures."""
+    records = [r for r in records if r.get("kind") != "extend_turn"]
     methods = list(dict.fromkeys(r["method"] for r in records))
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     for r in records:
