@@ -159,7 +159,7 @@ def denoise_windows(engine, plan, contexts, progress=None, *, prior=None, carry:
 
         video, audio = engine.denoise(plan, contexts, video, audio, video_prefix, window_progress,
                                       audio_prefix=audio_prefix)
-        window_latents.append((video, audio))
+        window_latents.append((video.cpu(), audio.cpu()))  # kept off the device: W windows must not grow it
         # The window's own carried prefix is already in the sequence: append only what is new.
         k_v, k_a = video_prefix_frames[w], audio_prefix_tokens[w]
         if video_all is None:
