@@ -193,10 +193,43 @@ def plot_lora_quality(distill: list[dict], training: list[dict]) -> None:
     fig.savefig(PLOTS / "lora_quality.png", dpi=110)
 
 
+def plot_long(records: list[dict]) -> None:
+    """`ovi bench long`: direction per window (one line per method and window count), and the seam figures."""
+    records = [r for r in records if r.get("kind") != "extend_turn"]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for r in records:
+        style = "-" if r["windows"] == max(x["windows"] for x in records) else "--"
+        axes[0].plot(range(1, r["windows"] + 1), r["direction_accuracy_per_window"], style, marker="o",
+                     label=f"{r['method']} {r['windows']}w")
+    axes[0].set(title="direction accuracy per window", xlabel="window", ylim=(-0.05, 1.05))
+    axes[0].legend(fontsize=7)
+    counts = sorted({r["windows"] for r in records})
+    width = 0.8 / len(methods)
+    for panel, key, title in ((1, "seam_jump_ratio", "seam jump / median step (1 = no seam)"),
+                              (2, "audio_seam_db", "audio level step at seams (dB)"),
+                              (3, "bounce_sync_frames", "bounce contact-click offset (frames)")):
+        for i, method in enumerate(methods):
+            values = [next((r[key] for r in records if r["method"] == method and r["windows"] == n), None) or 0
+                      for n in counts]
+            axes[panel].bar([c + i * width for c in range(len(counts))], values, width, label=method)
+        if key == "audio_seam_db":
+            within = [r["audio_step_db_within"] for r in records if r.get("audio_step_db_within") is not None]
+            if within:
+                axes[panel].axhline(sum(within) / len(within), color="k", ls=":", label="within a window")
+        axes[panel].set_xticks([c + 0.4 - width / 2 for c in range(len(counts))], [f"{n} windows" for n in counts])
+        axes[panel].set_title(title)
+        axes[panel].legend(fontsize=7)
+    fig.suptitle(f"long clips, trained tiny model, {records[0]['held_out_combinations']} held-out prompts "
+                 f"({records[0]['steps']} steps)")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "long.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("quality", plot_quality),
-                       ("lora", plot_lora), ("memory", plot_memory)):
+                       ("lora", plot_lora), ("memory", plot_memory), ("long", plot_long)):
         records = load(name)
         if records:
             plot(records)

@@ -235,6 +235,21 @@ def check_loras(key, value) -> tuple:
     return tuple(out)
 
 
+# The longest clip a request may ask for (seconds): `duration` above it is refused when the request is
+# made, so nothing is queued (each window costs one clip's steps; 120 s is 24 windows of the real model).
+MAX_DURATION_SECONDS = 120.0
+
+
+def check_duration(key, value):
+    if not is_number(value):
+        raise FieldError(key, value, "must be a number of seconds")
+    value = float(value)
+    if not 0 < value <= MAX_DURATION_SECONDS:
+        raise FieldError(key, value, f"must be > 0 and at most {MAX_DURATION_SECONDS:g} seconds (leave it out for "
+                                     f"the model's own clip length)")
+    return value
+
+
 def check_engine(key, value):
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise FieldError(key, value, "must be a mapping of config key -> value, e.g. {sp_size: 2}")
@@ -291,6 +306,10 @@ class GenerateRequest:
     loras: tuple = _field(check_loras, "lora", "LoRA adapter PATH[:WEIGHT] (repeatable)", flag="lora",
                           default=())
     lightning: bool | None = _field(check_bool, "lightning", "few-step Lightning sampling profile", default=None)
+    duration: float | None = _field(check_duration, None, "clip length in seconds, made of continuation windows "
+                                    "(default: the model's own length)", default=None)
+    extend: str | None = _field(check_text, None, "continue this clip (an mp4 saved with --save-latents): the output "
+                                "is the whole clip plus `duration` seconds", default=None)
     n: int = _field(check_count, "each_example_n_times", "clips per prompt (seeds seed, seed+1, ...)", default=1)
     config: str | None = _field(check_text, None, "config the job runs under (a shipped name or a yaml)",
                                 default=None)

@@ -7,7 +7,7 @@ import json
 
 from ovi.errors import InputError
 
-BENCHES = ("sp", "fsdp", "lora", "pipeline", "queue", "sweep", "quality", "memory")
+BENCHES = ("sp", "fsdp", "lora", "pipeline", "queue", "sweep", "quality", "memory", "long")
 
 
 def add_bench_parser(subparsers) -> None:

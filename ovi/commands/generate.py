@@ -40,6 +40,8 @@ def requests_from_args(args, cfg) -> list[GenerateRequest]:
     Repeat k of an example uses seed + k (upstream's each_example_n_times)."""
     fields, _ = request_fields_from_args(args)
     fields.pop("out", None)
+    if fields.get("extend"):
+        return [_extension_request(args, cfg, fields)]
     view = {CONFIG_KEYS[name]: fields.pop(name) for name in ("image", "mode", "n") if name in fields}
     # --set text_prompt=... is the prompt (or prompt file) as much as --prompt is.
     set_prompt = fields.pop("prompt", None)
@@ -59,6 +61,19 @@ def output_dir_from_args(args, cfg) -> Path:
     """--out, or --set output_dir, or the config's output_dir."""
     out = request_fields_from_args(args)[0].get("out")
     return Path(out) if out else Path(cfg.output_dir)
+
+
+def _extension_request(args, cfg, fields) -> GenerateRequest:
+    """`--extend CLIP.mp4`: one request continuing the clip. What is not given on the command line (prompt,
+    seed, steps, ...) is the clip's own (its sidecar), not the config's; the clip is checked here, before
+    anything loads."""
+    from ovi.pipeline.windows import read_prior
+
+    if args.prompt is not None and Path(args.prompt).suffix.lower() in (".csv", ".tsv"):
+        raise InputError("--extend continues one clip; give --prompt as text, not a prompt file")
+    prior = read_prior(fields["extend"], cfg.model_name)
+    prompt = args.prompt if args.prompt is not None else prior.settings.get("prompt")
+    return GenerateRequest.from_dict({**fields, "prompt": prompt})
 
 
 def run_generate(args) -> int:

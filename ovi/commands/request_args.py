@@ -23,7 +23,7 @@ _OWN = ("prompt", "config", "engine", "out", "image")
 # naming the config key too.
 _INTEGER = cli_int(-SEED_MAX, SEED_MAX, "integer")
 _TYPES = {"seed": _INTEGER, "steps": _INTEGER, "slg_layer": _INTEGER, "n": _INTEGER,
-          "shift": float, "video_guidance_scale": float, "audio_guidance_scale": float}
+          "shift": float, "video_guidance_scale": float, "audio_guidance_scale": float, "duration": float}
 
 
 def _parse_height_width(text: str) -> list[int]:
@@ -90,7 +90,7 @@ def request_fields_from_args(args) -> tuple[dict, dict]:
         fields[f.name] = value
     if isinstance(fields.get("height_width"), str):
         fields["height_width"] = _parse_height_width(fields["height_width"])
-    for key in ("image", "out"):
+    for key in ("image", "out", "extend"):
         if isinstance(fields.get(key), str) and fields[key]:
             fields[key] = str(Path(fields[key]).expanduser().resolve())
     if fields.get("loras"):

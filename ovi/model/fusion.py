@@ -113,15 +113,20 @@ class FusionModel(nn.Module):
         if self.token_layout.fused_only and (_all_none(vid) or _all_none(audio)):
             raise ValueError("this model's tokens are sharded across ranks (sequence parallelism), which runs "
                              "the fused model only; pass both video and audio")
+        # first_frame_is_clean: upstream's bool (i2v: the first video latent frame), or ours, a
+        # (video latent frames, audio latent tokens) pair: a continuation window's clean prefix per tower.
+        video_clean, audio_clean = (first_frame_is_clean if isinstance(first_frame_is_clean, tuple)
+                                    else (first_frame_is_clean, False))
         if _all_none(vid):
             # Upstream ignores slg_layer on the single-modality paths; so do we.
-            return None, self.audio_model(audio, t, audio_context, audio_seq_len)
+            return None, self.audio_model(audio, t, audio_context, audio_seq_len, first_frame_is_clean=audio_clean)
         if _all_none(audio):
-            return self.video_model(vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean), None
+            return self.video_model(vid, t, vid_context, vid_seq_len, first_frame_is_clean=video_clean), None
 
         vid, v_e, v_e0, v_ctx, v_info = self.video_model.prepare(
-            vid, t, vid_context, vid_seq_len, first_frame_is_clean=first_frame_is_clean)
-        audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len)
+            vid, t, vid_context, vid_seq_len, first_frame_is_clean=video_clean)
+        audio, a_e, a_e0, a_ctx, a_info = self.audio_model.prepare(audio, t, audio_context, audio_seq_len,
+                                                                   first_frame_is_clean=audio_clean)
         vid, v_e, v_e0, v_info = self.token_layout.scatter("video", vid, v_e, v_e0, v_info)
         audio, a_e, a_e0, a_info = self.token_layout.scatter("audio", audio, a_e, a_e0, a_info)
         vid, audio = self.block_runner(self, self.blocks_to_run(slg_layer), vid, audio, v_e0, a_e0, v_ctx, a_ctx,

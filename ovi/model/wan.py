@@ -244,15 +244,21 @@ class WanModel(nn.Module):
         # Upstream scales only the audio table; a video backbone's temporal factor is not applied.
         return [video_freqs(tuple(int(v) for v in g), self.head_dim).to(device) for g in grid_sizes]
 
-    def token_timesteps(self, t: torch.Tensor, seq_len: int, grid_sizes, first_frame_is_clean: bool):
-        """[B] or [B,L] timesteps -> [B,seq_len]; with a clean first frame its tokens get t=0."""
+    def token_timesteps(self, t: torch.Tensor, seq_len: int, grid_sizes, first_frame_is_clean):
+        """[B] or [B,L] timesteps -> [B,seq_len]; with a clean first frame its tokens get t=0.
+        `first_frame_is_clean` True is upstream's i2v flag (video only); an int n > 0 (ours: a continuation
+        window's clean prefix) holds the first n latent frames (video) or n latent tokens (audio) at t=0."""
         if t.dim() == 2:
             return t
         tt = t[:, None].expand(t.shape[0], seq_len).clone()
-        if first_frame_is_clean and not self.is_audio:
-            first = grid_sizes[:, 1:].prod(-1)
+        if isinstance(first_frame_is_clean, bool):
+            clean_frames = 1 if first_frame_is_clean and not self.is_audio else 0
+        else:
+            clean_frames = int(first_frame_is_clean)
+        if clean_frames:
+            per_frame = torch.ones_like(grid_sizes[:, 0]) if self.is_audio else grid_sizes[:, 1:].prod(-1)
             for i in range(tt.shape[0]):
-                tt[i, : int(first[i])] = 0
+                tt[i, : clean_frames * int(per_frame[i])] = 0
         return tt
 
     def time_embed(self, t_tokens: torch.Tensor):

@@ -43,6 +43,7 @@ from ovi.pipeline.profiling import generation_profiler
 from ovi.pipeline.prompts import clean_text
 from ovi.pipeline.solvers import make_solver
 from ovi.pipeline.step_cache import install_step_cache
+from ovi.pipeline.windows import denoise_windows, read_prior
 from ovi.request import GenerateRequest
 from ovi.specs import FLUX_DIR, MODEL_SPECS
 from ovi.version import __version__
@@ -123,6 +124,7 @@ class Engine:
                                                    cpu_offload=config.cpu_offload)
         self.trace_worker = trace_worker  # trace file name under profile_dir (rank<N> on a parallel group)
         self.last_profile = None      # the profiler of the last generate() when it was profiled
+        self.last_windows = None      # per-window final latents of the last long clip (ovi.pipeline.windows)
 
     @property
     def world_size(self) -> int:
@@ -175,7 +177,7 @@ class Engine:
     def _plan(self, request: GenerateRequest) -> Plan:
         self.check_engine_settings(request)
         planned = plan(request, self.config, self.spec, self.components, read_image=load_image,
-                       read_lightning=lightning_profile)
+                       read_lightning=lightning_profile, read_prior=read_prior)
         for entry in planned.loras:
             if not Path(entry["path"]).expanduser().is_file():
                 raise InputError(f"LoRA '{entry['name']}': file not found: {entry['path']}; fix the path (loras "
@@ -218,11 +220,13 @@ class Engine:
         with self.on_device(getattr(codec, "module", None)), record_function("codec/video_encode"):
             return codec.encode(image[:, None].to(self.device)).float()
 
-    def initial_latents(self, plan: Plan):
-        """Noise from CPU generators seeded `seed` (one per modality): the same on every device."""
-        g = torch.Generator("cpu").manual_seed(plan.seed)
+    def initial_latents(self, plan: Plan, seed: int | None = None):
+        """Noise from CPU generators seeded `seed` (default the plan's; one per modality): the same on
+        every device."""
+        seed = plan.seed if seed is None else seed
+        g = torch.Generator("cpu").manual_seed(seed)
         video = torch.randn(plan.video_latent_shape, generator=g)
-        g = torch.Generator("cpu").manual_seed(plan.seed)
+        g = torch.Generator("cpu").manual_seed(seed)
         audio = torch.randn(plan.audio_latent_shape, generator=g)
         return video.to(self.device), audio.to(self.device)
 
@@ -250,28 +254,40 @@ class Engine:
         return self.predictor(self, plan, video, audio, t, contexts, first_frame_is_clean)
 
     @torch.no_grad()
-    def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None):
+    def denoise(self, plan: Plan, contexts, video, audio, image_latent=None, progress=None, *, audio_prefix=None):
+        """Sample one window. `image_latent` [C, k_v, h, w] / `audio_prefix` [k_a, C]: latents held clean at
+        the start of the window: i2v's encoded image (one frame), or a continuation window's carried tail
+        (ovi.pipeline.windows). They are written in before every model call (their tokens at t=0) and after
+        every update, so the solver's update never changes them."""
         video_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
         audio_solver = make_solver(plan.solver, plan.steps, plan.shift, sigmas=plan.sigmas)
-        is_i2v = image_latent is not None
+        k_v = 0 if image_latent is None else image_latent.shape[1]
+        k_a = 0 if audio_prefix is None else audio_prefix.shape[0]
+        # upstream's i2v flag when only one video frame is held; per tower (frames, tokens) otherwise
+        clean = bool(k_v) if k_v <= 1 and not k_a else (k_v, k_a)
         timesteps = video_solver.timesteps
         video_fixed = self.fixed_latents(self.components.video_codec, video)
         audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
-        self.step_cache.reset(plan.steps)
+        # a continuation window (it carries audio) counts its forwards into the clip's
+        self.step_cache.reset(plan.steps, keep_counts=audio_prefix is not None)
+
+        def hold(video, audio):
+            if k_v:
+                video[:, :k_v] = image_latent
+            if k_a:
+                audio[:k_a] = audio_prefix
+            return pin(video, video_fixed), pin(audio, audio_fixed)
+
         with self.model_scope():
             for i, t in enumerate(timesteps):
                 with record_function(f"denoise_step/{i}"):
-                    if is_i2v:
-                        video[:, :1] = image_latent
-                    video, audio = pin(video, video_fixed), pin(audio, audio_fixed)
-                    v, a = self.predict(plan, video, audio, t, contexts, is_i2v)
+                    video, audio = hold(video, audio)
+                    v, a = self.predict(plan, video, audio, t, contexts, clean)
                     video = video_solver.step(v[None], t, video[None])[0]
                     audio = audio_solver.step(a[None], t, audio[None])[0]
                 if progress is not None:
                     progress(i + 1, len(timesteps), {"timestep": float(t), "stage": "denoise"})
-        if is_i2v:
-            video[:, :1] = image_latent
-        return pin(video, video_fixed), pin(audio, audio_fixed)
+        return hold(video, audio)
 
     def fixed_latents(self, codec, latent: torch.Tensor):
         """The codec's fixed latent entries (e.g. coordinate channels) on this latent's device, or None."""
@@ -320,9 +336,12 @@ class Engine:
         timings["text"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        video, audio = self.initial_latents(plan)
-        image_latent = self.first_frame_latent(plan, plan.image) if plan.image is not None else None
-        video, audio = self.denoise(plan, contexts, video, audio, image_latent, progress)
+        if plan.windows is not None:  # a long clip or an extension: continuation windows
+            video, audio = denoise_windows(self, plan, contexts, progress, prior=plan.prior)
+        else:
+            video, audio = self.initial_latents(plan)
+            image_latent = self.first_frame_latent(plan, plan.image) if plan.image is not None else None
+            video, audio = self.denoise(plan, contexts, video, audio, image_latent, progress)
         timings["denoise"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -355,6 +374,7 @@ class Engine:
             **_request_record(plan.resolved, per_clip=True),
             "video_negative_prompt": plan.video_negative_prompt, "slg_layer": plan.slg_layer,
             "formatted_prompt": plan.formatted_prompt, "num_frames": plan.num_frames,
+            "windows": None if plan.windows is None else plan.windows.to_dict(),
             "loras": list(loras or []), "lightning": plan.lightning_profile,
             "fps": self.spec.fps, "sample_rate": self.spec.sample_rate,
             "model_name": self.config.model_name, "architecture": self.config.model,

@@ -26,6 +26,7 @@ from ovi.pipeline.prompts import format_prompt
 from ovi.request import GenerateRequest
 from ovi.specs import ModelSpec
 from ovi.pipeline.objective import video_tokens
+from ovi.pipeline.windows import EXTEND_INHERITS, WindowLayout, layout
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Plan:
     lightning_profile: dict | None = None  # the Lightning profile used (what it replaced), when asked for
     sigmas: tuple | None = None            # an explicit unshifted sigma grid (Lightning), else the solver's own
     image: torch.Tensor | None = field(default=None, repr=False)  # the i2v image at (height, width)
+    windows: WindowLayout | None = None    # continuation windows (a `duration` or an `extend`), else one window
+    prior: tuple | None = field(default=None, repr=False)  # (video, audio) latents of the clip being extended
 
     def __getattr__(self, name):
         # Only reached for names that are not Plan's own: the resolved request's fields.
@@ -82,14 +85,36 @@ def _given_image(image) -> torch.Tensor:
     return image
 
 
+def _frame_shape(video_latent_shape) -> tuple:
+    """[C, F, h, w] -> (C, h, w): what every window of a clip shares."""
+    c, _, h, w = tuple(video_latent_shape)
+    return c, h, w
+
+
+def _no_prior(path, model_name):
+    raise InputError(f"plan() got extend={path!r} and no reader; pass read_prior=ovi.pipeline.windows.read_prior")
+
+
 def plan(request: GenerateRequest, config, spec: ModelSpec, codecs, *,
-         read_image: Callable = _given_image, read_lightning: Callable = lambda lora_paths: LightningProfile()
-         ) -> Plan:
+         read_image: Callable = _given_image, read_lightning: Callable = lambda lora_paths: LightningProfile(),
+         read_prior: Callable = _no_prior) -> Plan:
     """The Plan of `request` under `config` (an OviConfig: its per-clip defaults and prompt style), `spec`
     (the model's frames, area, audio length) and `codecs` (anything with `video_codec` / `audio_codec`,
     e.g. Components: their latent geometry). `read_image(image) -> [3, H, W] tensor` reads the i2v image;
     `read_lightning(lora_paths) -> LightningProfile` the profile of the request's LoRA set."""
+    prior = None
+    if request.extend:
+        # An extension continues the clip's own settings: fields the request leaves unset take the extended
+        # clip's resolved values (its sidecar) before the config's.
+        prior = read_prior(request.extend, config.model_name)
+        if request.mode not in (None, "t2v"):
+            raise InputError(f"extend continues a clip from its latents; mode {request.mode} does not apply "
+                             f"(leave mode out)")
+        inherited = {k: v for k, v in prior.settings.items() if k in EXTEND_INHERITS}
+        request = request.fill(GenerateRequest.from_dict({"prompt": request.prompt, **inherited}))
     r = request.fill(config.request_defaults())
+    if prior is not None:
+        r = r.replace(mode="t2v", image=None)
     if r.n != 1:
         raise InputError(f"n={r.n} asks for {r.n} clips; generate() makes one: iterate over "
                          f"request.expand(seed) (ovi generate and the queue do this for you)")
@@ -117,8 +142,19 @@ def plan(request: GenerateRequest, config, spec: ModelSpec, codecs, *,
         image = None
     changes["height_width"] = (height, width)
     resolved = r.replace(**changes)
+    video_shape = codecs.video_codec.latent_shape(spec.num_frames, height, width)
+    audio_shape = (spec.audio_latent_length, codecs.audio_codec.latent_channels)
+    if prior is not None and (_frame_shape(prior.video.shape) != _frame_shape(video_shape)
+                              or prior.audio.shape[1] != audio_shape[1]):
+        raise InputError(f"extend: the clip's latents {list(prior.video.shape)} do not fit this model's window "
+                         f"{list(video_shape)} at {height}x{width}; leave height_width out (the clip's own is used)")
+    audio = codecs.audio_codec
+    windows = layout(r.duration, window_video_frames=video_shape[1], window_audio_tokens=audio_shape[0],
+                     fps=spec.fps, audio_tokens_per_second=audio.sample_rate / audio.samples_per_latent,
+                     prior_video_frames=0 if prior is None else prior.video.shape[1],
+                     prior_audio_tokens=0 if prior is None else prior.audio.shape[0])
     return Plan(request=request, resolved=resolved, formatted_prompt=format_prompt(r.prompt, config.model_name),
-                num_frames=spec.num_frames,
-                video_latent_shape=codecs.video_codec.latent_shape(spec.num_frames, height, width),
-                audio_latent_shape=(spec.audio_latent_length, codecs.audio_codec.latent_channels),
-                lightning_profile=profile, sigmas=sigmas, image=image)
+                num_frames=spec.num_frames if windows is None else windows.num_frames,
+                video_latent_shape=video_shape, audio_latent_shape=audio_shape,
+                lightning_profile=profile, sigmas=sigmas, image=image, windows=windows,
+                prior=None if prior is None else (prior.video, prior.audio))

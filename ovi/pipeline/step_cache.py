@@ -83,10 +83,12 @@ class StepCache:
         self.threshold = float(DEFAULT_THRESHOLDS[method] if threshold is None else threshold)
         self.reset()
 
-    def reset(self, steps: int | None = None) -> None:
+    def reset(self, steps: int | None = None, *, keep_counts: bool = False) -> None:
+        """A new denoising run; `keep_counts` adds its forwards to the clip's (a long clip's later windows)."""
         self.steps = steps
         self.passes: dict = {}
-        self.forwards = self.skipped = self.blocks_run = self.blocks_total = 0
+        if not keep_counts:
+            self.forwards = self.skipped = self.blocks_run = self.blocks_total = 0
 
     def record(self) -> dict:
         return {"forwards": self.forwards,

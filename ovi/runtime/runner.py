@@ -377,7 +377,8 @@ class Runner:
             stems.append(stems[0].parent / name)
         stem_path = stems[-1]
         stem_path.parent.mkdir(parents=True, exist_ok=True)
-        paths = clip.save(stem_path) or {}
+        keep = {"save_latents": True} if getattr(clip, "latents", None) else {}  # a queued clip can be extended
+        paths = clip.save(stem_path, **keep) or {}
         return {str(kind): str(path) for kind, path in dict(paths).items()}
 
     def _engine_for(self, request):

@@ -188,12 +188,12 @@ def _refuse_server_settings(key: str, loc: list, folders: ServerFolders) -> None
     if name == "out":
         raise Refused(422, "clips go to the server's output folder; a request cannot choose a folder",
                       loc=loc)
+    if name == "extend":  # a server path: never taken from a client (as images are uploaded, not named)
+        raise Refused(422, "extend names a file on the server; extend a clip with `ovi generate --extend CLIP.mp4`",
+                      loc=loc)
     if key in ENGINE_KEYS:
         raise Refused(422, f"{key} is an engine setting, decided by the server's config; choose a "
                            f"config by name with 'config' ({', '.join(folders.config_names())})", loc=loc)
-    if key == "duration":
-        raise Refused(422, "the clip length is fixed by the model of the config; choose a config by "
-                           f"name with 'config' ({', '.join(folders.config_names())})", loc=loc)
 
 
 def _limit(value, limit: int, limit_name: str, loc: list, subject: str) -> None:
