@@ -56,9 +56,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", dest="config_opt", metavar="CONFIG",
                         help="config yaml or shipped name (default: the embedded tiny model)")
     engine = parser.add_argument_group("engine settings")
-    engine.add_argument("--sp", type=cli_int(1, 2**16, "sp"), help="sequence-parallel ranks (sp_size)")
+    engine.add_argument("--sp", type=_INTEGER, help="sequence-parallel ranks (sp_size)")
     engine.add_argument("--fsdp", metavar="STRATEGY", help="enable FSDP with this sharding strategy")
-    engine.add_argument("--world-size", type=cli_int(1, 2**16, "world-size"), metavar="N",
+    engine.add_argument("--world-size", type=_INTEGER, metavar="N",
                         help="ranks to run (world_size; default cfg x sp); more than cfg x sp with --fsdp: the "
                              "extra ranks are replicas that hold shards (e.g. --world-size 4 --sp 1 --fsdp FULL_SHARD)")
     engine.add_argument("--memory-profile", metavar="PROFILE", default=None,
