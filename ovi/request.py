@@ -463,8 +463,6 @@ FIELDS = tuple(f.name for f in dataclasses.fields(GenerateRequest))
 # Per-clip field -> the config key that supplies its default.
 CONFIG_KEYS = {f.name: f.metadata["config_key"] for f in dataclasses.fields(GenerateRequest)
                if f.metadata["config_key"]}
-# Fields whose value travels to the engine's per-clip work (everything but routing).
-CLIP_FIELDS = tuple(name for name in FIELDS if name not in ("config", "engine", "out"))
 
 # Other vocabularies, accepted at the edges: upstream's yaml/csv keys, and the seed fork's option names.
 ALIASES = {

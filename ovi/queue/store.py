@@ -255,10 +255,6 @@ class SqlTxn:
             [_encode(c, fields[c]) for c in cols] + [job_id],
         )
 
-    def update_many(self, job_ids: list[int], **fields) -> None:
-        for job_id in job_ids:
-            self.update(job_id, **fields)
-
     def counts(self) -> dict[str, int]:
         rows = self.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: int(r["n"]) for r in rows}
