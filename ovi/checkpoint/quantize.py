@@ -28,8 +28,10 @@ from ovi.errors import ConfigError
 def quiet_torchao_import():
     """Importing torchao (directly, or through diffusers' model classes, which load their torchao
     integration when it is installed) logs that its CUDA kernels do not load on a CPU build of torch,
-    and diffusers that it cannot import torchao's older tensor classes: neither matters here."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer")]
+    and diffusers that it cannot import torchao's older tensor classes; torch's pytree logs a deprecation
+    for each enum torchao registers: none of it matters here."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "diffusers.quantizers.torchao.torchao_quantizer",
+                                                    "torch.utils._pytree")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -18,6 +18,7 @@ import torch
 
 from ovi.checkpoint.adapter import unwrap_container, wan_t5_to_hf
 from ovi.checkpoint.loading import read_rows_from
+from ovi.checkpoint.quantize import quiet_torchao_import
 from ovi.errors import CheckpointError
 from ovi.specs import BYTE_TOKENIZER_FILE, T5_DIR, T5_FILE, TOKENIZER_DIR, WORD_TOKENIZER_FILE
 
@@ -126,7 +127,8 @@ class HFTokenizer:
 
 def make_t5(architecture: str | dict):
     """A umT5 encoder for an architecture preset (or a T5_CONFIGS-style dict), randomly initialised."""
-    from transformers import UMT5Config, UMT5EncoderModel
+    with quiet_torchao_import():  # transformers' model classes load their torchao integration
+        from transformers import UMT5Config, UMT5EncoderModel
     c = T5_CONFIGS[architecture] if isinstance(architecture, str) else architecture
     config = UMT5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
                         num_layers=c["num_layers"], num_heads=c["num_heads"], relative_attention_num_buckets=32,
