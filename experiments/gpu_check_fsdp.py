@@ -97,19 +97,13 @@ def _real_size(emit, out, device: torch.device) -> None:
     5 s token count, and the Wan2.2 VAE decoding a 5 s 704x704 clip, vs the memory model."""
     import ovi
     from ovi.codecs.wan_vae import make_wan22_vae
-    from ovi.model import FusionModel
-    from ovi.model.configs import architecture
+    from random_weights import random_fusion_model  # beside this script
     from ovi.parallel.memory import activation_bytes, param_layout
     from ovi.pipeline.footprint import WAN_DECODER_BYTES_PER_PIXEL, latent_shape, sequence_lengths, workload
     cfg = ovi.load_config("ovi_720x720_5s")
     video_tokens, audio_tokens = sequence_lengths(cfg.model_name, cfg.height_width)
     _, f, h, w = latent_shape(cfg.model_name, cfg.height_width)
-    with torch.device("meta"):
-        model = FusionModel(*architecture("ovi"))
-    model = model.to_empty(device=device).to(torch.bfloat16).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+    model = random_fusion_model("ovi", device, torch.bfloat16)
     torch.cuda.reset_peak_memory_stats()
     params = torch.cuda.memory_allocated()
     vid = torch.randn(48, f, h, w, device=device)

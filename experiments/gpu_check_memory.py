@@ -24,26 +24,17 @@ import time
 import torch
 
 from ovi.config import load_config
-from ovi.model import FusionModel
 from ovi.model.configs import architecture
 from ovi.parallel.offload import BlockSwap
 from ovi.pipeline.footprint import latent_shape
 from ovi.pipeline.memory_profiles import apply_memory_settings, estimate_profile, settings_for
+from random_weights import random_fusion_model  # beside this script
 from ovi.specs import MODEL_SPECS
 
 
 class _Parts:  # what apply_memory_settings places (the DiT only here)
     def __init__(self, model):
         self.model, self.text_encoder, self.video_codec, self.audio_codec = model, None, None, None
-
-
-def random_model(arch: str, device: torch.device, dtype: torch.dtype) -> FusionModel:
-    with torch.device(device):
-        model = FusionModel(*architecture(arch)).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    return model.eval().requires_grad_(False)
 
 
 def run_point(cfg, profile: str, cap_gb: float | None, device: torch.device, steps: int) -> dict:
@@ -55,7 +46,7 @@ def run_point(cfg, profile: str, cap_gb: float | None, device: torch.device, ste
                            device=device.type)
     # the denoise phase without the codecs (with umT5 off the device the text phase is resident + codecs)
     record["estimated_denoise_bytes"] = est["phases"]["denoise"] - est["phases"]["text"] + est["resident_param_bytes"]
-    model = random_model(cfg.model, device, dtype)
+    model = random_fusion_model(cfg.model, device, dtype)
     dit_only = settings.__class__(**{**settings.to_dict(), "vae_tiling": False, "text_encoder_device": "device"})
     apply_memory_settings(_Parts(model), dit_only, device)
     spec = MODEL_SPECS[cfg.model_name]

@@ -18,20 +18,14 @@ STEPS = 4
 
 def run(emit, out, device: torch.device) -> None:
     import ovi
-    from ovi.model import FusionModel
-    from ovi.model.configs import architecture
+    from random_weights import random_fusion_model  # beside this script
     from ovi.pipeline.compile import compile_fused_block
     from ovi.pipeline.footprint import latent_shape, sequence_lengths
     from ovi.pipeline.step_cache import install_step_cache
     cfg = ovi.load_config("ovi_720x720_5s")
     video_tokens, audio_tokens = sequence_lengths(cfg.model_name, cfg.height_width)
     _, f, h, w = latent_shape(cfg.model_name, cfg.height_width)
-    with torch.device("meta"):
-        model = FusionModel(*architecture("ovi"))
-    model = model.to_empty(device=device).to(torch.bfloat16).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+    model = random_fusion_model("ovi", device, torch.bfloat16)
     g = torch.Generator(device).manual_seed(0)
     vid = torch.randn(48, f, h, w, device=device, generator=g)
     aud = torch.randn(audio_tokens, 20, device=device, generator=g)
