@@ -211,25 +211,18 @@ def extend_turn(engine, specs, seed: int, out_dir=None) -> dict:
 
 def run(args):
     import ovi
+    from ovi.bench.quality import counts_option, trained_engine
     from ovi.config import parse_set_option
     from ovi.errors import InputError
     from ovi.train import data
 
     cfg = ovi.load_config(args.config, **dict(parse_set_option(s) for s in args.set))
-    try:
-        counts = [int(s) for s in str(args.windows).split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--windows {args.windows!r}: give comma-separated integers, e.g. 3,6") from None
-    if not counts or min(counts) < 2:
-        raise InputError(f"--windows {args.windows!r}: give window counts >= 2, e.g. 3,6")
+    counts = counts_option("windows", args.windows, "window counts", 2, "3,6")
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise InputError(f"--methods {args.methods!r}: choose from {', '.join(METHODS)}")
-    engine = ovi.Engine.from_config(cfg)
-    if not hasattr(engine.components.video_codec, "encode_content"):
-        raise InputError(f"ovi bench long measures the trained tiny model (model_name tiny_trained, the embedded "
-                         f"default); config model_name {cfg.model_name!r} does not generate its vocabulary")
+    engine = trained_engine(cfg, "long")
     specs = data.held_out_specs()[: args.limit]
     spec = engine.spec
     for windows in counts:

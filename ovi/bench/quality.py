@@ -106,6 +106,31 @@ def measure_engine(engine, specs, seeds: int, steps: int):
     return out, float(np.mean(seconds))
 
 
+def counts_option(option: str, text, noun: str, minimum: int, example: str) -> list[int]:
+    """A bench option's comma-separated counts (`--steps 1,8`, `--windows 3,6`), each >= `minimum`."""
+    from ovi.errors import InputError
+    try:
+        counts = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--{option} {text!r}: give comma-separated integers, e.g. {example}") from None
+    if not counts or min(counts) < minimum:
+        raise InputError(f"--{option} {text!r}: give comma-separated {noun} >= {minimum}, e.g. {example}")
+    return counts
+
+
+def trained_engine(cfg, bench: str):
+    """An Engine for `cfg`, refused unless its model draws the trained tiny model's vocabulary (what the
+    quality and long benches score)."""
+    import ovi
+    from ovi.errors import InputError
+    engine = ovi.Engine.from_config(cfg)
+    if not hasattr(engine.components.video_codec, "encode_content"):
+        raise InputError(f"ovi bench {bench} measures the trained tiny model (model_name tiny_trained, the "
+                         f"embedded default); config model_name {cfg.model_name!r} does not generate its "
+                         "synthetic vocabulary")
+    return engine
+
+
 def run(args):
     import ovi
     from ovi.config import parse_set_option
@@ -115,19 +140,10 @@ def run(args):
     from ovi.train.metrics import measure, score
 
     cfg = ovi.load_config(args.config, **dict(parse_set_option(s) for s in args.set))
-    try:
-        step_counts = [int(s) for s in str(args.steps).split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--steps {args.steps!r}: give comma-separated integers, e.g. {DEFAULT_STEPS}") from None
-    if not step_counts or min(step_counts) < 1:
-        raise InputError(f"--steps {args.steps!r}: give comma-separated step counts >= 1, e.g. {DEFAULT_STEPS}")
+    step_counts = counts_option("steps", args.steps, "step counts", 1, DEFAULT_STEPS)
     if args.seeds < 1:
         raise InputError("--seeds must be at least 1")
-    engine = ovi.Engine.from_config(cfg)
-    if not hasattr(engine.components.video_codec, "encode_content"):
-        raise InputError(f"ovi bench quality measures the trained tiny model (model_name tiny_trained, the "
-                             f"embedded default); config model_name {cfg.model_name!r} does not generate its "
-                             "synthetic vocabulary")
+    engine = trained_engine(cfg, "quality")
     specs = data.held_out_specs()[: args.limit]
     base = {"bench": "quality", "config": args.config or "tiny (embedded default)", "world_size": 1,
             "model_name": cfg.model_name, "solver": cfg.solver_name, "shift": cfg.shift,
