@@ -268,8 +268,7 @@ class Engine:
         timesteps = video_solver.timesteps
         video_fixed = self.fixed_latents(self.components.video_codec, video)
         audio_fixed = self.fixed_latents(self.components.audio_codec, audio)
-        # a continuation window (it carries audio) counts its forwards into the clip's
-        self.step_cache.reset(plan.steps, keep_counts=audio_prefix is not None)
+        self.step_cache.reset(plan.steps)
 
         def hold(video, audio):
             if k_v:
@@ -336,6 +335,7 @@ class Engine:
         timings["text"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
+        self.step_cache.start_clip()  # the sidecar's forwards: every window of this clip
         if plan.windows is not None:  # a long clip or an extension: continuation windows
             video, audio = denoise_windows(self, plan, contexts, progress, prior=plan.prior)
         else:

@@ -74,21 +74,24 @@ class _PassState:
 
 
 class StepCache:
-    """A FusionModel `block_runner` that skips forwards (see the module docstring). `reset(steps)` before
-    each denoising run; `record()` -> what the sidecar gets."""
+    """A FusionModel `block_runner` that skips forwards (see the module docstring). `start_clip()` before
+    each clip (zeroes its counts), `reset(steps)` before each denoising run (a long clip has one per window);
+    `record()` -> what the sidecar gets."""
 
     def __init__(self, method: str = "none", threshold: float | None = None):
         check_step_cache(method, threshold)
         self.method = method
         self.threshold = float(DEFAULT_THRESHOLDS[method] if threshold is None else threshold)
+        self.start_clip()
         self.reset()
 
-    def reset(self, steps: int | None = None, *, keep_counts: bool = False) -> None:
-        """A new denoising run; `keep_counts` adds its forwards to the clip's (a long clip's later windows)."""
+    def start_clip(self) -> None:
+        self.forwards = self.skipped = self.blocks_run = self.blocks_total = 0
+
+    def reset(self, steps: int | None = None) -> None:
+        """A new denoising run: no cached residual carries over from the last one."""
         self.steps = steps
         self.passes: dict = {}
-        if not keep_counts:
-            self.forwards = self.skipped = self.blocks_run = self.blocks_total = 0
 
     def record(self) -> dict:
         return {"forwards": self.forwards,

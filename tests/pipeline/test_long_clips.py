@@ -118,6 +118,7 @@ def test_windows_carry_the_prefix_bit_identically_and_cost_one_window_each(prese
                  window_audio_tokens=spec.audio_latent_length, fps=spec.fps, audio_tokens_per_second=31.25)
     assert lay.windows == 2
     assert len(calls) == 2 * per_clip  # time linear in windows: the same forwards per window
+    assert one.meta["forwards"] == per_clip and clip.meta["forwards"] == len(calls)  # sidecar: every window
     assert seen == [(i + 1, 2 * steps, i // steps) for i in range(2 * steps)]  # steps across windows
     (v0, a0), (v1, a1) = engine.last_windows
     assert v1.shape == v0.shape == one.latents["video"].shape  # memory per window: one clip's latents
@@ -164,7 +165,12 @@ def test_extend_continues_from_the_saved_latents_and_keeps_the_old_part(tiny_ckp
     engine = ovi.Engine.from_config(load_config(model_name="tiny", ckpt_dir=str(tiny_ckpt), sample_steps=2))
     first = engine.generate("a red ball moves left", seed=5)
     paths = first.save(tmp_path / "first", save_latents=True)
-    longer = engine.generate("a red ball moves right", extend=str(paths["mp4"]), duration=0.5)
+    calls, handle = _count_forwards(engine)
+    try:
+        longer = engine.generate("a red ball moves right", extend=str(paths["mp4"]), duration=0.5)
+    finally:
+        handle.remove()
+    assert longer.meta["forwards"] == len(calls)  # this clip's forwards only, not the first clip's too
     old_frames = first.num_frames
     assert torch.equal(longer.latents["video"][:, :first.latents["video"].shape[1]], first.latents["video"])
     assert torch.equal(longer.latents["audio"][:first.latents["audio"].shape[0]], first.latents["audio"])
