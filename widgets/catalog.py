@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovi.pipeline.prompts import AUDCAP_RE, SPEECH_RE
+from ovi.pipeline.windows import DEFAULT_OVERLAP, spec_layout
+from ovi.request import MAX_DURATION_SECONDS
 from ovi.specs import MODEL_SPECS
 
 
@@ -116,3 +118,34 @@ def durations(model_name: str) -> dict[str, str]:
         seconds = s.num_frames / s.fps
         out[f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"] = s.name
     return out
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:.{1 if seconds >= 10 else 2}f}".rstrip("0").rstrip(".") + " s"
+
+
+def long_durations(model_name: str, max_seconds: float = MAX_DURATION_SECONDS) -> list[tuple[str, float | None]]:
+    """The Duration list: (label, `duration` seconds) for 1x, 2x, 3x, ... the model's own clip, up to
+    `max_seconds`. 1x is None (the model's own length, one window). n x is the length n continuation
+    windows make exactly: a window carries `DEFAULT_OVERLAP` latent frame(s) of the one before, so an exact
+    multiple of the clip would need one more window and come out longer than asked."""
+    spec = MODEL_SPECS[model_name]
+    new_frames_per_window = 4 * (spec.video_latent_frames - DEFAULT_OVERLAP)
+    out = [(f"{seconds_text(spec.num_frames / spec.fps)} (the model's clip)", None)]
+    n = 2
+    while (frames := spec.num_frames + (n - 1) * new_frames_per_window) / spec.fps <= max_seconds:
+        seconds = round(frames / spec.fps, 4)  # 4 decimals: seconds x fps still rounds to `frames`
+        windows = spec_layout(spec, seconds).windows
+        out.append((f"{seconds_text(seconds)} ({windows} windows)", seconds))
+        n += 1
+    return out
+
+
+def extension_duration(model_name: str, windows: int) -> float | None:
+    """The `duration` that extends a clip by exactly `windows` continuation windows (None: one, the
+    default): each adds the window's frames less the carried overlap, so "2x" on a card's Extend adds two
+    windows, as it makes a new clip of two."""
+    if windows <= 1:
+        return None
+    spec = MODEL_SPECS[model_name]
+    return round(windows * 4 * (spec.video_latent_frames - DEFAULT_OVERLAP) / spec.fps, 4)

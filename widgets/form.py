@@ -17,7 +17,7 @@ import ipywidgets as w
 
 from ovi.config import OviConfig
 from ovi.request import SOLVERS, GenerateRequest, RequestError
-from widgets.catalog import CATEGORIES, durations, insert_template, resolutions, templates
+from widgets.catalog import CATEGORIES, durations, insert_template, long_durations, resolutions, templates
 
 MODES = (("T2V", "t2v"), ("I2V", "i2v"), ("T2I2V", "t2i2v"))
 IMAGE_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/bmp": ".bmp"}
@@ -46,8 +46,11 @@ class GenerateForm:
         sizes = resolutions(d.height_width)
         self.resolution = w.Dropdown(options=list(sizes.items()), value=tuple(d.height_width), description="Size")
         lengths = durations(cfg.model_name)
-        self.duration = w.Dropdown(options=list(lengths.items()), value=cfg.model_name, description="Duration",
-                                   disabled=len(lengths) == 1)
+        self.window = w.Dropdown(options=list(lengths.items()), value=cfg.model_name, description="Window",
+                                 tooltip="the model's own clip length (its checkpoint)", disabled=len(lengths) == 1)
+        self.duration = w.Dropdown(description="Duration",
+                                   tooltip="the clip's length: 1, 2, 3, ... continuation windows of the model's clip "
+                                           "(a gallery card's Extend adds that many windows)")
         self.video_guidance = w.FloatSlider(value=d.video_guidance_scale, min=0.0, max=15.0, step=0.1,
                                             description="Video CFG")
         self.audio_guidance = w.FloatSlider(value=d.audio_guidance_scale, min=0.0, max=15.0, step=0.1,
@@ -66,6 +69,8 @@ class GenerateForm:
         self.priority = w.IntText(value=0, description="Priority")
         self.submit = w.Button(description="Submit", button_style="primary", icon="plus",
                                tooltip="add to the queue")
+        self.extend_with_prompt = w.Checkbox(value=False, description="Extend with this prompt",
+                                             tooltip="a gallery card's Extend uses this prompt (else the clip's own)")
         self.generate_now = w.Button(description="Generate now", button_style="success", icon="play",
                                      tooltip="put it first in the queue and start the runner")
 
@@ -76,20 +81,23 @@ class GenerateForm:
         self.lora_add.on_click(lambda _: self._guarded(self.add_lora))
         self.lora_remove.on_click(lambda _: self._guarded(self.remove_loras))
         self.lightning.observe(self._lightning, "value")
+        self.window.observe(self._fill_durations, "value")
         self._fill_templates()
+        self._fill_durations()
         self._show_image()
 
         self.widget = w.VBox([
             self.mode, self.image,
             w.HBox([self.category, self.template, self.insert]),
             self.prompt, self.negative_prompt, self.audio_negative_prompt,
-            w.HBox([self.resolution, self.duration]),
+            w.HBox([self.resolution, self.window, self.duration]),
             w.HBox([self.video_guidance, self.audio_guidance]),
             w.HBox([self.solver, self.steps]),
             w.HBox([self.seed, self.randomise, self.random_each]),
             w.HBox([self.lora_path, self.lora_weight, self.lora_add]),
             w.HBox([self.lora_list, self.lora_remove, self.lightning]),
             w.HBox([self.priority, self.submit, self.generate_now]),
+            self.extend_with_prompt,
         ])
 
     # ---- actions ---------------------------------------------------------------------------------
@@ -122,8 +130,8 @@ class GenerateForm:
         if self.random_each.value:
             self.new_seed()
         engine = dict(self.engine)
-        if self.duration.value != self.cfg.model_name:
-            engine["model_name"] = self.duration.value
+        if self.window.value != self.cfg.model_name:
+            engine["model_name"] = self.window.value
         image = self._saved_image(Path(upload_dir)) if self.mode.value == "i2v" else None
         return GenerateRequest(
             self.prompt.value, mode=self.mode.value, image=image, seed=int(self.seed.value),
@@ -133,7 +141,8 @@ class GenerateForm:
             video_guidance_scale=round(float(self.video_guidance.value), 6),
             audio_guidance_scale=round(float(self.audio_guidance.value), 6), height_width=tuple(self.resolution.value),
             loras=tuple({"path": p, "weight": wt} for _, (p, wt) in self.lora_list.options),
-            lightning=bool(self.lightning.value), config=self.config_name, engine=engine)
+            lightning=bool(self.lightning.value), duration=self.duration.value, config=self.config_name,
+            engine=engine)
 
     def _saved_image(self, upload_dir: Path) -> str:
         if not self.image.value:
@@ -160,6 +169,13 @@ class GenerateForm:
     # ---- reactions -------------------------------------------------------------------------------
     def _fill_templates(self, *_):
         self.template.options = [t.label for t in templates(self.category.value)]
+
+    def _fill_durations(self, *_):
+        """Multiples of the chosen window's clip; the same multiple stays chosen when the window changes."""
+        index = self.duration.index or 0
+        options = long_durations(self.window.value)
+        self.duration.options = options
+        self.duration.index = min(index, len(options) - 1)
 
     def _show_image(self, *_):
         self.image.layout.display = "" if self.mode.value == "i2v" else "none"

@@ -1,11 +1,13 @@
 """The gallery: finished clips from the store, newest first, each with inline video (H.264 + AAC),
-its wav, and the settings that made it (read from the clip's json sidecar)."""
+its wav, the settings that made it (read from the clip's json sidecar) and an Extend button (the
+Studio queues a job continuing the clip; the longer clip arrives as a card of its own)."""
 
 from __future__ import annotations
 
 import html
 import json
 from pathlib import Path
+from typing import Callable
 
 import ipywidgets as w
 
@@ -38,7 +40,7 @@ def settings_html(sidecar: dict, request: dict) -> str:
 
 
 class ClipCard:
-    def __init__(self, job: dict, width: int = 256):
+    def __init__(self, job: dict, width: int = 256, on_extend: Callable[[int], None] | None = None):
         result = job["result"] or {}
         self.job_id = job["id"]
         self.mp4 = Path(result["mp4"])
@@ -51,6 +53,11 @@ class ClipCard:
         if wav and Path(wav).is_file():
             self.audio = w.Audio.from_file(wav, format="wav", autoplay=False, loop=False, controls=True)
             parts.append(self.audio)
+        if on_extend is not None:
+            self.extend = w.Button(description="Extend", icon="forward",
+                                   tooltip="queue a job continuing this clip by the form's Duration")
+            self.extend.on_click(lambda _: on_extend(self.job_id))
+            parts.append(self.extend)
         parts.append(w.HTML(settings_html(self.sidecar, job["request"])))
         self.widget = w.VBox(parts, layout=w.Layout(border="1px solid #ddd", padding="4px", margin="2px"))
         self.widget.add_class("ovi-clip")
@@ -64,9 +71,10 @@ class ClipCard:
 class Gallery:
     """The newest `limit` done jobs whose mp4 exists (a deleted file drops its card)."""
 
-    def __init__(self, queue: JobQueue, *, limit: int = 12):
+    def __init__(self, queue: JobQueue, *, limit: int = 12, on_extend: Callable[[int], None] | None = None):
         self.queue = queue
         self.limit = limit
+        self.on_extend = on_extend  # a card's Extend button: on_extend(job_id)
         self.cards: dict[int, ClipCard] = {}
         self.title = w.HTML("<b>Gallery</b>")
         self.grid = w.GridBox(layout=w.Layout(grid_template_columns="repeat(auto-fill, 320px)"))
@@ -85,7 +93,7 @@ class Gallery:
             self.cards.pop(job_id).close()
         for job in jobs:
             if job["id"] not in self.cards:
-                self.cards[job["id"]] = ClipCard(job)
+                self.cards[job["id"]] = ClipCard(job, on_extend=self.on_extend)
         shown = [self.cards[j["id"]].widget for j in jobs]
         if list(self.grid.children) != shown:
             self.grid.children = shown

@@ -25,8 +25,12 @@ from pathlib import Path
 import ipywidgets as w
 
 from ovi.config import load_config
+from ovi.errors import InputError
+from ovi.pipeline.windows import read_prior
 from ovi.queue import DEFAULT_DB, FINISHED, JobQueue
+from ovi.request import GenerateRequest
 from ovi.runtime.runner import EngineFactory
+from widgets.catalog import extension_duration
 from widgets.engine_panel import EnginePanel
 from widgets.form import GenerateForm
 from widgets.gallery import Gallery
@@ -58,7 +62,8 @@ class Studio:
         self.message = w.HTML()
         self.form = GenerateForm(self.config, config_name=config_name, engine=engine, on_error=self.show_error)
         self.queue_panel = QueuePanel(self.queue, on_error=self.show_error)
-        self.gallery = Gallery(self.queue, limit=gallery_size)
+        self.gallery = Gallery(self.queue, limit=gallery_size,
+                               on_extend=lambda job_id: self._guarded(lambda: self.extend(job_id)))
         self.engine_panel = EnginePanel(self.queue, on_error=self.show_error, engine_factory=engine_factory,
                                         runner_options=runner_options)
         self.form.submit.on_click(lambda _: self._guarded(self.submit))
@@ -72,6 +77,7 @@ class Studio:
             self.message, self.queue_panel.widget, self.gallery.widget])
         self.widget.add_class("ovi-studio")
 
+        self._about: int | None = None  # the job the message line speaks of (None: an error, or nothing)
         self._lock = threading.RLock()  # the watcher and button clicks refresh the same widgets
         self._cursor = self.queue.last_event_id()
         self._stop = threading.Event()
@@ -91,9 +97,36 @@ class Studio:
         request = self.form.request(self.upload_dir)
         job_id = self.queue.submit(request, priority=int(self.form.priority.value if priority is None else priority))
         self.show(f"queued job #{job_id}"
-                  + ("" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"))
+                  + ("" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"), about=job_id)
         self.refresh()
         return job_id
+
+    def extend(self, job_id: int) -> int:
+        """Queue a job continuing finished job `job_id`'s clip (the gallery card's Extend): the request names
+        the clip and the form's Duration as windows added (1x: one window, 2x: two, ...) and, with
+        "Extend with this prompt", the form's prompt, else the clip's own. It runs under the clip's own
+        config and engine settings, and what it leaves unset (seed, steps, ...) is the clip's (its sidecar).
+        A clip without saved latents is refused here, before anything is queued. Returns the new job id."""
+        job = self.queue.get(job_id)
+        mp4 = ((job or {}).get("result") or {}).get("mp4")
+        if job is None or job["state"] != "done" or not mp4:
+            raise InputError(f"job #{job_id} has no finished clip to extend")
+        made = job["request"]
+        config, engine = made.get("config"), dict(made.get("engine") or {})
+        model_name = load_config(config, **engine).model_name
+        try:
+            prior = read_prior(mp4, model_name)
+        except InputError as exc:
+            raise InputError(f"cannot extend job #{job_id}'s clip: {exc}") from None
+        prompt = self.form.prompt.value if self.form.extend_with_prompt.value else prior.settings.get("prompt")
+        windows = (self.form.duration.index or 0) + 1
+        request = GenerateRequest(prompt, extend=str(mp4), duration=extension_duration(model_name, windows),
+                                  config=config, engine=engine)
+        new = self.queue.submit(request, priority=int(self.form.priority.value))
+        self.show(f"queued job #{new}: extends #{job_id} by {windows} window{'s' if windows > 1 else ''}"
+                  + ("" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"), about=new)
+        self.refresh()
+        return new
 
     def generate_now(self) -> int:
         """Queue the form's request ahead of every queued job and make sure the runner runs."""
@@ -101,15 +134,36 @@ class Studio:
         top = max([j["priority"] for j in queued] + [int(self.form.priority.value) - 1]) + 1
         job_id = self.submit(priority=top)
         self.engine_panel.start()
-        self.show(f"job #{job_id} is next (priority {top}); the runner is working")
+        self.show(f"job #{job_id} is next (priority {top}); the runner is working", about=job_id)
         return job_id
 
-    def show(self, text: str) -> None:
+    def show(self, text: str, about: int | None = None) -> None:
+        """A status line; `about`: the job it speaks of, so the line is rewritten once that job has finished."""
+        self._about = about
         self.message.value = f"<div class='ovi-message'>{html.escape(text)}</div>"
 
     def show_error(self, exc: BaseException | str) -> None:
+        self._about = None  # an error stays until the next action
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.message.value = f"<pre class='ovi-message-error'>{html.escape(text)}</pre>"
+
+    def _settled_status(self) -> None:
+        """Once the job the status line speaks of has finished, the line says so and what the queue does now
+        (it never claims work that is over, e.g. "job #2 is next" after every job is done)."""
+        job = self.queue.get(self._about) if self._about is not None else None
+        if job is None or job["state"] not in (*FINISHED, "lost"):
+            return
+        counts = self.queue.counts()
+        running = [j["id"] for j in self.queue.list("running")]
+        if running or counts["queued"]:
+            now = ", ".join([*(f"job #{i} running" for i in running), *([f"{counts['queued']} queued"]
+                                                                        if counts["queued"] else [])])
+            if not self.engine_panel.running:
+                now += " (runner stopped: press Start or Generate now)"
+        else:
+            now = "nothing left to run" + ("; the runner is idle" if self.engine_panel.running else "")
+        text = f"job #{job['id']} {job['state']}; {now}"
+        self.message.value = f"<div class='ovi-message'>{html.escape(text)}</div>"
 
     def _guarded(self, action) -> None:
         try:
@@ -126,6 +180,7 @@ class Studio:
             if events is None or kinds & {"done", "retried"} or kinds & set(FINISHED):
                 self.gallery.refresh()
             self.engine_panel.refresh()
+            self._settled_status()
             for event in events or []:
                 if event["kind"] == "failed":
                     self.show_error(f"job #{event['id']} failed: {event['error']}")

@@ -125,6 +125,16 @@ def layout(duration: float | None, *, window_video_frames: int, window_audio_tok
                         prior_video_frames=prior_video_frames, prior_audio_tokens=prior_audio_tokens, fps=fps)
 
 
+def spec_layout(spec, duration: float | None, *, prior_video_frames: int = 0) -> WindowLayout | None:
+    """`layout()` from a ModelSpec's own geometry, with no codec loaded: what a server limit or the Studio's
+    Duration list counts before anything is queued (the same windows the engine's Plan will run)."""
+    from ovi.codecs.base import AudioCodec  # every codec's audio latent rate (16 kHz / 512)
+
+    return layout(duration, window_video_frames=spec.video_latent_frames, window_audio_tokens=spec.audio_latent_length,
+                  fps=spec.fps, audio_tokens_per_second=spec.sample_rate / AudioCodec.samples_per_latent,
+                  prior_video_frames=prior_video_frames)
+
+
 def window_seed(seed: int, window: int) -> int:
     """Window 0 uses the clip's seed (a one-window clip is the ordinary clip); later windows their own
     stream derived from it (not seed + w, which the next clip of `n` uses)."""

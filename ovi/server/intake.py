@@ -10,8 +10,10 @@ checked `Submission` or raises `Refused` (an HTTP status, where in the body, and
   output folder (`out`/`output_dir`) are the server's.
 - No server paths: `config` and LoRAs are names from the server's folders (ovi.queue.folders);
   `image` is the name of an upload (`POST /api/uploads`) or a `data:` URL carrying the image.
-- Server limits (`ServerLimits`) on steps, frame area, frames per clip, prompt length, clips per
-  request and upload size: a 422 (413 for size) naming the limit.
+- Server limits (`ServerLimits`) on steps, frame area, frames per clip (all the windows a `duration`
+  makes), prompt length, clips per request and upload size: a 422 (413 for size) naming the limit.
+- Extending a clip names a finished job (`POST /api/jobs/{id}/extend`), never a file: its body takes
+  only `prompt`, `duration`, `id` and `priority` (`parse_extension`).
 
 Nothing is written before every check has passed; an image that came with the request is stored
 in the uploads folder only then.
@@ -41,6 +43,7 @@ from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
 from ovi.inputs import ValueProblem, check_int, sendable, without_addresses
 from ovi.queue.folders import ServerFolders
+from ovi.pipeline.windows import spec_layout
 from ovi.queue.jobqueue import check_client_id
 from ovi.request import ALIASES, GenerateRequest, RequestError
 from ovi.server.limits import ServerLimits
@@ -202,6 +205,22 @@ def _limit(value, limit: int, limit_name: str, loc: list, subject: str) -> None:
                       loc=loc, kind="limit_exceeded")
 
 
+def check_frames(spec, duration: float | None, limits: ServerLimits, *, config_loc: list, duration_loc: list,
+                 config_name: str | None, prior_video_frames: int = 0) -> int:
+    """The frames the clip will have (every continuation window a `duration` makes, or the model's own
+    clip; with `prior_video_frames`, the extended clip's whole length) against `max_frames`; returns them."""
+    windows = spec_layout(spec, duration, prior_video_frames=prior_video_frames)
+    if windows is None:
+        _limit(spec.num_frames, limits.max_frames, "max_frames", config_loc,
+               f"{spec.num_frames} frames per clip (config {config_name or 'default'})")
+        return spec.num_frames
+    asked = "one window" if duration is None else f"duration {duration:g} s"
+    whole = " (the extended clip as a whole)" if prior_video_frames else ""
+    _limit(windows.num_frames, limits.max_frames, "max_frames", duration_loc,
+           f"{asked}: {windows.num_frames} frames in {windows.windows} windows of {spec.num_frames}{whole}")
+    return windows.num_frames
+
+
 def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> Submission:
     """Check one request body against every rule in the module docstring; writes nothing."""
     body, locs, client_id, priority = _merge_shapes(payload)
@@ -268,9 +287,8 @@ def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> S
     height, width = run.height_width
     _limit(height * width, limits.max_pixels, "max_pixels", field_loc("height_width"),
            f"frame area {height}x{width} = {height * width} pixels{note['height_width']}")
-    frames = MODEL_SPECS[cfg.model_name].num_frames
-    _limit(frames, limits.max_frames, "max_frames", field_loc("config"),
-           f"{frames} frames per clip (config {request.config or 'default'})")
+    check_frames(MODEL_SPECS[cfg.model_name], request.duration, limits, config_loc=field_loc("config"),
+                 duration_loc=field_loc("duration"), config_name=request.config)
     for name in ("prompt", "negative_prompt", "audio_negative_prompt"):
         text = getattr(request, name)
         if text is not None:
@@ -278,6 +296,50 @@ def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> S
                    f"{name} of {len(text)} characters")
     return Submission(request=request, client_id=client_id, priority=priority or 0,
                       default_seed=cfg.seed, image=image)
+
+
+# -- extending a finished job's clip ---------------------------------------------------------------
+EXTENSION_KEYS = ("prompt", "duration")  # what an extension may change; the rest is the clip's own
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A checked body of `POST /api/jobs/{id}/extend` (the job and its clip are checked by the service)."""
+
+    prompt: str | None       # None: the clip's own prompt
+    duration: float | None   # seconds added; None: one window
+    client_id: str | None
+    priority: int
+
+
+def parse_extension(payload, limits: ServerLimits) -> Extension:
+    """`{"prompt"?, "duration"?, "id"?, "priority"?}` (an empty body: one more window with the clip's prompt);
+    any other key is a 422 naming it. Writes nothing."""
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise Refused(422, f"the body must be a JSON object (prompt, duration, id, priority), got "
+                           f"{type(payload).__name__}", loc=[])
+    body = dict(payload)
+    client_id, priority = body.pop("id", None), body.pop("priority", None)
+    for key in body:
+        if key not in EXTENSION_KEYS:
+            raise Refused(422, f"an extension takes only {', '.join(EXTENSION_KEYS)} (plus id and priority); "
+                               f"everything else is the extended clip's own setting", loc=[key])
+    try:
+        # Checked by GenerateRequest's own rules (a stand-in prompt when the clip's own is kept).
+        checked = GenerateRequest.from_dict({"prompt": body.get("prompt", "-"), "duration": body.get("duration")})
+        priority = None if priority is None else check_int("priority", priority)
+        client_id = None if client_id is None else check_client_id(client_id)
+    except RequestError as exc:
+        raise Refused(422, exc.reason, loc=[exc.field or ""]) from None
+    except ValueProblem as exc:
+        raise Refused(422, exc.problem, loc=["priority"]) from None
+    prompt = body.get("prompt")
+    if prompt is not None:
+        _limit(len(prompt), limits.max_prompt_chars, "max_prompt_chars", ["prompt"],
+               f"prompt of {len(prompt)} characters")
+    return Extension(prompt=prompt, duration=checked.duration, client_id=client_id, priority=priority or 0)
 
 
 # -- request size ------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@
     DELETE /api/jobs/{id}                   cancel (a running job stops at its next step)
     POST   /api/jobs/{id}/retry             re-queue a failed, cancelled or lost job
     POST   /api/jobs/{id}/move              {"before": id} | {"after": id} | {"priority": n}
+    POST   /api/jobs/{id}/extend            queue a job continuing a done job's clip -> 202 + the job
+                                            ({"duration"?, "prompt"?, "id"?, "priority"?})
     POST   /api/pause, /api/resume          start no new job / start again
     GET    /api/videos/{filename}           a clip file from the output folder
     GET    /api/events[?job=&since=&timeout=]   live events (Server-Sent Events)
@@ -230,6 +232,10 @@ def create_app(db: str | os.PathLike | JobQueue = "outputs/queue.db", *,
             raise Refused(422, "give exactly one of before (a job id), after (a job id) or "
                                "priority (an integer)", loc=sorted(given)[:1])
         return service.move(ref, **given)
+
+    @app.post("/api/jobs/{ref}/extend", status_code=202, dependencies=guarded)
+    def extend_job(ref: str, payload: Any = Body(None)) -> dict:
+        return service.extend(ref, payload)
 
     @app.post("/api/pause", dependencies=guarded)
     def pause() -> dict:

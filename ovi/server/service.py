@@ -23,13 +23,16 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
+from ovi.config import load_config
 from ovi.errors import InputError
 from ovi.inputs import ValueProblem, check_int, check_job_ref, text_problem, without_addresses
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
-from ovi.request import RequestError
+from ovi.pipeline.windows import clip_files, read_prior
+from ovi.request import GenerateRequest, RequestError
 from ovi.runtime.runner import Runner
-from ovi.server.intake import Refused, check_image, decode_data_url, parse_submission
+from ovi.server.intake import Refused, check_frames, check_image, decode_data_url, parse_extension, parse_submission
+from ovi.specs import MODEL_SPECS
 from ovi.server.limits import ServerLimits
 
 # Only clip files are served; the output folder also holds the queue database, which must not leak.
@@ -138,7 +141,10 @@ class ApiService:
         return shown
 
     def job_json(self, job: dict) -> dict:
-        shown = {**job, "id": job.get("client_id") or job["id"], "job_id": job["id"],
+        request = job.get("request")
+        if isinstance(request, dict) and request.get("extend"):  # the clip it continues, not the server's folder
+            request = {**request, "extend": self.relative_result({"extend": request["extend"]})["extend"]}
+        shown = {**job, "id": job.get("client_id") or job["id"], "job_id": job["id"], "request": request,
                  "status": job["state"], "videoUrl": self.video_url(job.get("result")),
                  "result": self.relative_result(job.get("result")),
                  "error": self.client_text(job.get("error"))}
@@ -203,6 +209,46 @@ class ApiService:
             raise Refused(422, exc.reason, loc=[exc.field] if exc.field else []) from None
         job = self.job_json(self.queue.get(ids[0]))
         return {**job, "job_ids": ids} if len(ids) > 1 else job
+
+    def extend(self, ref, payload) -> dict:
+        """Queue a job continuing finished job `ref`'s clip (`POST /api/jobs/{id}/extend`): the clip is the
+        job's own output, found from its result, never a path a client sends. The extension runs under the
+        job's config; the body may change the prompt and the duration added, the rest is the clip's own.
+        Refused before anything is queued: an unfinished job (409), a clip without saved latents or
+        another model's (422), an extended clip over `max_frames` (422 naming `duration`)."""
+        job = self.find(ref)
+        extension = parse_extension(payload, self.limits)
+        mp4 = (job.get("result") or {}).get("mp4")
+        if job["state"] != "done" or not mp4:
+            raise Refused(409, f"job {ref} is {job['state']}: only a done job's clip can be extended")
+        made = job["request"]
+        try:
+            cfg = load_config(self.folders.resolve_config(made.get("config")), **(made.get("engine") or {}))
+        except InputError as exc:
+            raise Refused(409, f"job {ref}'s config no longer loads: {self.client_text(str(exc))}") from None
+        if not clip_files(mp4)[0].is_file():
+            raise Refused(422, f"job {ref}'s clip has no saved latents, so it cannot be continued (a clip is "
+                               f"continued from its latents, not its video); generate it again through the queue, "
+                               f"which keeps them", loc=["ref"], part="path")
+        try:
+            prior = read_prior(mp4, cfg.model_name)
+        except InputError as exc:
+            raise Refused(422, self.client_text(str(exc)), loc=["ref"], part="path") from None
+        check_frames(MODEL_SPECS[cfg.model_name], extension.duration, self.limits, config_loc=["duration"],
+                     duration_loc=["duration"], config_name=made.get("config"),
+                     prior_video_frames=prior.video.shape[1])
+        if extension.client_id is not None and self.queue.find(extension.client_id) is not None:
+            raise Refused(409, f"a job with id {extension.client_id!r} already exists; choose another id")
+        request = GenerateRequest.from_dict({
+            "prompt": extension.prompt if extension.prompt is not None else prior.settings.get("prompt"),
+            "duration": extension.duration, "extend": str(mp4), "config": made.get("config"),
+            "engine": made.get("engine") or {}})
+        client_ids = None if extension.client_id is None else [extension.client_id]
+        try:
+            [job_id] = self.queue.submit_many([request], priority=extension.priority, client_ids=client_ids)
+        except DuplicateJobError as exc:
+            raise Refused(409, str(exc)) from None
+        return self.job_json(self.queue.get(job_id))
 
     def upload(self, data: bytes) -> dict:
         image = check_image(data, self.limits)

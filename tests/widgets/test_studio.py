@@ -191,3 +191,105 @@ def test_real_tiny_generation_reaches_the_gallery_and_a_missing_lora_fails_its_j
         assert "last clip" in studio.engine_panel.info.value and runner.engine is not None
     finally:
         studio.close()
+
+
+def test_duration_list_offers_window_multiples_and_is_submitted(studio):
+    from ovi.pipeline.windows import spec_layout
+    from ovi.request import MAX_DURATION_SECONDS
+    from ovi.specs import MODEL_SPECS
+    from widgets.catalog import long_durations
+    spec = MODEL_SPECS[studio.config.model_name]
+    options = long_durations(studio.config.model_name)
+    assert options[0][1] is None and "the model's clip" in options[0][0]
+    for n, (label, seconds) in enumerate(options[1:], start=2):
+        lay = spec_layout(spec, seconds)  # n x exactly: n windows, no extra one for the overlap
+        assert lay.windows == n and f"{n} windows" in label and 0 < seconds <= MAX_DURATION_SECONDS
+        assert lay.num_frames == spec.num_frames + (n - 1) * (lay.video_starts[1] - lay.video_starts[0]) * 4
+    assert spec_layout(spec, options[-1][1] + spec.num_frames / spec.fps).duration_s > MAX_DURATION_SECONDS
+    # The 5 s model family: its Window list picks the checkpoint, the Duration list follows it.
+    assert [s for _, s in long_durations("960x960_10s")][:3] == [None, 20.0417, 30.0417]
+
+    f = studio.form
+    assert f.duration.value is None and f.duration.options == tuple(options)
+    f.submit.click()
+    assert "duration" not in studio.queue.list()[-1]["request"]  # the model's own length: left out
+    f.duration.index = 2
+    f.submit.click()
+    assert studio.queue.list()[-1]["request"]["duration"] == options[2][1]
+
+
+def test_status_line_says_what_is_true_once_the_jobs_are_done(studio):
+    studio.form.steps.value = 2
+    first = studio.submit()
+    second = studio.generate_now()
+    assert f"job #{second} is next" in studio.message.value and "the runner is working" in studio.message.value
+    for job_id in (first, second):
+        for _ in studio.queue.subscribe(job_id=job_id, since=0, until_finished=True, timeout=60):
+            pass
+    studio.refresh()
+    text = studio.message.value
+    assert f"job #{second} done" in text and "nothing left to run; the runner is idle" in text, text
+    assert "is next" not in text and "is working" not in text
+    # While other work remains, the line names it; a stopped runner is said to be stopped.
+    studio.engine_panel.stop(wait=True)
+    third = studio.submit()
+    studio.show("-", about=second)
+    studio.refresh()
+    assert f"job #{second} done; 1 queued (runner stopped" in studio.message.value
+    assert studio.queue.get(third)["state"] == "queued"
+
+
+def test_extend_without_saved_latents_is_refused_in_the_widget(studio):
+    studio.form.steps.value = 2
+    job_id = studio.submit()
+    Runner(studio.queue, engine_factory=fake_factory).run(until_empty=True)  # the fake writes no latents
+    studio.refresh()
+    card = studio.gallery.cards[job_id]
+    card.extend.click()
+    message = studio.message.value
+    assert "ovi-message-error" in message and f"cannot extend job #{job_id}" in message, message
+    assert "latents are not saved" in message
+    assert [j["id"] for j in studio.queue.list()] == [job_id]  # nothing queued
+
+
+def test_extend_button_queues_a_longer_clip_through_the_runner(tmp_path):
+    """The trained default, for real: Extend on a card queues a job that continues the clip; the new clip
+    is a card of its own, longer, and its first part is the old clip's latents, unchanged."""
+    from safetensors.torch import load_file
+
+    from ovi.pipeline.windows import clip_files
+    from ovi.runtime.runner import make_engine_factory
+    studio = Studio(tmp_path / "queue.db", autostart=False, poll=0.05)
+    try:
+        f = studio.form
+        f.prompt.value = "A red circle moves left. <AUDCAP>a high tone<ENDAUDCAP>"
+        f.steps.value = 2
+        first = studio.submit()
+        runner = Runner(studio.queue, engine_factory=make_engine_factory())
+        runner.run(until_empty=True)
+        studio.refresh()
+        assert studio.queue.get(first)["state"] == "done", studio.queue.get(first)["error"]
+        f.prompt.value = "A red circle moves right. <AUDCAP>a high tone<ENDAUDCAP>"
+        f.extend_with_prompt.value = True
+        f.duration.index = 1  # 2x: two windows added
+        studio.gallery.cards[first].extend.click()
+        assert "Error" not in studio.message.value, studio.message.value
+        [queued] = studio.queue.list("queued")
+        old_mp4 = studio.queue.get(first)["result"]["mp4"]
+        assert queued["request"]["extend"] == old_mp4 and queued["request"]["duration"] == 1.3333  # 2 x 16 frames
+        assert queued["request"]["prompt"] == f.prompt.value and f"extends #{first} by 2 windows" in studio.message.value
+        runner.run(until_empty=True)
+        runner.close()
+        studio.refresh()
+        job = studio.queue.get(queued["id"])
+        assert job["state"] == "done", job["error"]
+        assert set(studio.gallery.cards) == {first, job["id"]}  # a new card; the old one stays
+        card = studio.gallery.cards[job["id"]]
+        old, new = (load_file(str(clip_files(p)[0])) for p in (old_mp4, job["result"]["mp4"]))
+        frames, tokens = old["video"].shape[1], old["audio"].shape[0]
+        assert new["video"].shape[1] == frames + 2 * 4 and new["audio"].shape[0] > tokens  # two windows of 4 new
+        assert (new["video"][:, :frames] == old["video"]).all() and (new["audio"][:tokens] == old["audio"]).all()
+        assert card.sidecar["num_frames"] > studio.gallery.cards[first].sidecar["num_frames"]
+        assert card.sidecar["prompt"] == f.prompt.value
+    finally:
+        studio.close()
