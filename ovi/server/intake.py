@@ -192,8 +192,8 @@ def _refuse_server_settings(key: str, loc: list, folders: ServerFolders) -> None
         raise Refused(422, "clips go to the server's output folder; a request cannot choose a folder",
                       loc=loc)
     if name == "extend":  # a server path: never taken from a client (as images are uploaded, not named)
-        raise Refused(422, "extend names a file on the server; extend a clip with `ovi generate --extend CLIP.mp4`",
-                      loc=loc)
+        raise Refused(422, "extend names a file on the server; extend a done job's clip by its id: "
+                           "POST /api/jobs/{id}/extend", loc=loc)
     if key in ENGINE_KEYS:
         raise Refused(422, f"{key} is an engine setting, decided by the server's config; choose a "
                            f"config by name with 'config' ({', '.join(folders.config_names())})", loc=loc)
