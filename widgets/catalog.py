@@ -4,7 +4,9 @@ Templates follow Ovi's prompt conventions (ovi.pipeline.prompts): spoken words i
 one audio caption `<AUDCAP>..<ENDAUDCAP>` at the end (the engine rewrites it to `Audio: ..` for the
 960x960 models). The "tiny" templates use only the trained tiny model's vocabulary (DESIGN.md §5), so
 they make clips that mean something on a CPU. The seed fork's front end offered the same categories,
-sizes (720x720, 960x960, 9:16, 16:9) and durations (5 s, 10 s).
+sizes (720x720, 960x960, 9:16, 16:9) and durations (5 s, 10 s): here the Window list picks the checkpoint
+(`durations`) and the Duration list 1, 2, 3, ... continuation windows of its clip (`long_durations`, a
+request's `duration`; ovi.pipeline.windows).
 """
 
 from __future__ import annotations
@@ -124,13 +126,18 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.{1 if seconds >= 10 else 2}f}".rstrip("0").rstrip(".") + " s"
 
 
+def new_frames(spec) -> int:
+    """Pixel frames each continuation window adds: its latent frames less the carried overlap, 4 frames each."""
+    return 4 * (spec.video_latent_frames - DEFAULT_OVERLAP)
+
+
 def long_durations(model_name: str, max_seconds: float = MAX_DURATION_SECONDS) -> list[tuple[str, float | None]]:
     """The Duration list: (label, `duration` seconds) for 1x, 2x, 3x, ... the model's own clip, up to
     `max_seconds`. 1x is None (the model's own length, one window). n x is the length n continuation
     windows make exactly: a window carries `DEFAULT_OVERLAP` latent frame(s) of the one before, so an exact
     multiple of the clip would need one more window and come out longer than asked."""
     spec = MODEL_SPECS[model_name]
-    new_frames_per_window = 4 * (spec.video_latent_frames - DEFAULT_OVERLAP)
+    new_frames_per_window = new_frames(spec)
     out = [(f"{seconds_text(spec.num_frames / spec.fps)} (the model's clip)", None)]
     n = 2
     while (frames := spec.num_frames + (n - 1) * new_frames_per_window) / spec.fps <= max_seconds:
@@ -148,4 +155,4 @@ def extension_duration(model_name: str, windows: int) -> float | None:
     if windows <= 1:
         return None
     spec = MODEL_SPECS[model_name]
-    return round(windows * 4 * (spec.video_latent_frames - DEFAULT_OVERLAP) / spec.fps, 4)
+    return round(windows * new_frames(spec) / spec.fps, 4)

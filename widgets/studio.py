@@ -96,8 +96,7 @@ class Studio:
         """Queue the form's request; returns the job id."""
         request = self.form.request(self.upload_dir)
         job_id = self.queue.submit(request, priority=int(self.form.priority.value if priority is None else priority))
-        self.show(f"queued job #{job_id}"
-                  + ("" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"), about=job_id)
+        self.show(f"queued job #{job_id}{self._stopped_note()}", about=job_id)
         self.refresh()
         return job_id
 
@@ -124,7 +123,7 @@ class Studio:
                                   config=config, engine=engine)
         new = self.queue.submit(request, priority=int(self.form.priority.value))
         self.show(f"queued job #{new}: extends #{job_id} by {windows} window{'s' if windows > 1 else ''}"
-                  + ("" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"), about=new)
+                  f"{self._stopped_note()}", about=new)
         self.refresh()
         return new
 
@@ -136,6 +135,9 @@ class Studio:
         self.engine_panel.start()
         self.show(f"job #{job_id} is next (priority {top}); the runner is working", about=job_id)
         return job_id
+
+    def _stopped_note(self) -> str:
+        return "" if self.engine_panel.running else " (runner stopped: press Start or Generate now)"
 
     def show(self, text: str, about: int | None = None) -> None:
         """A status line; `about`: the job it speaks of, so the line is rewritten once that job has finished."""
@@ -156,10 +158,8 @@ class Studio:
         counts = self.queue.counts()
         running = [j["id"] for j in self.queue.list("running")]
         if running or counts["queued"]:
-            now = ", ".join([*(f"job #{i} running" for i in running), *([f"{counts['queued']} queued"]
-                                                                        if counts["queued"] else [])])
-            if not self.engine_panel.running:
-                now += " (runner stopped: press Start or Generate now)"
+            parts = [f"job #{i} running" for i in running] + ([f"{counts['queued']} queued"] if counts["queued"] else [])
+            now = ", ".join(parts) + self._stopped_note()
         else:
             now = "nothing left to run" + ("; the runner is idle" if self.engine_panel.running else "")
         text = f"job #{job['id']} {job['state']}; {now}"

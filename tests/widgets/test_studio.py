@@ -278,7 +278,8 @@ def test_extend_button_queues_a_longer_clip_through_the_runner(tmp_path):
         [queued] = studio.queue.list("queued")
         old_mp4 = studio.queue.get(first)["result"]["mp4"]
         assert queued["request"]["extend"] == old_mp4 and queued["request"]["duration"] == 1.3333  # 2 x 16 frames
-        assert queued["request"]["prompt"] == f.prompt.value and f"extends #{first} by 2 windows" in studio.message.value
+        assert queued["request"]["prompt"] == f.prompt.value
+        assert f"extends #{first} by 2 windows" in studio.message.value
         runner.run(until_empty=True)
         runner.close()
         studio.refresh()
