@@ -47,8 +47,9 @@ class GenerateForm:
         self.resolution = w.Dropdown(options=list(sizes.items()), value=tuple(d.height_width), description="Size")
         lengths = durations(cfg.model_name)
         self.window = w.Dropdown(options=list(lengths.items()), value=cfg.model_name, description="Window",
+                                 layout=w.Layout(width="200px"),
                                  tooltip="the model's own clip length (its checkpoint)", disabled=len(lengths) == 1)
-        self.duration = w.Dropdown(description="Duration",
+        self.duration = w.Dropdown(description="Duration", layout=w.Layout(width="360px"),
                                    tooltip="the clip's length: 1, 2, 3, ... continuation windows of the model's clip "
                                            "(a gallery card's Extend adds that many windows)")
         self.video_guidance = w.FloatSlider(value=d.video_guidance_scale, min=0.0, max=15.0, step=0.1,
@@ -90,7 +91,8 @@ class GenerateForm:
             self.mode, self.image,
             w.HBox([self.category, self.template, self.insert]),
             self.prompt, self.negative_prompt, self.audio_negative_prompt,
-            w.HBox([self.resolution, self.window, self.duration]),
+            self.resolution,
+            w.HBox([self.window, self.duration]),
             w.HBox([self.video_guidance, self.audio_guidance]),
             w.HBox([self.solver, self.steps]),
             w.HBox([self.seed, self.randomise, self.random_each]),
