@@ -8,6 +8,8 @@ Order: highest `priority` first, then first-in first-out (a `position` handed ou
       │  └──cancel──►    ├──cancel (runner stops between steps) ──► cancelled ──retry──► queued
       │   cancelled      ├──release (runner interrupted) ──► queued
       └──requeue◄── lost ◄── lease expired / local runner process dead (recover_lost)
+                     └──max_attempts used up──► failed (error: "lost N times: lease expired on
+                                                runner X ...")
 
 Producers (CLI, papermill, widgets, REST) and consumers (runners) may be threads or processes on
 one SQLite file, or on many machines sharing one PostgreSQL database; each step is one write
@@ -75,7 +77,8 @@ class QueuePolicy:
         by as much; a running job whose lease ran out counts as lost (runners beat every few
         seconds, also while loading weights).
     max_attempts: a lost job is re-queued while it has been tried fewer times than this; after
-        that it stays `lost`, with the reason, for a person to look at (`retry` re-queues it).
+        that it ends `failed`, with the reason ("lost 3 times: lease expired on runner X ..."),
+        for a person to look at (`retry` re-queues it).
     requeue_lost: False leaves every lost job `lost`.
     reconnect_timeout: how long a runner's queue step keeps retrying while the database is
         unreachable (a PostgreSQL restart) before it gives up with the error.

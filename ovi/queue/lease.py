@@ -200,8 +200,8 @@ class LeaseProtocol:
         """Find running jobs whose runner is dead — their lease ran out (or, given
         `heartbeat_timeout`, no heartbeat within it; or, on a local store, the runner's process is
         gone) — mark them `lost`, then per policy re-queue them in their old place (a
-        cancel-flagged one becomes `cancelled`; one that used up `max_attempts` stays lost with
-        the reason). Returns their ids."""
+        cancel-flagged one becomes `cancelled`; one that used up `max_attempts` ends `failed`
+        with the reason). Returns their ids."""
         now = self.store.now() if now is None else now
         lost = []
         with self.store.write() as tx:
@@ -220,20 +220,28 @@ class LeaseProtocol:
                     job = tx.job(job["id"])
                     tx.add_events([(job["id"], "cancelled", now, job_event(job))])
                     continue
-                why = (f"runner {job['worker']} stopped during attempt {job['attempts']} "
+                how = "lease expired" if stale else "process gone"
+                why = (f"{how} on runner {job['worker']} during attempt {job['attempts']} "
                        f"(last heartbeat {now - (job['heartbeat_at'] or now):.1f}s ago)")
                 tx.update(job["id"], state="lost", error=why, updated_at=now)
                 job = tx.job(job["id"])
                 events = [(job["id"], "lost", now, job_event(job))]
-                if self.policy.requeue_lost and job["attempts"] < self.policy.max_attempts:
+                if not self.policy.requeue_lost:
+                    pass  # stays lost, for a person to look at
+                elif job["attempts"] < self.policy.max_attempts:
                     tx.update(job["id"], state="queued", progress=0.0, started_at=None,
                               worker=None, heartbeat_at=None, lease_expires_at=None, updated_at=now)
                     job = tx.job(job["id"])
                     events.append((job["id"], "requeued", now, job_event(job)))
                 else:
-                    tx.update(job["id"], finished_at=now,
-                              error=f"{why}; gave up after {job['attempts']} attempts "
-                                    f"(max_attempts {self.policy.max_attempts})")
+                    # It keeps killing its runners (or they keep vanishing under it): give up.
+                    losses = tx.losses_since_retry(job["id"]) + 1  # + the one being added
+                    tx.update(job["id"], state="failed", finished_at=now, lease_expires_at=None,
+                              error=f"lost {losses} times: {why}; gave up after {job['attempts']} "
+                                    f"attempts (max_attempts {self.policy.max_attempts}; retry "
+                                    f"re-queues it)")
+                    job = tx.job(job["id"])
+                    events.append((job["id"], "failed", now, job_event(job)))
                 tx.add_events(events)
         return lost
 

@@ -286,6 +286,15 @@ class SqlTxn:
             out.append(event)
         return out
 
+    def losses_since_retry(self, job_id: int) -> int:
+        """How many times the job was lost since it was submitted or last retried (its `lost`
+        events after its last `retried` one); events pruned meanwhile are not counted."""
+        row = self.execute(
+            "SELECT COUNT(*) FROM events WHERE job_id = ? AND kind = 'lost' AND seq > "
+            "COALESCE((SELECT MAX(seq) FROM events WHERE job_id = ? AND kind = 'retried'), 0)",
+            (job_id, job_id)).fetchone()
+        return int(_first(row) or 0)
+
     def last_event_seq(self) -> int:
         value = _first(self.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(value or 0)

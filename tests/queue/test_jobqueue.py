@@ -194,15 +194,44 @@ def test_lost_job_is_requeued_with_its_attempts_and_place(queue_url):
     assert q.recover_lost() == []  # heartbeat fresh
     assert q.recover_lost(now=time.time() + 11) == [a]
     job = q.get(a)
-    assert job["state"] == "queued" and job["attempts"] == 1 and "stopped" in job["error"]
+    assert job["state"] == "queued" and job["attempts"] == 1 and job["error"].startswith("lease expired on runner deadhost:1:x")
     kinds = [e["kind"] for e in q.events(0, job_id=a)]
     assert kinds[-2:] == ["lost", "requeued"]
     assert _order(q) == [a, b]  # keeps its place in line
-    # Second loss reaches max_attempts: it stays lost for a person to look at.
+    # Second loss reaches max_attempts: the job fails, saying why, for a person to look at.
     assert q.claim("deadhost:1:x")["attempts"] == 2
-    q.recover_lost(now=time.time() + 11)
-    assert q.get(a)["state"] == "lost" and "gave up after 2 attempts" in q.get(a)["error"]
+    assert q.recover_lost(now=time.time() + 11) == [a]
+    job = q.get(a)
+    assert job["state"] == "failed" and job["finished_at"] is not None
+    assert job["error"].startswith("lost 2 times: lease expired on runner deadhost:1:x"), job["error"]
+    assert [e["kind"] for e in q.events(0, job_id=a)][-2:] == ["lost", "failed"]
+    assert q.claim("w")["id"] == b and q.claim("w") is None  # the failed job is not claimed again
     assert q.retry(a)["state"] == "queued"
+    # Its attempts count on (retry keeps them), so the next loss fails it again; the reason counts
+    # the losses since the retry.
+    assert q.claim("deadhost:1:y")["attempts"] == 3
+    q.recover_lost(now=time.time() + 11)
+    assert q.get(a)["state"] == "failed" and q.get(a)["error"].startswith("lost 1 times: lease expired")
+    q.close()
+
+
+def test_job_that_keeps_losing_its_runner_ends_failed_not_lost(queue_url):
+    q = JobQueue(queue_url, policy=QueuePolicy(heartbeat_timeout=10, max_attempts=3))
+    a = q.submit({"prompt": "a"})
+    for attempt in (1, 2, 3):
+        assert q.claim(f"host{attempt}:1:x")["attempts"] == attempt
+        q.recover_lost(now=time.time() + 11)
+    job = q.get(a)
+    assert job["state"] == "failed", job
+    assert "lost 3 times: lease expired on runner host3:1:x" in job["error"]
+    assert q.counts()["lost"] == 0 and q.counts()["failed"] == 1
+    # Without re-queueing, a lost job stays lost as before.
+    q2 = JobQueue(queue_url, policy=QueuePolicy(heartbeat_timeout=10, requeue_lost=False))
+    b = q2.submit({"prompt": "b"})
+    q2.claim("deadhost:1:z")
+    assert q2.recover_lost(now=time.time() + 11) == [b]
+    assert q2.get(b)["state"] == "lost"
+    q2.close()
     q.close()
 
 
