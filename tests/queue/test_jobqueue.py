@@ -1,6 +1,9 @@
 """JobQueue policy: order, move, pause, cancel, retry, validation, recovery, events, schema."""
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -511,3 +514,19 @@ def test_a_finish_repeated_after_a_lost_answer_is_idempotent(queue):
     again = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)  # a retried step
     assert first == again and again["state"] == "done"
     assert [e["kind"] for e in queue.events(0, job_id=a)].count("done") == 1
+
+
+def test_a_change_after_the_mark_wakes_the_wait_even_from_another_process(queue_url, tmp_path):
+    """`event_mark()` before reading the log, `wait_for_events(..., mark)` after: a commit by
+    another process in between is not slept through (SQLite: its data_version; PostgreSQL: its
+    NOTIFY); with nothing committed the wait ends by its timeout (False)."""
+    q = JobQueue(queue_url, root=tmp_path)
+    if not q.store.local:
+        assert q.store.listener_ready(30)
+    mark = q.store.event_mark()
+    subprocess.run([sys.executable, "-c", "import sys; from ovi.queue import JobQueue; "
+                    "JobQueue(sys.argv[1]).submit({'prompt': 'elsewhere'})", queue_url],
+                   check=True, timeout=120, env={**os.environ})
+    assert q.store.wait_for_events(threading.Event(), 60, mark)  # 60 s: a liveness bound only
+    assert not q.store.wait_for_events(threading.Event(), 0.3, q.store.event_mark())
+    q.close()
