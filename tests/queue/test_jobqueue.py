@@ -1,6 +1,7 @@
 """JobQueue policy: order, move, pause, cancel, retry, validation, recovery, events, schema."""
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -530,3 +531,36 @@ def test_a_change_after_the_mark_wakes_the_wait_even_from_another_process(queue_
     assert q.store.wait_for_events(threading.Event(), 60, mark)  # 60 s: a liveness bound only
     assert not q.store.wait_for_events(threading.Event(), 0.3, q.store.event_mark())
     q.close()
+
+
+def test_results_are_stored_relative_to_the_root_and_read_back_under_this_machines_root(
+        queue_url, tmp_path):
+    q = JobQueue(queue_url, root=tmp_path)
+    a = q.submit({"prompt": "a"})
+    q.claim("w")
+    mp4 = tmp_path / "out" / "a.mp4"
+    elsewhere = tmp_path.parent / "elsewhere.wav"  # not under the root: stays absolute
+    q.finish(a, {"mp4": str(mp4), "wav": str(elsewhere), "runner": "node8"}, worker_id="w")
+    with q.store.read() as tx:
+        stored = tx.job(a)["result"]
+    assert stored == {"mp4": "out/a.mp4", "wav": str(elsewhere), "runner": "node8",
+                      "root_relative": ["mp4"]}
+    shown = {"mp4": str(mp4), "wav": str(elsewhere), "runner": "node8"}
+    assert q.get(a)["result"] == shown and q.list("done")[0]["result"] == shown
+    assert q.events(0, job_id=a)[-1]["result"] == shown
+    # An old row's absolute path (written before paths were relative) reads as it was stored.
+    b = q.submit({"prompt": "b"})
+    with q.store.write() as tx:
+        tx.update(b, state="done", result={"mp4": str(tmp_path / "old.mp4")})
+    assert q.get(b)["result"] == {"mp4": str(tmp_path / "old.mp4")}
+    q.close()
+    # Another machine mounts the same root at another path: it finds the clip under its mount.
+    mount = tmp_path / "mnt"
+    if queue_url.startswith("postgresql"):
+        other = JobQueue(queue_url, root=mount)
+    else:  # a SQLite queue's root is its file's folder: the same file, mounted elsewhere
+        mount.mkdir()
+        shutil.copy(queue_url, mount / "queue.db")
+        other = JobQueue(mount / "queue.db")
+    assert other.get(a)["result"]["mp4"] == str(mount / "out" / "a.mp4")
+    other.close()
