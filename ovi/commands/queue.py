@@ -28,7 +28,6 @@ from ovi.errors import InputError
 from ovi.inputs import ID_MAX, INT64_MAX, INT64_MIN, cli_int, cli_number
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import DEFAULT_DB, QUEUE_URL_ENV, STATES, JobQueue, QueuePolicy, default_queue_url
-from ovi.queue.lease import serve_key
 from ovi.queue.requests import check_engine_settings, validate_request
 from ovi.runtime.runner import Runner, load_engine_factory
 from ovi.runtime.shutdown import GracefulShutdown, interrupt_runner
@@ -136,10 +135,9 @@ def cmd_list(args) -> int:
         else:
             if q.paused:
                 print("(queue is paused: `ovi queue resume` to run jobs)")
-            reasons = q.waiting_reasons()
+            waiting = q.why_waiting(jobs)
             for job in jobs:
-                _print_job_line(job, reasons.get(serve_key(job["request"])) if
-                                job["state"] == "queued" else None)
+                _print_job_line(job, waiting.get(job["id"]))
     return 0
 
 

@@ -329,6 +329,14 @@ class JobQueue(LeaseProtocol):
         return {k: (f"no runner serves {k}" if live else "no runner is alive")
                 for k in keys if k not in served}
 
+    def why_waiting(self, jobs: Iterable[dict]) -> dict[int, str]:
+        """{job id: why it waits beyond its turn} for the queued ones of `jobs` whose config no
+        live runner serves (`waiting_reasons`); what `ovi queue list` and the Studio show."""
+        jobs = [j for j in jobs if j["state"] == "queued"]
+        reasons = self.waiting_reasons() if jobs else {}
+        return {j["id"]: reasons[serve_key(j["request"])] for j in jobs
+                if serve_key(j["request"]) in reasons}
+
     # -- events -------------------------------------------------------------------------------
     @retrying
     def events(self, since: int = 0, *, job_id: int | None = None, limit: int = 1000) -> list[dict]:
