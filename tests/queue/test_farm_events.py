@@ -1,8 +1,9 @@
 """The server's event streams are woken by the store, not a timer: a job run by a runner in another
 process (another machine, as far as the server can tell) reaches an SSE client and a Socket.IO
-client, on PostgreSQL (LISTEN/NOTIFY) and on SQLite (another process's commit, seen by its
-data_version). The server's fallback rescan is switched off here (`rescan_seconds` = a day), so an
-update can only arrive through a wake-up; the waits below are liveness bounds, not timings."""
+client, on PostgreSQL (LISTEN/NOTIFY, across a restart of the database server) and on SQLite
+(another process's commit, seen by its data_version). The server's fallback rescan is switched off
+here (`rescan_seconds` = a day), so an update can only arrive through a wake-up; the waits below
+are liveness bounds, not timings."""
 
 from __future__ import annotations
 
@@ -57,9 +58,11 @@ async def _socketio_updates(url: str, submit, settled) -> list:
 
 
 @pytest.mark.parametrize("store", ["postgres", "sqlite"])
-def test_a_job_run_by_another_process_reaches_sse_and_socketio_clients(store, request, tmp_path):
-    url = (request.getfixturevalue("pg_server").create_database() if store == "postgres"
-           else str(tmp_path / "queue.db"))
+def test_a_job_run_by_another_process_reaches_sse_and_socketio_clients(store, request, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("OVI_QUEUE_ROOT", str(tmp_path))  # the shared root, as on every machine
+    pg_server = request.getfixturevalue("pg_server") if store == "postgres" else None
+    url = pg_server.create_database() if pg_server else str(tmp_path / "queue.db")
     app = create_app(url, out_dir=tmp_path)
     app.state.service.rescan_seconds = 86400.0  # only a wake-up can bring an event
     producer = JobQueue(url, root=tmp_path)
@@ -67,6 +70,8 @@ def test_a_job_run_by_another_process_reaches_sse_and_socketio_clients(store, re
     job_ids = []
 
     def submit_and_run_elsewhere():
+        if pg_server:  # the clients are connected: restart the database under the idle server,
+            pg_server.restart()  # whose LISTEN connection must come back for anything to arrive
         job_ids.append(producer.submit({"prompt": "made elsewhere", "steps": 3}))
         with open(runner_log, "w") as log:  # the runner: a process of its own, its own connections
             subprocess.run(
