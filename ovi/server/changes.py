@@ -88,6 +88,8 @@ class QueueChanges:
                     self._store.wait_for_events(self._stopping, STORE_WAIT_SECONDS, mark)
                     now = self._store.event_mark()
                 except Exception as exc:  # the store is away (a restart): streams rescan meanwhile
+                    if self._stopping.is_set():
+                        break  # shutting down: the queue may be closed already
                     log.warning("queue change wake-ups paused: %s", exc)
                     mark = None
                     self._stopping.wait(STORE_WAIT_SECONDS)
