@@ -363,7 +363,8 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout", type=cli_number(0.1, 10**9, "seconds"), default=60.0,
                    help="seconds without a heartbeat before a running job counts as lost")
     p.add_argument("--max-attempts", type=cli_int(1, 10**6, "max-attempts"), default=3,
-                   help="re-queue a lost job while it has had fewer attempts than this")
+                   help="re-queue a lost job while it has had fewer attempts than this; then it "
+                        "fails, saying how often it was lost")
     p.add_argument("--serves", action="append", metavar="CONFIG",
                    help="run only jobs of this config (name, yaml path, or 'default' for the "
                         "embedded one); repeatable; default: any job")
