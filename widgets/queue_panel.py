@@ -73,7 +73,8 @@ class JobRow:
             if isinstance(value, w.Widget):
                 value.close()
 
-    def update(self, job: dict, now: float | None = None) -> None:
+    def update(self, job: dict, now: float | None = None, waiting: str | None = None) -> None:
+        """`waiting`: why a queued job waits beyond its turn (JobQueue.why_waiting), if it does."""
         state = job["state"]
         if job.get("cancel_requested") and state == "running":
             state_text = "cancelling"
@@ -84,7 +85,8 @@ class JobRow:
         self.priority.value = f"p{job['priority']}"
         self.progress.value = float(job.get("progress") or 0.0)
         self.progress.bar_style = {"done": "success", "failed": "danger", "running": "info"}.get(state, "")
-        self.timing.value = timing_text(job, now)
+        self.timing.value = (f"<span class='ovi-job-waiting' style='color:#ef6c00'>waiting: "
+                             f"{html.escape(waiting)}</span>" if waiting else timing_text(job, now))
         prompt = str(job["request"].get("prompt", ""))
         self.prompt.value = f"<span title='{html.escape(prompt)}'>{html.escape(prompt[:60])}</span>"
         error = job.get("error") if state in ("failed", "lost") else None
@@ -145,11 +147,12 @@ class QueuePanel:
     def refresh(self) -> None:
         jobs = self.jobs()
         now = time.time()
+        waiting = self.queue.why_waiting(jobs)
         for job in jobs:
             row = self.rows.get(job["id"])
             if row is None:
                 row = self.rows[job["id"]] = JobRow(job["id"], self)
-            row.update(job, now)
+            row.update(job, now, waiting.get(job["id"]))
         ids = {j["id"] for j in jobs}
         for job_id in [i for i in self.rows if i not in ids]:  # scrolled out: free its widgets
             self.rows.pop(job_id).close()

@@ -28,7 +28,6 @@ from ovi.errors import InputError
 from ovi.inputs import ID_MAX, INT64_MAX, INT64_MIN, cli_int, cli_number
 from ovi.queue.folders import ServerFolders
 from ovi.queue.jobqueue import DEFAULT_DB, QUEUE_URL_ENV, STATES, JobQueue, QueuePolicy, default_queue_url
-from ovi.queue.lease import serve_key
 from ovi.queue.requests import check_engine_settings, validate_request
 from ovi.runtime.runner import Runner, load_engine_factory
 from ovi.runtime.shutdown import GracefulShutdown, interrupt_runner
@@ -136,10 +135,9 @@ def cmd_list(args) -> int:
         else:
             if q.paused:
                 print("(queue is paused: `ovi queue resume` to run jobs)")
-            reasons = q.waiting_reasons()
+            waiting = q.why_waiting(jobs)
             for job in jobs:
-                _print_job_line(job, reasons.get(serve_key(job["request"])) if
-                                job["state"] == "queued" else None)
+                _print_job_line(job, waiting.get(job["id"]))
     return 0
 
 
@@ -365,7 +363,8 @@ def add_queue_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout", type=cli_number(0.1, 10**9, "seconds"), default=60.0,
                    help="seconds without a heartbeat before a running job counts as lost")
     p.add_argument("--max-attempts", type=cli_int(1, 10**6, "max-attempts"), default=3,
-                   help="re-queue a lost job while it has had fewer attempts than this")
+                   help="re-queue a lost job while it has had fewer attempts than this; then it "
+                        "fails, saying how often it was lost")
     p.add_argument("--serves", action="append", metavar="CONFIG",
                    help="run only jobs of this config (name, yaml path, or 'default' for the "
                         "embedded one); repeatable; default: any job")

@@ -1,9 +1,11 @@
 """Queue events: what each change records, and `Subscription`, which follows the event log.
 
 The log (the store's `events` table) is the truth, in whichever database holds the queue, so a
-subscriber sees changes made by any process on any machine. A store may also push a wake-up when
-events are written (PostgreSQL LISTEN/NOTIFY): a subscription then reads the log at once instead
-of at its next poll; without one (SQLite) it polls with back-off.
+subscriber sees changes made by any process on any machine. It reads the log again when the store
+says the queue changed (`store.wait_for_events`): PostgreSQL pushes a LISTEN/NOTIFY wake-up from
+any machine; SQLite wakes at once on a commit in this process and sees another process's commit by
+its `data_version` (a cheap check every few tens of ms, no table read). The mark taken before each
+read (`store.event_mark()`) means a change between the read and the wait is never slept through.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Subscription:
         while not self._buffer:
             if self._stop.is_set():
                 raise StopIteration
+            mark = self._queue.store.event_mark()  # before the read: no change slips between
             self._buffer = self._queue.events(since=self._cursor, job_id=self._job_id)
             if self._buffer:
                 break
@@ -74,8 +77,10 @@ class Subscription:
                 if left <= 0:
                     raise StopIteration
                 wait = min(wait, left)
-            self._queue.store.wait_for_events(self._stop, wait)
-            wait = min(wait * 2, self._max_poll)
+            if self._queue.store.wait_for_events(self._stop, wait, mark):
+                wait = self._poll
+            else:
+                wait = min(wait * 2, self._max_poll)
         event = self._buffer.pop(0)
         self._cursor = event["seq"]
         return event

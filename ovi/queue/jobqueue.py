@@ -8,6 +8,8 @@ Order: highest `priority` first, then first-in first-out (a `position` handed ou
       │  └──cancel──►    ├──cancel (runner stops between steps) ──► cancelled ──retry──► queued
       │   cancelled      ├──release (runner interrupted) ──► queued
       └──requeue◄── lost ◄── lease expired / local runner process dead (recover_lost)
+                     └──max_attempts used up──► failed (error: "lost N times: lease expired on
+                                                runner X ...")
 
 Producers (CLI, papermill, widgets, REST) and consumers (runners) may be threads or processes on
 one SQLite file, or on many machines sharing one PostgreSQL database; each step is one write
@@ -30,8 +32,8 @@ from ovi.inputs import CLIENT_ID_PATTERN, check_int, job_number
 from ovi.queue.events import FINISHED, Subscription, job_event
 from ovi.queue.lease import (
     LeaseProtocol,
-    _public,
     make_worker_id,
+    result_as_read,
     retrying,
     serve_key,
 )
@@ -75,7 +77,8 @@ class QueuePolicy:
         by as much; a running job whose lease ran out counts as lost (runners beat every few
         seconds, also while loading weights).
     max_attempts: a lost job is re-queued while it has been tried fewer times than this; after
-        that it stays `lost`, with the reason, for a person to look at (`retry` re-queues it).
+        that it ends `failed`, with the reason ("lost 3 times: lease expired on runner X ..."),
+        for a person to look at (`retry` re-queues it).
     requeue_lost: False leaves every lost job `lost`.
     reconnect_timeout: how long a runner's queue step keeps retrying while the database is
         unreachable (a PostgreSQL restart) before it gives up with the error.
@@ -118,10 +121,11 @@ class JobQueue(LeaseProtocol):
             root = root or os.environ.get(QUEUE_ROOT_ENV) or "outputs"
             self.path = Path(root).resolve() / "postgres"
         self.policy = policy or QueuePolicy()
+        self._root = Path(self.path).resolve().parent
 
     @property
     def root(self) -> Path:
-        return Path(self.path).resolve().parent
+        return self._root
 
     def __repr__(self) -> str:
         return f"JobQueue({redact_url(self.url)!r})"
@@ -199,7 +203,7 @@ class JobQueue(LeaseProtocol):
     @retrying
     def get(self, job_id: int) -> dict | None:
         with self.store.read() as tx:
-            return _public(tx.job(int(job_id)))
+            return self._shown(tx.job(int(job_id)))
 
     def find(self, ref: int | str) -> dict | None:
         """The job a client refers to: by the id it chose at submit, else by the queue's integer id
@@ -209,7 +213,7 @@ class JobQueue(LeaseProtocol):
             number = job_number(ref) if isinstance(ref, (int, str)) else None  # ASCII digits in int64
             if job is None and number is not None:
                 job = tx.job(number)
-            return _public(job)
+            return self._shown(job)
 
     def list(self, state: str | Iterable[str] | None = None, *, limit: int | None = None,
              offset: int = 0) -> list[dict]:
@@ -221,7 +225,7 @@ class JobQueue(LeaseProtocol):
                 self._check_state(s)
         queue_order = states == ["queued"]
         with self.store.read() as tx:
-            return [_public(j) for j in tx.jobs(states, queue_order=queue_order, limit=limit,
+            return [self._shown(j) for j in tx.jobs(states, queue_order=queue_order, limit=limit,
                                                 offset=offset)]
 
     def counts(self) -> dict[str, int]:
@@ -247,14 +251,14 @@ class JobQueue(LeaseProtocol):
                 kind = "cancelled"
             elif job["state"] == "running":
                 if job["cancel_requested"]:
-                    return _public(job)
+                    return self._shown(job)
                 tx.update(job["id"], cancel_requested=True, updated_at=now)
                 kind = "cancel_requested"
             else:
                 raise InputError(f"job {job_id} is already {job['state']}; nothing to cancel")
             job = tx.job(job["id"])
             tx.add_events([(job["id"], kind, now, job_event(job))])
-        return _public(job)
+        return self._shown(job)
 
     def retry(self, job_id: int) -> dict:
         """Re-queue a failed, cancelled or lost job at the back of its priority."""
@@ -271,7 +275,7 @@ class JobQueue(LeaseProtocol):
                       cancel_requested=False, result=None, error=None, updated_at=now)
             job = tx.job(job["id"])
             tx.add_events([(job["id"], "retried", now, job_event(job))])
-        return _public(job)
+        return self._shown(job)
 
     def pause(self) -> None:
         """No job is claimed until `resume()`; running jobs finish normally."""
@@ -307,7 +311,7 @@ class JobQueue(LeaseProtocol):
                           updated_at=now)
             job = tx.job(job["id"])
             tx.add_events([(job["id"], "moved", now, job_event(job, priority=job["priority"]))])
-        return _public(job)
+        return self._shown(job)
 
     def waiting_reasons(self) -> dict[str, str]:
         """Why queued jobs of a config wait beyond their turn: {serve key: reason} for each config
@@ -325,13 +329,25 @@ class JobQueue(LeaseProtocol):
         return {k: (f"no runner serves {k}" if live else "no runner is alive")
                 for k in keys if k not in served}
 
+    def why_waiting(self, jobs: Iterable[dict]) -> dict[int, str]:
+        """{job id: why it waits beyond its turn} for the queued ones of `jobs` whose config no
+        live runner serves (`waiting_reasons`); what `ovi queue list` and the Studio show."""
+        jobs = [j for j in jobs if j["state"] == "queued"]
+        reasons = self.waiting_reasons() if jobs else {}
+        return {j["id"]: reasons[serve_key(j["request"])] for j in jobs
+                if serve_key(j["request"]) in reasons}
+
     # -- events -------------------------------------------------------------------------------
     @retrying
     def events(self, since: int = 0, *, job_id: int | None = None, limit: int = 1000) -> list[dict]:
         """Events with seq > since, oldest first. Each: seq, id (job id, None for queue-wide),
         kind, time, status, progress, error, result (+ kind-specific extras)."""
         with self.store.read() as tx:
-            return tx.events_after(int(since), job_id=job_id, limit=limit)
+            events = tx.events_after(int(since), job_id=job_id, limit=limit)
+        root = self.root
+        for event in events:
+            event["result"] = result_as_read(event.get("result"), root)
+        return events
 
     @retrying
     def last_event_id(self) -> int:

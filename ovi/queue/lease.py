@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 from ovi.queue.events import job_event
 
@@ -90,6 +91,36 @@ def retrying(method):
     return wrapper
 
 
+ROOT_RELATIVE = "root_relative"  # a stored result's keys whose paths are relative to the root
+
+
+def result_for_store(result: dict, root: Path) -> dict:
+    """A result as stored: absolute paths under the queue's output root become relative to it
+    (their keys listed under ROOT_RELATIVE), so every machine that mounts the root — at whatever
+    path — finds the files; other values are kept as given."""
+    stored, relative = {}, []
+    for key, value in result.items():
+        if isinstance(value, str) and Path(value).is_absolute() and key != ROOT_RELATIVE:
+            path = Path(value).resolve()  # as the root is (a symlinked mount compares alike)
+            if path.is_relative_to(root):
+                value = path.relative_to(root).as_posix()
+                relative.append(key)
+        stored[key] = value
+    if relative:
+        stored[ROOT_RELATIVE] = relative
+    return stored
+
+
+def result_as_read(result, root: Path):
+    """A stored result with its root-relative paths made absolute on this machine (its root).
+    A result stored before paths were relative (no ROOT_RELATIVE) reads as it was stored."""
+    if not isinstance(result, dict) or ROOT_RELATIVE not in result:
+        return result
+    relative = set(result[ROOT_RELATIVE] or ())
+    return {key: str(root / value) if key in relative and isinstance(value, str) else value
+            for key, value in result.items() if key != ROOT_RELATIVE}
+
+
 def _public(job: dict | None) -> dict | None:
     if job is not None:
         job.pop("position", None)  # internal ordering key; `list(state="queued")` shows the order
@@ -99,7 +130,15 @@ def _public(job: dict | None) -> dict | None:
 
 
 class LeaseProtocol:
-    """Mixed into JobQueue: the calls a runner makes. Needs `self.store` and `self.policy`."""
+    """Mixed into JobQueue: the calls a runner makes. Needs `self.store`, `self.policy` and
+    `self.root`."""
+
+    def _shown(self, job: dict | None) -> dict | None:
+        """A job as callers see it: internal fields dropped, result paths absolute here."""
+        job = _public(job)
+        if job is not None:
+            job["result"] = result_as_read(job["result"], self.root)
+        return job
 
     # -- claim --------------------------------------------------------------------------------
     @retrying
@@ -115,7 +154,7 @@ class LeaseProtocol:
                 return None
             tx.add_events([(job["id"], "running", now,
                             job_event(job, attempt=job["attempts"], worker=worker_id))])
-        return _public(job)
+        return self._shown(job)
 
     # -- while running ------------------------------------------------------------------------
     @retrying
@@ -158,7 +197,8 @@ class LeaseProtocol:
     def finish(self, job_id: int, result: dict, *, worker_id: str | None = None,
                lease: int | None = None) -> dict | None:
         """Mark done with its output paths; None (and no change) if no longer this worker's."""
-        return self._end(job_id, worker_id, lease, "done", result=dict(result), error=None,
+        return self._end(job_id, worker_id, lease, "done",
+                         result=result_for_store(dict(result), self.root), error=None,
                          progress=1.0)
 
     def fail(self, job_id: int, error: str, *, worker_id: str | None = None,
@@ -181,7 +221,7 @@ class LeaseProtocol:
             if worker_id is not None and not self._owned(job, worker_id, lease, "release"):
                 return None
             if job is None or job["state"] != "running":
-                return _public(job)
+                return self._shown(job)
             if job["cancel_requested"]:
                 tx.update(job["id"], state="cancelled", finished_at=now, updated_at=now)
                 kind = "cancelled"
@@ -192,7 +232,7 @@ class LeaseProtocol:
                 kind = "requeued"
             job = tx.job(job["id"])
             tx.add_events([(job["id"], kind, now, job_event(job))])
-        return _public(job)
+        return self._shown(job)
 
     @retrying
     def recover_lost(self, *, heartbeat_timeout: float | None = None,
@@ -200,8 +240,8 @@ class LeaseProtocol:
         """Find running jobs whose runner is dead — their lease ran out (or, given
         `heartbeat_timeout`, no heartbeat within it; or, on a local store, the runner's process is
         gone) — mark them `lost`, then per policy re-queue them in their old place (a
-        cancel-flagged one becomes `cancelled`; one that used up `max_attempts` stays lost with
-        the reason). Returns their ids."""
+        cancel-flagged one becomes `cancelled`; one that used up `max_attempts` ends `failed`
+        with the reason). Returns their ids."""
         now = self.store.now() if now is None else now
         lost = []
         with self.store.write() as tx:
@@ -220,20 +260,28 @@ class LeaseProtocol:
                     job = tx.job(job["id"])
                     tx.add_events([(job["id"], "cancelled", now, job_event(job))])
                     continue
-                why = (f"runner {job['worker']} stopped during attempt {job['attempts']} "
+                how = "lease expired" if stale else "process gone"
+                why = (f"{how} on runner {job['worker']} during attempt {job['attempts']} "
                        f"(last heartbeat {now - (job['heartbeat_at'] or now):.1f}s ago)")
                 tx.update(job["id"], state="lost", error=why, updated_at=now)
                 job = tx.job(job["id"])
                 events = [(job["id"], "lost", now, job_event(job))]
-                if self.policy.requeue_lost and job["attempts"] < self.policy.max_attempts:
+                if not self.policy.requeue_lost:
+                    pass  # stays lost, for a person to look at
+                elif job["attempts"] < self.policy.max_attempts:
                     tx.update(job["id"], state="queued", progress=0.0, started_at=None,
                               worker=None, heartbeat_at=None, lease_expires_at=None, updated_at=now)
                     job = tx.job(job["id"])
                     events.append((job["id"], "requeued", now, job_event(job)))
                 else:
-                    tx.update(job["id"], finished_at=now,
-                              error=f"{why}; gave up after {job['attempts']} attempts "
-                                    f"(max_attempts {self.policy.max_attempts})")
+                    # It keeps killing its runners (or they keep vanishing under it): give up.
+                    losses = tx.losses_since_retry(job["id"]) + 1  # + the one being added
+                    tx.update(job["id"], state="failed", finished_at=now, lease_expires_at=None,
+                              error=f"lost {losses} times: {why}; gave up after {job['attempts']} "
+                                    f"attempts (max_attempts {self.policy.max_attempts}; retry "
+                                    f"re-queues it)")
+                    job = tx.job(job["id"])
+                    events.append((job["id"], "failed", now, job_event(job)))
                 tx.add_events(events)
         return lost
 
@@ -277,14 +325,14 @@ class LeaseProtocol:
             job = tx.job(int(job_id))
             if (job is not None and worker_id is not None and job["state"] == state
                     and job["worker"] == worker_id and lease in (None, job["lease_generation"])):
-                return _public(job)  # our own earlier write, whose answer a dropped connection lost
+                return self._shown(job)  # our own earlier write, whose answer a dropped connection lost
             if not self._owned(job, worker_id, lease, state):
                 return None
             tx.update(job["id"], state=state, finished_at=now, updated_at=now, heartbeat_at=now,
                       lease_expires_at=None, **fields)
             job = tx.job(job["id"])
             tx.add_events([(job["id"], state, now, job_event(job))])
-        return _public(job)
+        return self._shown(job)
 
     @staticmethod
     def _owned(job: dict | None, worker_id: str | None, lease: int | None, action: str) -> bool:

@@ -146,6 +146,7 @@ class _Listener:
     def __init__(self, url: str):
         self.url = url
         self.changed = threading.Condition()
+        self.generation = 0  # +1 per wake-up: a waiter's mark
         self.ready = threading.Event()  # set once LISTEN is in place (first connect)
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="ovi-queue-listen", daemon=True)
@@ -153,6 +154,7 @@ class _Listener:
 
     def _wake(self) -> None:
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
 
     def _run(self) -> None:
@@ -270,19 +272,26 @@ class PostgresStore:
         with self._get_pool().connection() as conn, conn.transaction():
             yield PgTxn(conn)
 
-    def wait_for_events(self, stop: threading.Event, timeout: float) -> bool:
-        """Block until a NOTIFY (events were committed: True), `timeout` or — within a second —
-        `stop` (False)."""
+    def event_mark(self) -> int:
+        """How many wake-ups this store's LISTEN connection has had (started here if needed)."""
+        self.listener_ready(0)
+        return self._listener.generation
+
+    def wait_for_events(self, stop: threading.Event, timeout: float, mark=None) -> bool:
+        """Block until a NOTIFY arrived after `mark` (default: now; events were committed, by
+        any machine: True), `timeout` or — within a second — `stop` (False). The listener also
+        wakes after (re)connecting, since notifications sent while it was away are gone."""
         self.listener_ready(0)
         listener = self._listener
-        left = float(timeout)
-        while left > 0 and not stop.is_set():
-            step = min(left, 1.0)
-            with listener.changed:
-                if listener.changed.wait(step):
-                    return True
-            left -= step
-        return False
+        mark = listener.generation if mark is None else mark
+        deadline = time.monotonic() + float(timeout)
+        with listener.changed:
+            while listener.generation == mark:
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.is_set():
+                    return False
+                listener.changed.wait(min(left, 1.0))
+        return True
 
     @staticmethod
     def is_duplicate(exc: BaseException) -> bool:

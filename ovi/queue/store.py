@@ -8,7 +8,8 @@ threads, processes and (PostgreSQL) machines.
 
 A store is: `write()` / `read()` (context managers yielding a `Txn`), `schema_version()`,
 `integrity_check()`, `close()`, `now()` (the clock leases are judged by),
-`wait_for_events(stop, timeout)`, `is_transient(exc)`, `is_duplicate(exc)`, `describe`
+`event_mark()` + `wait_for_events(stop, timeout, mark)` (block until the queue changed after the
+mark was taken), `is_transient(exc)`, `is_duplicate(exc)`, `describe`
 (for messages) and `local` (True when every runner shares this machine, so a PID says something).
 `open_store(url)` picks one by URL: a `postgresql://` URL -> `ovi.queue.postgres.PostgresStore`,
 anything else is a SQLite file path. A third store is one more module with a `Txn` subclass.
@@ -286,6 +287,15 @@ class SqlTxn:
             out.append(event)
         return out
 
+    def losses_since_retry(self, job_id: int) -> int:
+        """How many times the job was lost since it was submitted or last retried (its `lost`
+        events after its last `retried` one); events pruned meanwhile are not counted."""
+        row = self.execute(
+            "SELECT COUNT(*) FROM events WHERE job_id = ? AND kind = 'lost' AND seq > "
+            "COALESCE((SELECT MAX(seq) FROM events WHERE job_id = ? AND kind = 'retried'), 0)",
+            (job_id, job_id)).fetchone()
+        return int(_first(row) or 0)
+
     def last_event_seq(self) -> int:
         value = _first(self.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(value or 0)
@@ -344,6 +354,9 @@ _CLAIM_SET = ("state = 'running', attempts = attempts + 1, progress = 0, started
               "lease_expires_at = ?, lease_generation = lease_generation + 1")
 
 
+CHANGE_CHECK = 0.05  # seconds between two looks for another process's commit (SQLite)
+
+
 class Txn(SqlTxn):
     """SQLite's transaction: the shared SQL as is."""
 
@@ -365,6 +378,8 @@ class SQLiteStore:
         self._conns: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         self._closed = False
+        self._commits = 0  # write transactions this process committed (see event_mark)
+        self._committed = threading.Condition()
         self.describe = str(self.path)
         self.local = True
         if self.path.parent and not self.path.parent.exists():
@@ -477,6 +492,9 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        with self._committed:
+            self._commits += 1
+            self._committed.notify_all()
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
@@ -496,10 +514,29 @@ class SQLiteStore:
         """The queue's clock (seconds since the epoch): one machine, so this machine's."""
         return time.time()
 
-    def wait_for_events(self, stop: threading.Event, timeout: float) -> bool:
-        """Block up to `timeout` for new events; True when woken by a change notification. SQLite
-        has no push, so this is a sleep (cut short by `stop`), always False: the caller polls."""
-        stop.wait(timeout)
+    def event_mark(self) -> tuple[int, int]:
+        """Where the database stands now, for `wait_for_events`: this process's commits (any
+        thread) and the calling thread's connection's `PRAGMA data_version`, which moves when
+        any other connection — another process included — commits."""
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        return self._commits, int(version)
+
+    def wait_for_events(self, stop: threading.Event, timeout: float, mark=None) -> bool:
+        """Block up to `timeout` until the database changed after `mark` (default: now); True
+        when it did, False on timeout or `stop`. A commit in this process wakes it at once;
+        SQLite has no push from other processes, so their commits are seen by checking
+        `data_version` (one cheap pragma, no table read) every `CHANGE_CHECK` seconds."""
+        mark = self.event_mark() if mark is None else mark
+        deadline = time.monotonic() + float(timeout)
+        while not stop.is_set():
+            if self.event_mark() != mark:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._committed:
+                if self._commits == mark[0]:
+                    self._committed.wait(min(left, CHANGE_CHECK))
         return False
 
     @staticmethod

@@ -379,7 +379,8 @@ class Runner:
         stem_path.parent.mkdir(parents=True, exist_ok=True)
         keep = {"save_latents": True} if getattr(clip, "latents", None) else {}  # a queued clip can be extended
         paths = clip.save(stem_path, **keep) or {}
-        return {str(kind): str(path) for kind, path in dict(paths).items()}
+        # Absolute, so the queue can store those under its root relative to it (a shared root).
+        return {str(kind): str(Path(path).absolute()) for kind, path in dict(paths).items()}
 
     def _engine_for(self, request):
         key = engine_key(request)

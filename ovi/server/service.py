@@ -31,6 +31,7 @@ from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
 from ovi.pipeline.windows import clip_files, read_prior
 from ovi.request import GenerateRequest, RequestError
 from ovi.runtime.runner import Runner
+from ovi.server.changes import QueueChanges
 from ovi.server.intake import Refused, check_frames, check_image, decode_data_url, parse_extension, parse_submission
 from ovi.specs import MODEL_SPECS
 from ovi.server.limits import ServerLimits
@@ -39,6 +40,8 @@ from ovi.server.limits import ServerLimits
 SERVED_SUFFIXES = {".mp4", ".wav", ".json", ".png", ".jpg", ".jpeg", ".webm"}
 EVENT_EXTRAS = ("step", "total", "attempt", "priority")
 MAX_FILE_NAME = 255  # the longest name a file system holds; longer is an OSError, not a 404
+IDLE_SECONDS = 1.0  # an idle stream yields None this often (keep-alives, noticing a gone client)
+RESCAN_SECONDS = 30.0  # an idle stream reads the log anyway this often, should a wake-up be missed
 log = logging.getLogger("ovi.server")
 
 
@@ -68,6 +71,8 @@ class ApiService:
         self.engine_factory = engine_factory
         self.runner: Runner | None = None
         self.stopping = threading.Event()  # set on shutdown: event streams end
+        self.changes = QueueChanges(queue.store, self.stopping)  # wakes the event streams
+        self.rescan_seconds = RESCAN_SECONDS
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,6 +85,7 @@ class ApiService:
         """First step of a shutdown, safe from a signal handler: streams end, and the running job
         stops at its next step and goes back to the queue. Waits for nothing."""
         self.stopping.set()
+        self.changes.wake_all()
         if self.runner is not None:
             self.runner.stop(interrupt=True, timeout=0)
 
@@ -303,26 +309,30 @@ class ApiService:
                      timeout: float | None = None) -> AsyncIterator[dict | None]:
         """Events as client JSON, from after seq `since` (default: from now on). Yields None when
         idle (a chance to send a keep-alive or notice a gone client). Ends at shutdown, after
-        `timeout` seconds, or, following one job, once that job has settled."""
+        `timeout` seconds, or, following one job, once that job has settled. Reads the log when
+        the store says the queue changed (`self.changes`), else only every `rescan_seconds`."""
         cursor = since if since is not None else await asyncio.to_thread(self.queue.last_event_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        wait, settled = 0.05, False
+        settled, read_due, seen, last_read = False, True, 0, 0.0
         while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
-            events = await asyncio.to_thread(self.queue.events, cursor, job_id=job_id)
-            for event in events:
-                cursor = event["seq"]
-                yield self.event_json(event)
-            if events:
-                wait = 0.05
-                continue
-            if settled:
-                return
-            if job_id is not None:
-                state = ((await asyncio.to_thread(self.queue.get, job_id)) or {}).get("state")
-                # Settled: read once more, for events written between the read above and now.
-                settled = state in FINISHED or state == "lost"
-                if settled:
+            if read_due:
+                seen = self.changes.count  # before the read: a change during it wakes the wait
+                events = await asyncio.to_thread(self.queue.events, cursor, job_id=job_id)
+                last_read = time.monotonic()
+                for event in events:
+                    cursor = event["seq"]
+                    yield self.event_json(event)
+                if events:
                     continue
+                if settled:
+                    return
+                if job_id is not None:
+                    state = ((await asyncio.to_thread(self.queue.get, job_id)) or {}).get("state")
+                    # Settled: read once more, for events written between the read above and now.
+                    settled = state in FINISHED or state == "lost"
+                    if settled:
+                        continue
             yield None
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 0.5)
+            wait = IDLE_SECONDS if deadline is None else min(IDLE_SECONDS, deadline - time.monotonic())
+            changed = await self.changes.wait(seen, max(wait, 0.0))
+            read_due = changed or time.monotonic() - last_read >= self.rescan_seconds

@@ -126,6 +126,34 @@ def test_four_runners_every_job_once_and_kill_9_of_two_mid_job(farm_db, tmp_path
     q.close()
 
 
+def test_a_job_that_keeps_killing_its_runners_ends_failed_with_the_reason(farm_db, tmp_path):
+    """Each runner that takes the job dies (kill -9 mid-job); after --max-attempts 3 the next runner
+    that recovers its expired lease fails it, saying why, instead of handing it out again."""
+    q = JobQueue(farm_db, root=tmp_path)
+    a = q.submit({"prompt": "deadly", "steps": 4})
+    farm = Farm(farm_db, tmp_path, step_seconds=60.0)  # a step outlasts the test: always mid-job
+    victims = []
+    try:
+        for attempt in (1, 2, 3):
+            label = f"victim{attempt}"
+            victims.append(farm.start(label, "--max-attempts", "3"))
+            wait_until(lambda: q.get(a)["state"] == "running" and q.get(a)["attempts"] == attempt,
+                       120, f"attempt {attempt} to start")
+            farm.signal(label, signal.SIGKILL)
+            assert farm.procs[label].wait(30) == -signal.SIGKILL
+        farm.start("survivor", "--max-attempts", "3")
+        wait_until(lambda: q.get(a)["state"] == "failed", 120, "the job to fail")
+    finally:
+        farm.stop_all()
+    job = q.get(a)
+    assert job["error"].startswith("lost 3 times: lease expired on runner "), job["error"]
+    assert f":{victims[-1].pid}:" in job["error"].split(" during ")[0]  # the last runner it killed
+    kinds = [e["kind"] for e in q.events(0, job_id=a)]
+    assert kinds.count("running") == 3 and kinds.count("lost") == 3 and kinds[-1] == "failed"
+    assert q.retry(a)["state"] == "queued"  # a person can still run it again
+    q.close()
+
+
 def test_a_paused_runner_is_fenced_out_and_its_late_write_refused(farm_db, tmp_path):
     q = JobQueue(farm_db, root=tmp_path)
     ids = q.submit_many([{"prompt": f"slow {i}", "steps": 10} for i in range(3)])

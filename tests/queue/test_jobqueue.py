@@ -1,6 +1,10 @@
 """JobQueue policy: order, move, pause, cancel, retry, validation, recovery, events, schema."""
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -194,15 +198,45 @@ def test_lost_job_is_requeued_with_its_attempts_and_place(queue_url):
     assert q.recover_lost() == []  # heartbeat fresh
     assert q.recover_lost(now=time.time() + 11) == [a]
     job = q.get(a)
-    assert job["state"] == "queued" and job["attempts"] == 1 and "stopped" in job["error"]
+    assert job["state"] == "queued" and job["attempts"] == 1
+    assert job["error"].startswith("lease expired on runner deadhost:1:x")
     kinds = [e["kind"] for e in q.events(0, job_id=a)]
     assert kinds[-2:] == ["lost", "requeued"]
     assert _order(q) == [a, b]  # keeps its place in line
-    # Second loss reaches max_attempts: it stays lost for a person to look at.
+    # Second loss reaches max_attempts: the job fails, saying why, for a person to look at.
     assert q.claim("deadhost:1:x")["attempts"] == 2
-    q.recover_lost(now=time.time() + 11)
-    assert q.get(a)["state"] == "lost" and "gave up after 2 attempts" in q.get(a)["error"]
+    assert q.recover_lost(now=time.time() + 11) == [a]
+    job = q.get(a)
+    assert job["state"] == "failed" and job["finished_at"] is not None
+    assert job["error"].startswith("lost 2 times: lease expired on runner deadhost:1:x"), job["error"]
+    assert [e["kind"] for e in q.events(0, job_id=a)][-2:] == ["lost", "failed"]
+    assert q.claim("w")["id"] == b and q.claim("w") is None  # the failed job is not claimed again
     assert q.retry(a)["state"] == "queued"
+    # Its attempts count on (retry keeps them), so the next loss fails it again; the reason counts
+    # the losses since the retry.
+    assert q.claim("deadhost:1:y")["attempts"] == 3
+    q.recover_lost(now=time.time() + 11)
+    assert q.get(a)["state"] == "failed" and q.get(a)["error"].startswith("lost 1 times: lease expired")
+    q.close()
+
+
+def test_job_that_keeps_losing_its_runner_ends_failed_not_lost(queue_url):
+    q = JobQueue(queue_url, policy=QueuePolicy(heartbeat_timeout=10, max_attempts=3))
+    a = q.submit({"prompt": "a"})
+    for attempt in (1, 2, 3):
+        assert q.claim(f"host{attempt}:1:x")["attempts"] == attempt
+        q.recover_lost(now=time.time() + 11)
+    job = q.get(a)
+    assert job["state"] == "failed", job
+    assert "lost 3 times: lease expired on runner host3:1:x" in job["error"]
+    assert q.counts()["lost"] == 0 and q.counts()["failed"] == 1
+    # Without re-queueing, a lost job stays lost as before.
+    q2 = JobQueue(queue_url, policy=QueuePolicy(heartbeat_timeout=10, requeue_lost=False))
+    b = q2.submit({"prompt": "b"})
+    q2.claim("deadhost:1:z")
+    assert q2.recover_lost(now=time.time() + 11) == [b]
+    assert q2.get(b)["state"] == "lost"
+    q2.close()
     q.close()
 
 
@@ -482,3 +516,52 @@ def test_a_finish_repeated_after_a_lost_answer_is_idempotent(queue):
     again = queue.finish(a, {"mp4": "a.mp4"}, worker_id="w", lease=lease)  # a retried step
     assert first == again and again["state"] == "done"
     assert [e["kind"] for e in queue.events(0, job_id=a)].count("done") == 1
+
+
+def test_a_change_after_the_mark_wakes_the_wait_even_from_another_process(queue_url, tmp_path):
+    """`event_mark()` before reading the log, `wait_for_events(..., mark)` after: a commit by
+    another process in between is not slept through (SQLite: its data_version; PostgreSQL: its
+    NOTIFY); with nothing committed the wait ends by its timeout (False)."""
+    q = JobQueue(queue_url, root=tmp_path)
+    if not q.store.local:
+        assert q.store.listener_ready(30)
+    mark = q.store.event_mark()
+    subprocess.run([sys.executable, "-c", "import sys; from ovi.queue import JobQueue; "
+                    "JobQueue(sys.argv[1]).submit({'prompt': 'elsewhere'})", queue_url],
+                   check=True, timeout=120, env={**os.environ})
+    assert q.store.wait_for_events(threading.Event(), 60, mark)  # 60 s: a liveness bound only
+    assert not q.store.wait_for_events(threading.Event(), 0.3, q.store.event_mark())
+    q.close()
+
+
+def test_results_are_stored_relative_to_the_root_and_read_back_under_this_machines_root(
+        queue_url, tmp_path):
+    q = JobQueue(queue_url, root=tmp_path)
+    a = q.submit({"prompt": "a"})
+    q.claim("w")
+    mp4 = tmp_path / "out" / "a.mp4"
+    elsewhere = tmp_path.parent / "elsewhere.wav"  # not under the root: stays absolute
+    q.finish(a, {"mp4": str(mp4), "wav": str(elsewhere), "runner": "node8"}, worker_id="w")
+    with q.store.read() as tx:
+        stored = tx.job(a)["result"]
+    assert stored == {"mp4": "out/a.mp4", "wav": str(elsewhere), "runner": "node8",
+                      "root_relative": ["mp4"]}
+    shown = {"mp4": str(mp4), "wav": str(elsewhere), "runner": "node8"}
+    assert q.get(a)["result"] == shown and q.list("done")[0]["result"] == shown
+    assert q.events(0, job_id=a)[-1]["result"] == shown
+    # An old row's absolute path (written before paths were relative) reads as it was stored.
+    b = q.submit({"prompt": "b"})
+    with q.store.write() as tx:
+        tx.update(b, state="done", result={"mp4": str(tmp_path / "old.mp4")})
+    assert q.get(b)["result"] == {"mp4": str(tmp_path / "old.mp4")}
+    q.close()
+    # Another machine mounts the same root at another path: it finds the clip under its mount.
+    mount = tmp_path / "mnt"
+    if queue_url.startswith("postgresql"):
+        other = JobQueue(queue_url, root=mount)
+    else:  # a SQLite queue's root is its file's folder: the same file, mounted elsewhere
+        mount.mkdir()
+        shutil.copy(queue_url, mount / "queue.db")
+        other = JobQueue(mount / "queue.db")
+    assert other.get(a)["result"]["mp4"] == str(mount / "out" / "a.mp4")
+    other.close()

@@ -1,6 +1,7 @@
 """REST API over the queue: every endpoint, validation errors, path traversal, token, events."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -208,3 +209,29 @@ def test_ovi_queue_serve_runs_on_localhost_with_a_runner(tmp_path):
     # uvicorn re-raises the SIGTERM it caught once it has shut down, with the default handler back: the
     # process ends by the signal (tests/runtime/test_shutdown.py pins the same for `serve --run`).
     assert server.returncode == -signal.SIGTERM, (server.returncode, err[-2000:])
+
+
+def test_a_clip_on_the_shared_root_is_served_where_the_root_is_mounted(queue_url, tmp_path):
+    """A runner on one machine finishes a clip under its mount of the root; a server whose root is
+    another mount of the same share (here: a copy of the files) links and serves it."""
+    runner_root, server_root = tmp_path / "runner", tmp_path / "server"
+    if queue_url.startswith("postgresql"):
+        runner_q, url = JobQueue(queue_url, root=runner_root), queue_url
+    else:
+        runner_root.mkdir()
+        runner_q = JobQueue(runner_root / "queue.db")
+    a = runner_q.submit({"prompt": "x", "steps": 2})
+    Runner(runner_q, engine_factory=fakes.factory).run(until_empty=True)
+    mp4 = runner_q.get(a)["result"]["mp4"]
+    assert mp4.startswith(str(runner_root))
+    runner_q.close()
+    shutil.copytree(runner_root, server_root)
+    server_q = (JobQueue(url, root=server_root) if queue_url.startswith("postgresql")
+                else JobQueue(server_root / "queue.db"))
+    with TestClient(create_app(server_q)) as c:
+        job = c.get(f"/api/jobs/{a}").json()
+        assert job["videoUrl"] == f"/api/videos/{mp4.rsplit('/', 1)[1]}"
+        assert not job["result"]["mp4"].startswith("/")  # shown relative to the output folder
+        video = c.get(job["videoUrl"])
+        assert video.status_code == 200 and video.content == (server_root / job["result"]["mp4"]).read_bytes()
+    server_q.close()

@@ -1,8 +1,10 @@
 """`ovi generate --sp N` on the CPU: a WorkerGroup of gloo ranks (and the same command under
-torchrun) writes the clip a single process writes, and leaves no process behind."""
+torchrun, on one node or as two node agents) writes the clip a single process writes, and leaves no
+process behind."""
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ovi.cli import main
-from tests.launcher import marked_processes, marker, run, spawned_children
+from tests.launcher import free_port, marked_processes, marker, run, spawned_children
 
 PROMPT = "A red ball bounces on a wooden floor. <AUDCAP>Thuds<ENDAUDCAP>"
 
@@ -70,6 +72,36 @@ def test_generate_under_torchrun_matches_one_process(tiny_ckpt, tmp_path, single
         sidecar = _outputs(tmp_path / "out")[1]
         assert (sidecar["fsdp"], sidecar["fsdp_degree"]) == ("FULL_SHARD", 2)
         assert sidecar["memory"]["param_bytes_per_rank"] < sidecar["memory"]["total_param_bytes"]
+    assert marked_processes(mark) == []
+
+
+@pytest.mark.parametrize("ranks_per_node, fsdp", [(1, []), (2, ["--fsdp", "HYBRID_SHARD"])],
+                         ids=["sp across nodes", "hybrid shard across nodes, sp within"])
+def test_one_generation_over_two_node_agents_matches_one_process(tiny_ckpt, tmp_path, single_process,
+                                                                  ranks_per_node, fsdp):
+    """Two torchrun node agents (separate processes, c10d rendezvous on the loopback, as on two
+    machines) run one generation together: with one rank per node SP 2 spans the nodes; with two,
+    SP 2 runs within each node and HYBRID_SHARD shards over a node's ranks and replicates across
+    the nodes (FSDP2's 2-D mesh, on gloo)."""
+    mark, port, out = marker(), free_port(), tmp_path / "out"
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+             "--nproc-per-node", str(ranks_per_node), "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+             "-m", "ovi.cli", *_args(tiny_ckpt, out), "--sp", "2", *fsdp]
+    with ThreadPoolExecutor(2) as pool:
+        node_runs = list(pool.map(lambda _: run(agent, timeout=300, **mark), range(2)))
+    for result in node_runs:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert sum(r.stdout.count(".mp4") for r in node_runs) == 1  # global rank 0 alone saves
+    latents, sidecar = _outputs(out)
+    reference, _ = single_process
+    for key in ("video", "audio"):
+        torch.testing.assert_close(latents[key], reference[key], atol=1e-4, rtol=1e-4)
+    assert (sidecar["world_size"], sidecar["sp"]) == (2 * ranks_per_node, 2)
+    if fsdp:  # sharded within a node (degree 2 of 4 ranks), each node a replica
+        assert (sidecar["fsdp"], sidecar["fsdp_degree"]) == ("HYBRID_SHARD", 2)
+        memory = sidecar["memory"]
+        assert memory["param_bytes_per_rank"] < 0.6 * memory["total_param_bytes"]
     assert marked_processes(mark) == []
 
 

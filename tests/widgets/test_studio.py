@@ -295,3 +295,20 @@ def test_extend_button_queues_a_longer_clip_through_the_runner(tmp_path):
         assert card.sidecar["prompt"] == f.prompt.value
     finally:
         studio.close()
+
+
+def test_queue_panel_says_why_a_job_waits(tmp_path):
+    """A job of a config no live runner serves shows the reason `ovi queue list` prints."""
+    db = tmp_path / "queue.db"
+    with JobQueue(db) as q:
+        big = q.submit({"prompt": "big", "config": "960x960_10s"})
+        small = q.submit({"prompt": "small", "config": "720x720_5s"})
+        q.register_runner("host:1:abc", label="box24", serves=["720x720_5s"])
+        assert q.why_waiting(q.list("queued")) == {big: "no runner serves 960x960_10s"}
+    studio = Studio(db, autostart=False, engine_factory=fake_factory)
+    try:
+        rows = studio.queue_panel.rows
+        assert "waiting: no runner serves 960x960_10s" in rows[big].timing.value
+        assert "no runner serves" not in rows[small].timing.value  # its runner is alive
+    finally:
+        studio.close()
