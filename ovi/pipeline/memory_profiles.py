@@ -83,6 +83,8 @@ def settings_for(cfg: OviConfig, chosen: str, reason: str = "") -> MemorySetting
             values[key] = getattr(cfg, key)
     if values["blocks_on_device"] is not None and values["blocks_on_device"] >= blocks:
         values["blocks_on_device"] = None  # every block fits: nothing to swap
+    if cfg.qint8:  # mapped at the config edge (ovi.config); the sidecar says so
+        reason = "; ".join(filter(None, [reason, "quantize: int8 comes from upstream's qint8: true"]))
     return MemorySettings(profile=cfg.memory_profile, chosen=chosen, reason=reason, **values)
 
 
@@ -219,7 +221,7 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
                               f"video_frame_height_width or a bigger GPU (or several with sp/fsdp)")
         settings = MemorySettings(**{**settings.to_dict(), "profile": "auto", "reason": (
             f"auto: {settings.chosen} is the first profile whose estimated peak ({peak / 1e9:.2f} GB) fits 90% of "
-            f"{budget_bytes / 1e9:.2f} GB")})
+            f"{budget_bytes / 1e9:.2f} GB" + (f"; {settings.reason}" if settings.reason else ""))})
     if (settings.swaps or settings.quantize != "none") and cfg.use_fsdp and cfg.fsdp_sharding_strategy != "NO_SHARD":
         raise ConfigError(f"memory profile {settings.chosen} swaps blocks or quantises the DiT, which FSDP-sharded "
                           f"weights cannot do (FSDP already streams each block; fsdp_cpu_offload is its offload); "

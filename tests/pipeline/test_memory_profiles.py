@@ -107,3 +107,11 @@ def test_a_named_profile_that_cannot_fit_the_described_device_is_refused_naming_
         resolve_memory_settings(cfg, CPU, torch.bfloat16, budget_bytes=int(minimal / 0.9) + 1)
     assert resolve_memory_settings(cfg.replace(memory_profile="minimal"), CPU, torch.bfloat16,
                                    budget_bytes=int(minimal / 0.9) + 1).chosen == "minimal"
+
+
+def test_upstream_qint8_runs_as_int8_and_the_sidecar_says_where_it_came_from():
+    clip = ovi.Engine.from_config(ovi.load_config(None, sample_steps=1, qint8=True)).generate(
+        "A red square moves right. <AUDCAP>a high tone<ENDAUDCAP>", seed=0)
+    record = clip.meta["memory_profile"]
+    assert record["quantize"] == "int8" and record["quantized_layers"] > 0  # the int8 weights really loaded
+    assert "upstream's qint8: true" in record["reason"]
