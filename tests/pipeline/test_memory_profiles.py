@@ -201,3 +201,24 @@ def test_rest_refuses_a_config_whose_memory_settings_cannot_run_here_with_422(qu
         r = client.post("/api/generate", json={"prompt": "a cat", "memory_profile": "low"})
         assert r.status_code == 422 and "engine setting" in r.text  # a request cannot pick its own profile
     assert queue.list() == []
+
+
+def test_the_gpu_memory_check_runs_on_a_cpu_and_keeps_to_its_time_budget(tmp_path):
+    """experiments/gpu_check_memory.py (the lent GPU's memory section) in its CPU smoke mode: every profile
+    runs, the swap's bytes agree with the model; with its budget spent it writes skipped lines instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "experiments" / "gpu_check_memory.py"
+    out = tmp_path / "memory.jsonl"
+    for budget in ("600", "0"):
+        subprocess.run([sys.executable, str(script), str(out), "--device", "cpu", "--arch", "tiny", "--steps", "1",
+                        "--budget-seconds", budget], check=True, capture_output=True, timeout=300)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ran, skipped = rows[:3], rows[3:]
+    assert [r["profile"] for r in ran] == ["balanced", "low", "minimal"] and all(r["status"] == "ok" for r in ran)
+    for r in ran:
+        assert r["seconds_per_step"] > 0 and r["host_rss_peak_bytes"] > 0 and r["estimated_denoise_bytes"] > 0
+        assert r["bytes_moved_per_step"] == pytest.approx(r["estimated_bytes_moved_per_step"], rel=0.02)
+    assert ran[0]["bytes_moved_per_step"] == 0 < ran[1]["bytes_moved_per_step"] < ran[2]["bytes_moved_per_step"]
+    assert [r["status"] for r in skipped] == ["skipped: time budget spent"] * 3
