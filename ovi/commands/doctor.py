@@ -8,8 +8,10 @@ Then, for the config's model (default: the three real configs) on each machine p
 the settings (sp, FSDP strategy, fsdp offload, shard_text_model, cpu_offload, fp8) whose expected peak
 per GPU fits, fastest first, with the expected speed relative to one GPU running NO_SHARD in bf16
 without offload. Peaks come from ovi.parallel.memory, the model the FSDP `auto` strategy uses; speeds from its
-spec-sheet speed model. Both are estimates (see the footnote it prints). `--measure` runs the tiny and
-mid presets on this machine's CPU and prints measured peak / estimate.
+spec-sheet speed model. Both are estimates (see the footnote it prints); a setting with fsdp offload shows
+the bytes it copies from host memory per step beside its speed. With `--gpus 1` the memory profiles and
+FSDP offload on that one GPU follow, costed alike (ovi.pipeline.memory_profiles.profile_plan). `--measure`
+runs the tiny and mid presets on this machine's CPU and prints measured peak / estimate.
 """
 
 from __future__ import annotations

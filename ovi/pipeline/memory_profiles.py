@@ -16,7 +16,10 @@ then placed: everything on the device, or with block swap (ovi.parallel.offload)
 and the non-block layers on the device and the rest in (pinned) host memory. The estimate reuses the
 FSDP memory model's parts (ovi.parallel.memory: exact parameter bytes on the meta device, activations)
 and adds what a profile changes: int8/fp8 block weights, the swapped blocks (K resident + 2 streaming:
-the running one and the next one's copy in flight) and the bytes they move per step.
+the running one and the next one's copy in flight) and the bytes they move per step. FSDP offload on one
+GPU is costed by the same table (`estimate_fsdp_offload`, shown by `ovi doctor --gpus 1` beside the
+profiles). The settings are resolved before the model loads (Engine.from_config, the rank builder; a
+WorkerGroup checks them before spawning: `check_memory_settings`), so a refusal costs no loading.
 """
 
 from __future__ import annotations
