@@ -122,7 +122,7 @@ def plot_memory(records: list[dict]) -> None:
            label="estimate")
     bx.set_xticks(list(x), labels, fontsize=8)
     bx.set_ylabel("MB per denoising step")
-    bx.set_title("host -> device bytes moved by block swap")
+    bx.set_title("host -> device bytes moved (block swap; FSDP offload)")
     bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(PLOTS / "memory.png", dpi=110)

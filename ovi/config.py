@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from ovi.specs import BUNDLED_CKPT_DIR, BUNDLED_WEIGHTS_DIR, MODEL_SPECS
 # Shipped yaml files live inside the package so they exist in a wheel too; configs/*.yaml at the repo
 # root are identical copies for people browsing the repo (a test keeps them in sync).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+log = logging.getLogger(__name__)
 
 
 def bundled_ckpt_dir(model_name: str) -> Path:
@@ -60,10 +62,9 @@ QUANTIZE_MODES = ("none", "int8", "fp8")
 TEXT_ENCODER_DEVICES = ("device", "cpu")
 
 # Switched-on options this build cannot run yet -> the feature they wait for. Delete an entry when its
-# feature lands; `require_available()` then stops refusing it.
-PENDING_FEATURES = {
-    "qint8": "qint8 quantization",
-}
+# feature lands; `require_available()` then stops refusing it. (Upstream's `qint8` has landed: it is mapped
+# to `quantize: int8` when the config is built, see _check_memory_keys.)
+PENDING_FEATURES: dict[str, str] = {}
 
 
 @dataclass
@@ -398,10 +399,25 @@ def _validate(cfg: OviConfig) -> None:
     _check_memory_keys(cfg)
 
 
+def _map_upstream_qint8(cfg: OviConfig) -> None:
+    """Upstream's `qint8: true` (optimum-quanto int8 weights on the DiT) is our `quantize: int8` (torchao
+    int8 weight-only on the fused blocks' Linears): mapped once here, at the config edge, so everything
+    after reads `quantize` only. The sidecar keeps both keys and the memory record says where int8 came from."""
+    if not cfg.qint8:
+        return
+    if cfg.quantize not in (None, "int8"):
+        raise _fail("qint8", cfg.qint8, f"upstream's qint8 means int8 weights (quantize: int8), but the config also "
+                                        f"sets quantize: {cfg.quantize}; drop qint8 or the quantize key")
+    if cfg.quantize is None:
+        log.info("qint8: true (upstream key) -> quantize: int8 (torchao int8 weight-only on the DiT's block layers)")
+        cfg.quantize = "int8"
+
+
 def _check_memory_keys(cfg: OviConfig) -> None:
     _choice(cfg, "memory_profile", MEMORY_PROFILE_NAMES, fold_case=True)
     if cfg.quantize is not None:
         _choice(cfg, "quantize", QUANTIZE_MODES, fold_case=True)
+    _map_upstream_qint8(cfg)
     if cfg.text_encoder_device is not None:
         _choice(cfg, "text_encoder_device", TEXT_ENCODER_DEVICES)
     if cfg.vae_tiling is not None and not isinstance(cfg.vae_tiling, bool):

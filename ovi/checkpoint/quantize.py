@@ -54,6 +54,14 @@ def fp8_supported(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def require_fp8(device: torch.device) -> None:
+    """`quantize: fp8` where the device has no fp8 -> ConfigError naming the fixes (checked before loading)."""
+    ok, why = fp8_supported(device)
+    if not ok:
+        raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device), a GPU with "
+                          f"compute capability >= 8.9, or the fp8 storage path (fp8: true)")
+
+
 def is_quantized(t: torch.Tensor) -> bool:
     """A torchao-quantised weight (a tensor subclass holding qdata and scales; not a DTensor shard)."""
     return hasattr(t, "__tensor_flatten__") and type(t).__module__.startswith("torchao")
@@ -86,10 +94,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str) -> d
     if mode == "none":
         return {"quantize": "none", "quantized_layers": 0, "param_bytes_before": before, "param_bytes_after": before}
     if mode == "fp8":
-        ok, why = fp8_supported(device)
-        if not ok:
-            raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device) or the "
-                              f"fp8 storage path (fp8: true)")
+        require_fp8(device)
     with quiet_torchao_import():
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 

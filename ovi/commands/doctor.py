@@ -8,8 +8,10 @@ Then, for the config's model (default: the three real configs) on each machine p
 the settings (sp, FSDP strategy, fsdp offload, shard_text_model, cpu_offload, fp8) whose expected peak
 per GPU fits, fastest first, with the expected speed relative to one GPU running NO_SHARD in bf16
 without offload. Peaks come from ovi.parallel.memory, the model the FSDP `auto` strategy uses; speeds from its
-spec-sheet speed model. Both are estimates (see the footnote it prints). `--measure` runs the tiny and
-mid presets on this machine's CPU and prints measured peak / estimate.
+spec-sheet speed model. Both are estimates (see the footnote it prints); a setting with fsdp offload shows
+the bytes it copies from host memory per step beside its speed. With `--gpus 1` the memory profiles and
+FSDP offload on that one GPU follow, costed alike (ovi.pipeline.memory_profiles.profile_plan). `--measure`
+runs the tiny and mid presets on this machine's CPU and prints measured peak / estimate.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
 
     from ovi.config import load_config
     from ovi.parallel.dims import ParallelDims
-    from ovi.parallel.memory import GB, HEADROOM, estimate
+    from ovi.parallel.memory import GB, HEADROOM, estimate, param_layout, storage_for
     from ovi.parallel.speed import gpu_profile, step_seconds
     from ovi.pipeline.footprint import workload
     cfg = load_config(config_name)
@@ -173,6 +175,10 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
     for setting in settings_for(gpus) + ([configured] if configured is not None else []):
         dims, options = setting
         est = estimate(cfg.model, load, dims, **options)
+        # fsdp offload copies each rank's shards from host memory for every forward (SHARD_GRAD_OP: once per clip)
+        shards = param_layout(cfg.model, storage_for(options["fp8"], torch.bfloat16), torch.bfloat16).total / dims.fsdp
+        copies = 0 if not dims.fsdp_offload else shards * (2 / dims.cfg if dims.fsdp_strategy != "SHARD_GRAD_OP"
+                                                             else 1 / cfg.sample_steps)
         rows.append({"doctor": "setting", "config": config_name, "model_name": cfg.model_name, "gpus": gpus,
                      "gpu_memory_gb": memory_gb, "gpu_profile": profile.name, "label": est.label(),
                      "sp": dims.sp, "strategy": dims.fsdp_strategy or "NO_SHARD", "fsdp": dims.fsdp,
@@ -180,6 +186,7 @@ def plan_rows(config_name: str, gpus: int, memory_gb: float) -> list[dict]:
                      "cpu_offload": options["cpu_offload"], "fp8": options["fp8"],
                      "peak_gb": est.peak / GB, "phases_gb": {k: v / GB for k, v in est.phases.items()},
                      "fits": est.peak <= HEADROOM * memory_gb * GB, "configured": setting is configured,
+                     "offload_bytes_per_step": int(copies),
                      "relative_speed": baseline / step_seconds(cfg.model, load, dims, profile, cfg.sample_steps,
                                                                **options)})
     return rows
@@ -190,6 +197,13 @@ def _flags(row: dict) -> str:
     parts += ["fsdp-offload"] * row["fsdp_cpu_offload"] + ["shard-text"] * row["shard_text_model"]
     parts += ["cpu_offload"] * row["cpu_offload"] + ["fp8"] * row["fp8"]
     return ", ".join(parts)
+
+
+def _speed(row: dict) -> str:
+    """The relative speed, with the bytes fsdp offload copies over the host link per step beside it (the
+    speed model counts them as hidden behind compute when the link keeps up: not measured)."""
+    copies = row.get("offload_bytes_per_step", 0)
+    return f"{row['relative_speed']:.2f}x" + (f" (copies {copies / 1e9:.1f} GB/step)" if copies else "")
 
 
 def print_table(rows: list[dict], show_all: bool) -> None:
@@ -204,7 +218,7 @@ def print_table(rows: list[dict], show_all: bool) -> None:
         for row in (r for r in group if r["configured"]):
             verdict = "fits" if row["fits"] else "does NOT fit"
             print(f"| {model} | {machine} | {row['config']} as written: {_flags(row)} ({verdict}) | "
-                  f"{row['peak_gb']:.1f} GB | {row['relative_speed']:.2f}x |")
+                  f"{row['peak_gb']:.1f} GB | {_speed(row)} |")
         group = [r for r in group if not r["configured"]]
         # fastest first; among equals, full precision before fp8, then the smaller peak
         fits = sorted((r for r in group if r["fits"]),
@@ -216,7 +230,7 @@ def print_table(rows: list[dict], show_all: bool) -> None:
             continue
         shown = fits if show_all else fits[:SHOWN]
         for row in shown:
-            print(f"| {model} | {machine} | {_flags(row)} | {row['peak_gb']:.1f} GB | {row['relative_speed']:.2f}x |")
+            print(f"| {model} | {machine} | {_flags(row)} | {row['peak_gb']:.1f} GB | {_speed(row)} |")
         if len(fits) > len(shown):
             print(f"| {model} | {machine} | ... {len(fits) - len(shown)} more fit (--all) | | |")
 
@@ -232,6 +246,7 @@ def print_footnote() -> None:
 
 
 def print_memory_profiles(configs, gpu_memory: float, host_memory: float | None, as_json: bool) -> None:
+    """The memory profiles and FSDP offload on one GPU, costed alike (ovi.pipeline.memory_profiles.profile_plan)."""
     from ovi.config import load_config
     from ovi.pipeline.memory_profiles import profile_plan
     rows = [row for name in configs for row in profile_plan(load_config(name), gpu_memory, host_memory)]
@@ -239,18 +254,24 @@ def print_memory_profiles(configs, gpu_memory: float, host_memory: float | None,
         for row in rows:
             print(json.dumps(row, sort_keys=True))
         return
-    print(f"\n| model | memory_profile (1x{gpu_memory:g} GB) | blocks on GPU | weights | peak GPU | host needed | "
-          "moved / step | s / step | fits |")
+    print(f"\n| model | memory_profile / FSDP offload (1x{gpu_memory:g} GB) | blocks on GPU | weights | peak GPU | "
+          "host needed | moved / step | s / step (copies) | fits |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         blocks = f"{r['blocks'] if r['blocks_on_device'] is None else r['blocks_on_device']}/{r['blocks']}"
-        print(f"| {r['model_name']} | {r['profile']} | {blocks} | {r['quantize']} | {r['peak_gb']:.1f} GB | "
-              f"{r['host_gb']:.1f} GB | {r['bytes_moved_per_step'] / 1e9:.1f} GB | {r['step_seconds']:.1f} | "
-              f"{'yes' if r['fits'] else 'no'} |")
+        weights = r["quantize"] if r["doctor"] == "memory_profile" else ("fp8" if r["fp8"] else "as stored")
+        print(f"| {r['model_name']} | {r['profile']} | {blocks} | {weights} | {r['peak_gb']:.1f} GB | "
+              f"{r['host_gb']:.1f} GB | {r['bytes_moved_per_step'] / 1e9:.1f} GB | {r['step_seconds']:.1f} "
+              f"({r['transfer_seconds']:.1f}) | {'yes' if r['fits'] else 'no'} |")
     for name in configs:
-        fit = next((r for r in rows if r["model_name"] == load_config(name).model_name and r["fits"]), None)
+        model = load_config(name).model_name
+        fit = next((r for r in rows if r["model_name"] == model and r["doctor"] == "memory_profile" and r["fits"]),
+                   None)
         print(f"{name}: " + (f"memory_profile: {fit['profile']} fits (the least saving one that does)" if fit
                              else "no memory profile fits this GPU"))
+    print("fsdp_offload = use_fsdp FULL_SHARD + fsdp_cpu_offload on one rank (+shard_text: shard_text_model "
+          "too): every unit is copied from pinned host memory for every forward. s / step = max(compute, "
+          "copies) at the spec-sheet rates: an ideal-overlap bound, not measured.")
 
 
 def measure_cpu(as_json: bool) -> list[dict]:

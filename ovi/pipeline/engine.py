@@ -35,7 +35,7 @@ from ovi.parallel.dims import ParallelDims
 from ovi.pipeline.components import Components, codec_family, load_components
 from ovi.pipeline.compile import compile_fused_block
 from ovi.pipeline.images import FluxImageGenerator, ToyImageGenerator, load_image, resize_image, to_uint8_frames
-from ovi.pipeline.memory_profiles import apply_memory_settings, resolve_memory_settings
+from ovi.pipeline.memory_profiles import MemorySettings, apply_memory_settings, resolve_memory_settings
 from ovi.pipeline.objective import pin
 from ovi.pipeline.output import Clip
 from ovi.pipeline.plan import Plan, plan
@@ -96,7 +96,8 @@ class Engine:
     def __init__(self, config: OviConfig, components: Components, device: torch.device, dtype: torch.dtype, *,
                  dims: ParallelDims | None = None, predictor=None, decodes: bool = True, model_scope=None,
                  self_placed: tuple = (), loras: LoRAManager | None = None, trace_worker: str = "engine",
-                 parallel_info: dict | None = None, load_seconds: float | None = None):
+                 parallel_info: dict | None = None, load_seconds: float | None = None,
+                 memory_settings: MemorySettings | None = None):
         self.config, self.components, self.device, self.dtype = config, components, device, dtype
         self.model = components.model
         self.spec = MODEL_SPECS[config.model_name]
@@ -119,7 +120,8 @@ class Engine:
         self.defaults = config.request_defaults()
         self.image_generator = None
         # One GPU (ovi.pipeline.memory_profiles): quantise and place the DiT (block swap), umT5, VAE tiling.
-        self.memory_settings = resolve_memory_settings(config, device, dtype)
+        # from_config / the rank builder resolve the settings before loading (a bad profile fails in seconds).
+        self.memory_settings = memory_settings or resolve_memory_settings(config, device, dtype)
         self.memory_profile = apply_memory_settings(components, self.memory_settings, device,
                                                    cpu_offload=config.cpu_offload)
         self.trace_worker = trace_worker  # trace file name under profile_dir (rank<N> on a parallel group)
@@ -151,10 +153,12 @@ class Engine:
                              "--fsdp ...`), not a single-process Engine")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
+        memory_settings = resolve_memory_settings(cfg, device, dtype)  # before loading: refusals come first
         t0 = time.perf_counter()
         components = load_components(cfg, device=device, dtype=dtype)
         loras = preload_loras(cfg, components.model)
-        return cls(cfg, components, device, dtype, dims=dims, loras=loras, load_seconds=time.perf_counter() - t0)
+        return cls(cfg, components, device, dtype, dims=dims, loras=loras, load_seconds=time.perf_counter() - t0,
+                   memory_settings=memory_settings)
 
     # ---- settings ------------------------------------------------------------------------------
     def check_engine_settings(self, request: GenerateRequest) -> None:

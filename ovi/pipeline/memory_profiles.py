@@ -16,7 +16,10 @@ then placed: everything on the device, or with block swap (ovi.parallel.offload)
 and the non-block layers on the device and the rest in (pinned) host memory. The estimate reuses the
 FSDP memory model's parts (ovi.parallel.memory: exact parameter bytes on the meta device, activations)
 and adds what a profile changes: int8/fp8 block weights, the swapped blocks (K resident + 2 streaming:
-the running one and the next one's copy in flight) and the bytes they move per step.
+the running one and the next one's copy in flight) and the bytes they move per step. FSDP offload on one
+GPU is costed by the same table (`estimate_fsdp_offload`, shown by `ovi doctor --gpus 1` beside the
+profiles). The settings are resolved before the model loads (Engine.from_config, the rank builder; a
+WorkerGroup checks them before spawning: `check_memory_settings`), so a refusal costs no loading.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ovi.checkpoint.loading import FP8
-from ovi.checkpoint.quantize import fp8_supported, quantize_block_while_loading, quantize_model
+from ovi.checkpoint.quantize import quantize_block_while_loading, quantize_model, require_fp8
 from ovi.config import MEMORY_PROFILES, OviConfig
 from ovi.errors import ConfigError
 from ovi.model import FusionModel
@@ -83,6 +86,8 @@ def settings_for(cfg: OviConfig, chosen: str, reason: str = "") -> MemorySetting
             values[key] = getattr(cfg, key)
     if values["blocks_on_device"] is not None and values["blocks_on_device"] >= blocks:
         values["blocks_on_device"] = None  # every block fits: nothing to swap
+    if cfg.qint8:  # mapped at the config edge (ovi.config); the sidecar says so
+        reason = "; ".join(filter(None, [reason, "quantize: int8 comes from upstream's qint8: true"]))
     return MemorySettings(profile=cfg.memory_profile, chosen=chosen, reason=reason, **values)
 
 
@@ -165,6 +170,36 @@ def estimate_profile(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtyp
             "activation_bytes": acts}
 
 
+def estimate_fsdp_offload(cfg: OviConfig, dtype: torch.dtype, *, shard_text: bool = False, height_width=None,
+                          forwards_per_step: int = 2, device: str = "cuda") -> dict:
+    """FSDP offload on one GPU (use_fsdp, FULL_SHARD, fsdp_cpu_offload, world 1), costed as the profiles are
+    (same keys as `estimate_profile`): the device peak from the FSDP memory model (ovi.parallel.memory:
+    no shards on the device, the running fused block and the next one's copy gathered), the DiT's shards
+    (and umT5's with `shard_text`) in host memory, and the bytes moved: every FSDP unit is copied to the
+    device for every forward (SLG's skipped block excepted), i.e. the whole DiT twice per guided step;
+    a sharded umT5 once per clip (`bytes_moved_per_clip`). On CPU ranks (`device` "cpu") the offloaded
+    shards sit in the one memory there is; they are left out of the peaks here, as they would be on a GPU."""
+    from ovi.parallel.dims import ParallelDims
+    from ovi.parallel.memory import estimate
+    storage = FP8 if cfg.fp8 else dtype
+    layout = param_layout(cfg.model, storage, dtype)
+    load = workload(cfg, dtype, height_width)
+    dims = ParallelDims(world_size=1, sp=1, fsdp=1, fsdp_strategy="FULL_SHARD", fsdp_offload=True,
+                        shard_text=shard_text)
+    est = estimate(cfg.model, load, dims, fp8=cfg.fp8, compute=dtype, device=device)
+    text_host = load.text_layout.total if shard_text and load.text_layout is not None else 0
+    on_host_here = (layout.total + text_host) if device == "cpu" else 0
+    phases = {k: v - on_host_here for k, v in est.phases.items()}
+    n = num_blocks(cfg.model)
+    block = layout.units["block.0"]
+    slg = cfg.slg_layer_index
+    skipped = 1 if forwards_per_step > 1 and slg is not None and slg < n else 0
+    return {"peak_bytes": max(phases.values()), "phases": phases, "host_bytes": layout.total + text_host,
+            "bytes_moved_per_step": forwards_per_step * layout.total - skipped * block,
+            "bytes_moved_per_clip": text_host, "block_bytes": block, "resident_param_bytes": 0,
+            "dit_bytes": layout.total, "file_block_bytes": block, "activation_bytes": est.parts["activations"]}
+
+
 def _clip_bytes(cfg: OviConfig, height_width=None) -> int:
     """The decoded clip's own bytes (fp32 copies + uint8), as ovi.pipeline.footprint counts them."""
     from ovi.pipeline.images import snap_to_area
@@ -219,7 +254,7 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
                               f"video_frame_height_width or a bigger GPU (or several with sp/fsdp)")
         settings = MemorySettings(**{**settings.to_dict(), "profile": "auto", "reason": (
             f"auto: {settings.chosen} is the first profile whose estimated peak ({peak / 1e9:.2f} GB) fits 90% of "
-            f"{budget_bytes / 1e9:.2f} GB")})
+            f"{budget_bytes / 1e9:.2f} GB" + (f"; {settings.reason}" if settings.reason else ""))})
     if (settings.swaps or settings.quantize != "none") and cfg.use_fsdp and cfg.fsdp_sharding_strategy != "NO_SHARD":
         raise ConfigError(f"memory profile {settings.chosen} swaps blocks or quantises the DiT, which FSDP-sharded "
                           f"weights cannot do (FSDP already streams each block; fsdp_cpu_offload is its offload); "
@@ -228,11 +263,19 @@ def resolve_memory_settings(cfg: OviConfig, device: torch.device, dtype: torch.d
         raise ConfigError(f"memory profile {settings.chosen} swaps blocks, and cpu_offload moves the whole DiT: choose "
                           f"one (cpu_offload: false, or memory_profile none/balanced)")
     if settings.quantize == "fp8":
-        ok, why = fp8_supported(device)
-        if not ok:
-            raise ConfigError(f"quantize: fp8 cannot run here ({why}); use quantize: int8 (any device) or the fp8 "
-                              f"storage path (fp8: true)")
+        require_fp8(device)
     return settings
+
+
+def check_memory_settings(cfg: OviConfig, device_type: str) -> None:
+    """What a launcher can refuse before any rank loads (ovi.runtime.WorkerGroup): quantize: fp8 without fp8
+    hardware, a named profile the described device (device_memory_gb) cannot hold, swap/quantise with FSDP
+    sharding or cpu_offload. `auto` without device_memory_gb needs each rank's free memory: the ranks decide."""
+    if cfg.memory_profile == "auto" and cfg.device_memory_gb is None:
+        return
+    from ovi.pipeline.engine import resolve_dtype
+    device = torch.device(device_type)
+    resolve_memory_settings(cfg, device, resolve_dtype(cfg.dtype, device))
 
 
 def _check_fits(cfg: OviConfig, settings: MemorySettings, dtype: torch.dtype, budget_bytes: int) -> None:
@@ -281,13 +324,18 @@ def apply_memory_settings(components, settings: MemorySettings, device: torch.de
 
 
 # ---- planning (`ovi doctor --gpus 1`) --------------------------------------------------------------
+FSDP_OFFLOAD_SETTINGS = {"fsdp_offload": False, "fsdp_offload+shard_text": True}  # name -> shard_text_model
+
+
 def profile_plan(cfg: OviConfig, gpu_memory_gb: float, host_memory_gb: float | None = None,
                  dtype: torch.dtype = torch.bfloat16) -> list[dict]:
-    """Every profile of `cfg` on one GPU of `gpu_memory_gb`: estimated peak, whether it fits 90% of the
-    GPU (and the host, when `host_memory_gb` is given), host memory needed, bytes moved per step over the
-    link and an expected step time. Step time = max(compute, transfer): the prefetch hides a block's copy
-    behind the previous block's compute when the link keeps up (an ideal-overlap bound, not measured);
-    compute at the spec-sheet model of ovi.parallel.speed (int8 weight-only counted at bf16 speed)."""
+    """Every profile of `cfg` on one GPU of `gpu_memory_gb`, then FSDP offload on that one GPU (without and
+    with umT5 sharded too), costed the same way: estimated peak, whether it fits 90% of the GPU (and the
+    host, when `host_memory_gb` is given), host memory needed, bytes moved per step over the link and an
+    expected step time. Step time = max(compute, transfer): the prefetch hides a block's copy behind the
+    previous block's compute when the link keeps up (an ideal-overlap bound, not measured); compute at the
+    spec-sheet model of ovi.parallel.speed (int8 weight-only counted at bf16 speed); transfer at its
+    pinned host -> device rate, a sharded umT5's once-per-clip copy spread over the steps."""
     from ovi.parallel.memory import GB
     from ovi.parallel.speed import forward_flops, gpu_profile
     gpu = gpu_profile(gpu_memory_gb)
@@ -295,26 +343,40 @@ def profile_plan(cfg: OviConfig, gpu_memory_gb: float, host_memory_gb: float | N
     forwards = 2  # positive + negative pass (SLG skips a block in the second)
     compute_s = forwards * forward_flops(cfg.model, load.video_tokens, load.audio_tokens) / (
         gpu.bf16_tflops * 1e12 * gpu.mfu)
+    blocks = num_blocks(cfg.model)
+
+    def row(name: str, est: dict, knobs: dict, load_host: int) -> dict:
+        moved = est["bytes_moved_per_step"] + est.get("bytes_moved_per_clip", 0) / cfg.sample_steps
+        transfer_s = moved / (gpu.pinned_gbps * GB)
+        host = max(load_host, est["host_bytes"])
+        fits = est["peak_bytes"] <= HEADROOM * gpu_memory_gb * GB
+        host_fits = None if host_memory_gb is None else host <= HEADROOM * host_memory_gb * GB
+        return {"doctor": "memory_profile", "model_name": cfg.model_name, "gpus": 1,
+                "gpu_memory_gb": gpu_memory_gb, "host_memory_gb": host_memory_gb, "profile": name, "blocks": blocks,
+                **knobs, "peak_gb": est["peak_bytes"] / GB, "phases_gb": {k: v / GB for k, v in est["phases"].items()},
+                "host_gb": host / GB, "bytes_moved_per_step": est["bytes_moved_per_step"],
+                "bytes_moved_per_clip": est.get("bytes_moved_per_clip", 0),
+                "step_seconds": max(compute_s, transfer_s), "compute_seconds": compute_s,
+                "transfer_seconds": transfer_s, "fits": fits and host_fits is not False,
+                "fits_gpu": fits, "fits_host": host_fits}
+
     rows = []
     for name in AUTO_ORDER:
         settings = settings_for(cfg, name)
         est = estimate_profile(cfg, settings, dtype, forwards_per_step=forwards)
-        transfer_s = est["bytes_moved_per_step"] / (gpu.pinned_gbps * GB)
         # Loading streams the DiT block by block (load_fusion_model): straight onto the GPU without a
         # profile; else into host memory, each block quantised as it lands (peak: the stored DiT + one block).
         load_host = 0 if name == "none" else est["dit_bytes"] + est["file_block_bytes"]
         load_host += load.text_encoder_bytes if settings.text_encoder_device == "cpu" else 0
-        host = max(load_host, est["host_bytes"])
-        fits = est["peak_bytes"] <= HEADROOM * gpu_memory_gb * GB
-        host_fits = None if host_memory_gb is None else host <= HEADROOM * host_memory_gb * GB
-        rows.append({"doctor": "memory_profile", "model_name": cfg.model_name, "gpus": 1,
-                     "gpu_memory_gb": gpu_memory_gb, "host_memory_gb": host_memory_gb, "profile": name,
-                     "blocks_on_device": settings.blocks_on_device, "blocks": num_blocks(cfg.model),
-                     "quantize": settings.quantize, "vae_tiling": settings.vae_tiling,
-                     "text_encoder_device": settings.text_encoder_device,
-                     "peak_gb": est["peak_bytes"] / GB, "phases_gb": {k: v / GB for k, v in est["phases"].items()},
-                     "host_gb": host / GB, "bytes_moved_per_step": est["bytes_moved_per_step"],
-                     "step_seconds": max(compute_s, transfer_s), "compute_seconds": compute_s,
-                     "transfer_seconds": transfer_s, "fits": fits and host_fits is not False,
-                     "fits_gpu": fits, "fits_host": host_fits})
+        rows.append(row(name, est, {"setting": "memory_profile", "blocks_on_device": settings.blocks_on_device,
+                                    "quantize": settings.quantize, "vae_tiling": settings.vae_tiling,
+                                    "text_encoder_device": settings.text_encoder_device}, load_host))
+    for name, shard_text in FSDP_OFFLOAD_SETTINGS.items():
+        # use_fsdp FULL_SHARD + fsdp_cpu_offload on one rank: every block streams from pinned host memory each
+        # forward; shards are read from the file one unit at a time (host peak: the shards + one unit)
+        est = estimate_fsdp_offload(cfg, dtype, shard_text=shard_text, forwards_per_step=forwards)
+        rows.append(row(name, est, {"doctor": "fsdp_offload", "setting": "fsdp", "blocks_on_device": 0, "quantize": "none",
+                                    "fp8": cfg.fp8, "vae_tiling": False, "shard_text_model": shard_text,
+                                    "text_encoder_device": "host (FSDP shards)" if shard_text else "device"},
+                        est["host_bytes"] + est["file_block_bytes"]))
     return rows

@@ -30,6 +30,7 @@ from ovi.parallel.parallelize import parallelize, rank_comms
 from ovi.pipeline.components import load_components
 from ovi.pipeline.engine import Engine, preload_loras, resolve_dtype
 from ovi.pipeline.footprint import workload
+from ovi.pipeline.memory_profiles import resolve_memory_settings
 from ovi.request import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
         if dims.fsdp_strategy is not None else {}
     if dims.fsdp_strategy == "auto":
         dims, fsdp_info = resolve_auto_fsdp(cfg, dims, device, dtype)
+    memory_settings = resolve_memory_settings(cfg, device, dtype)  # before loading: refusals come first
     comms = rank_comms(rank, dims)
     loaded = {}
 
@@ -166,7 +168,8 @@ def build_rank_engine(cfg, rank: int, world_size: int, device: torch.device, dim
                           overlap=cfg.enable_async_comms)
     engine = Engine(cfg, applied.components, device, dtype, dims=dims, predictor=applied.predictor,
                     decodes=rank == 0, model_scope=applied.model_scope, self_placed=applied.self_placed,
-                    loras=loaded["loras"], trace_worker=f"rank{rank}", parallel_info={**applied.info, **fsdp_info})
+                    loras=loaded["loras"], trace_worker=f"rank{rank}", parallel_info={**applied.info, **fsdp_info},
+                    memory_settings=memory_settings)
     memory = {"load_peak_bytes": loaded["load_peak_bytes"],
               "estimated_peak_bytes": estimate(cfg.model, workload(cfg, dtype), dims, **config_options(cfg),
                                                compute=dtype, device=device.type).peak}

@@ -27,6 +27,7 @@ from multiprocessing import connection
 from ovi.config import OviConfig, load_config
 from ovi.errors import ConfigError, InputError
 from ovi.parallel.dims import ParallelDims
+from ovi.pipeline.memory_profiles import check_memory_settings
 from ovi.request import GenerateRequest
 from ovi.runtime.launch import plan_backend, prepare_checkpoint
 from ovi.runtime.ranks import CRASH_EXIT, PARENT_GONE_EXIT, rank_main
@@ -121,6 +122,7 @@ class WorkerGroup:
         self.world_size = self.dims.world_size
         self.config.require_available()  # refuse what cannot run before spawning anything
         self.backend, self.device_type = plan_backend(self.config, self.world_size, backend)
+        check_memory_settings(self.config, self.device_type)  # a refused memory profile fails before spawning
         self.request_timeout = request_timeout
         self.poll_interval = float(poll_interval)
         self._lock = threading.RLock()      # one call (generate/stats/close) at a time

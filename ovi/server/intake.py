@@ -42,6 +42,8 @@ from starlette.responses import JSONResponse
 from ovi.config import ENGINE_KEYS, load_config
 from ovi.errors import InputError
 from ovi.inputs import ValueProblem, check_int, sendable, without_addresses
+from ovi.pipeline.engine import resolve_device
+from ovi.pipeline.memory_profiles import check_memory_settings
 from ovi.queue.folders import ServerFolders
 from ovi.pipeline.windows import spec_layout
 from ovi.queue.jobqueue import check_client_id
@@ -277,6 +279,7 @@ def parse_submission(payload, folders: ServerFolders, limits: ServerLimits) -> S
     # -- limits, on the values the job will run with (the config fills what the request leaves) --
     try:
         cfg = load_config(folders.resolve_config(request.config))
+        check_memory_settings(cfg, resolve_device(cfg.device).type)  # e.g. quantize: fp8 on a server without fp8
     except InputError as exc:
         raise Refused(422, str(exc), loc=field_loc("config")) from None
     run = request.fill(cfg.request_defaults(request.prompt))

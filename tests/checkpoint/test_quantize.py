@@ -93,3 +93,20 @@ def test_streamed_loading_assigns_one_fused_block_at_a_time_and_quantises_it_the
     plain = load_fusion_model(path, "mid")
     expected = read_state_dict(path)
     assert all(torch.equal(v, expected[k]) for k, v in plain.state_dict().items())
+
+
+def test_quality_rows_carry_quantize_and_int8_keeps_the_trained_default_accurate(capsys):
+    """The pinned `quantize` field on `ovi bench quality` rows, and int8 keeping >= 0.95 of plain's accuracy
+    on a small sample (the 24-clip run is experiments/results/quality_int8.jsonl)."""
+    import json
+
+    from ovi.cli import main
+    rows = {}
+    for mode in ("none", "int8"):
+        assert main(["bench", "quality", "--json", "--steps", "4", "--seeds", "1", "--limit", "2", "--no-floor",
+                     "--no-ceiling", "--out-dir", "", "--set", f"quantize={mode}"]) == 0
+        out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        rows[mode] = next(r for r in out if r["weights"] == "trained" and r.get("kind") is None)
+    assert rows["none"]["quantize"] == "none" and rows["int8"]["quantize"] == "int8"
+    for key in ("color_accuracy", "motion_accuracy", "pitch_accuracy"):
+        assert rows["int8"][key] >= 0.95 * rows["none"][key], key
