@@ -337,11 +337,9 @@ class FusedLowRankAdd:
         scaling = module.scaling[active_adapter]
         if up.dtype != result.dtype:  # peft casts the result back to the base dtype after the adapters
             return result + module.lora_B[active_adapter](down).to(result.dtype) * scaling
+        # Out of place (`addmm_` would save an allocation, but torch's FLOP counter does not count it).
         flat, low = result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1])
-        if torch.is_grad_enabled() or isinstance(result, DTensor):
-            return torch.addmm(flat, low, up.t(), alpha=scaling).view(result.shape)
-        # Inference: the base output is this layer's own fresh tensor, so the update goes in place.
-        return flat.addmm_(low, up.t(), alpha=scaling).view(result.shape)
+        return torch.addmm(flat, low, up.t(), alpha=scaling).view(result.shape)
 
     @staticmethod
     def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:

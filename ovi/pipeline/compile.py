@@ -94,9 +94,9 @@ class CompiledBlock:
             self.compile_seconds += time.perf_counter() - t0
         if recompile_limit_hits() > limit_hits and self.fallback is None:
             from torch._dynamo import config as dynamo_config
-            self.fallback = (f"dynamo's recompile_limit ({dynamo_config.recompile_limit} variants of the fused block "
-                             "in this process) was reached: new shapes or LoRA structures run eager; raise "
-                             "torch._dynamo.config.recompile_limit or use fewer shapes per process")
+            self.fallback = (f"dynamo's recompile_limit ({dynamo_config.recompile_limit} variants of one function) was "
+                             "reached inside the compiled block: variants past it (new shapes, LoRA structures) run "
+                             "eager; raise torch._dynamo.config.recompile_limit or use fewer shapes per process")
             log.warning("regional compile: %s", self.fallback)
         return out
 
