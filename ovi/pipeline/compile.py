@@ -20,10 +20,12 @@ that event and records it in `compile.fallback` (with our own warning), while va
 keep running compiled.
 
 With the other features (tests/pipeline/test_compile_features.py): sequence-parallel kernels run inside
-the compiled block, their collectives graph-break (each block is then a few graphs, still reused by every
-block); block swap swaps weights under the same graph; an unmerged LoRA changes the block's modules
-(peft wrappers), so dynamo compiles a new variant, once per set of adapter names and ranks; a merged one
-changes only values and reuses the graph. FSDP: see `compile_fused_block`.
+the compiled block and their collectives are graph breaks (`torch.compiler.disable` on ovi.parallel.comm's
+calls), so each block is a few graphs, still shared by every block; FSDP2 block units (FULL_SHARD, with
+SP) are gathered and freed around each block call by ovi.parallel.fsdp's schedule, outside the compiled
+function; block swap moves weights under the same graph; an unmerged LoRA changes the block's modules
+(peft wrappers), so dynamo compiles one more variant per adapter set; a merged one changes only values
+and reuses the graph.
 """
 
 from __future__ import annotations
