@@ -232,7 +232,7 @@ def plot_cpu_goals(records: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     labels, series = [], []
     for r in (r for r in records if "cpu_utilisation_per_turn" in r):
-        tag = f"{r['time'][5:16]} {r['commit']}"
+        tag = r["label"].split(":")[0].split(" (")[0] or r["commit"]  # e.g. "before", "this branch"
         labels.append(f"{tag}\neager")
         series.append(r["cpu_utilisation_per_turn"])
         if r.get("compiled_cpu_utilisation_per_turn"):
