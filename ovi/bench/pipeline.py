@@ -2,7 +2,7 @@
 
 One record per run: stage_seconds {text, denoise, decode, mux}, non_model_share (the share of wall
 time outside the denoiser), flops_per_step (FLOPs of one denoising step - both guidance passes -
-counted by torch.utils.flop_counter on the real forward) and achieved_flops (flops_per_step x steps
+counted by torch.utils.flop_counter on the real forward, CPU attention included: `flop_counter`) and achieved_flops (flops_per_step x steps
 / denoise seconds). The first generation warms up and is not reported.
 """
 
