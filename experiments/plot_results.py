@@ -226,10 +226,33 @@ def plot_long(records: list[dict]) -> None:
     fig.savefig(PLOTS / "long.png", dpi=110)
 
 
+def plot_cpu_goals(records: list[dict]) -> None:
+    """Goal (b): each run's per-turn FLOP utilisation in CPU time (step FLOP/s / interleaved matmul peak),
+    eager and compiled, against the 0.75 target."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels, series = [], []
+    for r in (r for r in records if "cpu_utilisation_per_turn" in r):
+        tag = r["label"].split(":")[0].split(" (")[0] or r["commit"]  # e.g. "before", "this branch"
+        labels.append(f"{tag}\neager")
+        series.append(r["cpu_utilisation_per_turn"])
+        if r.get("compiled_cpu_utilisation_per_turn"):
+            labels.append(f"{tag}\ncompiled")
+            series.append(r["compiled_cpu_utilisation_per_turn"])
+    ax.boxplot(series)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.axhline(records[-1]["target"], color="tab:red", linestyle="--", label=f"goal {records[-1]['target']}")
+    ax.set_ylabel("achieved FLOP/s / matmul peak (CPU time)")
+    ax.set_title(f"mid, one denoising step, {records[-1]['threads']} thread, interleaved turns", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / "cpu_goals.png", dpi=110)
+
+
 def main() -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, plot in (("sp", plot_sp), ("pipeline", plot_pipeline), ("fsdp", plot_fsdp), ("quality", plot_quality),
-                       ("lora", plot_lora), ("memory", plot_memory), ("long", plot_long)):
+                       ("lora", plot_lora), ("memory", plot_memory), ("long", plot_long),
+                       ("cpu_goals", plot_cpu_goals)):
         records = load(name)
         if records:
             plot(records)

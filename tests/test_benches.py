@@ -62,3 +62,20 @@ def test_bench_fsdp_fields_and_shard_accounting(capsys, tmp_path):
     assert full["param_bytes_per_rank"] <= full["total_param_bytes"] / 2 * 1.05 + full["largest_block_bytes"]
     assert full["load_bytes_read_per_rank"] <= full["param_bytes_per_rank"]
     assert full["max_abs_diff_vs_single_rank"] < 1e-4
+
+
+def test_flop_counter_counts_cpu_attention():
+    """torch's FlopCounterMode has no formula for the CPU's fused SDPA kernel (it counts it as 0); the benches'
+    counter adds it: 2 matmuls of 2*L*L*d per head."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ovi.bench.pipeline import flop_counter
+    q = torch.randn(1, 2, 16, 8)  # [B, H, L, d]
+    with torch.no_grad(), flop_counter() as counter:
+        F.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * 16 * 16 * 8) * 2
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        F.scaled_dot_product_attention(q, q, q)
+    assert plain.get_total_flops() == 0  # why flop_counter exists; if torch adds the formula, use it instead

@@ -9,7 +9,8 @@ times one. `step_seconds` is the median wall time, `step_seconds_min` the
 fastest, `step_cpu_seconds` the median CPU time of this process (with `--threads 1` the measure least
 disturbed by other load on a shared machine); `ratio_to_base`, `ratio_to_base_min` and `cpu_ratio_to_base`
 compare them with the base of the same run. `flops_per_step` (torch.utils.flop_counter on the real
-step) gives the cost without any timing noise. `switch_seconds` is the median time to switch the model from one LoRA to
+step, attention included: ovi.bench.pipeline.flop_counter) gives the cost without any timing noise.
+`switch_seconds` is the median time to switch the model from one LoRA to
 the other in that mode (for base: from a merged LoRA back to the base).
 """
 
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 SIZES = {"tiny": [128, 128], "mid": [256, 448]}
 MODES = ("base", "merged", "unmerged")
@@ -63,6 +63,7 @@ def _lora_set(mode: str, path: Path) -> tuple:
 
 def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[dict]:
     import ovi
+    from ovi.bench.pipeline import flop_counter
     from ovi.pipeline.random_checkpoint import make_random_checkpoint
     ckpt = root / arch
     make_random_checkpoint(ckpt, arch)
@@ -79,7 +80,7 @@ def measure(arch: str, rank: int, runs: int, switches: int, root: Path) -> list[
             for mode in MODES:
                 engine.loras.activate(engine.model, _lora_set(mode, paths[0]))
                 if run == 0:
-                    with FlopCounterMode(display=False) as counter:
+                    with flop_counter() as counter:
                         step()
                     flops[mode] = int(counter.get_total_flops())
                 step()  # untimed: the first step after a switch

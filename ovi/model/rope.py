@@ -48,8 +48,13 @@ def apply_rope(x: torch.Tensor, freqs: list[torch.Tensor], offset: int = 0) -> t
     Token l of this tensor is global position `offset + l` (for sequence shards). Positions at or
     beyond a sample's table length (padding) pass through unchanged, as do channels past 2c.
     """
-    out = x.clone()
     b, length, h, d = x.shape
+    if len(freqs) == 1 and b == 1 and freqs[0].shape[0] - offset >= length and 2 * freqs[0].shape[1] == d:
+        # Every position and channel rotates (one video sample, no padding): no copy of x to patch into.
+        table = freqs[0][offset:offset + length].to(x.device)
+        xc = torch.view_as_complex(x[0].to(torch.float64).reshape(length, h, d // 2, 2))
+        return torch.view_as_real(xc * table[:, None, :]).reshape(1, length, h, d).to(x.dtype)
+    out = x.clone()
     for i, table in enumerate(freqs):
         n = min(table.shape[0] - offset, length)
         if n <= 0:

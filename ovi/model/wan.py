@@ -144,7 +144,11 @@ class WanAttentionBlock(nn.Module):
         self.modulation = ModulationAdd(dim, 6)
 
     def modulate(self, e0):
-        """e0 [B,L,6,D] -> (shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn), each [B,L,D]."""
+        """e0 [B,L,6,D] -> (shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn), each [B,L,D],
+        or [B,1,D] when e0 is one timestep broadcast over every token (WanModel.time_embed): the same
+        values, broadcast by the residual's arithmetic instead of materialised per token."""
+        if e0.shape[1] > 1 and e0.stride(1) == 0:
+            e0 = e0[:, :1]
         return [m.squeeze(2) for m in self.modulation(e0).chunk(6, dim=2)]
 
     def self_attn_residual(self, x, mods, info: SeqInfo):
@@ -262,12 +266,15 @@ class WanModel(nn.Module):
         return tt
 
     def time_embed(self, t_tokens: torch.Tensor):
-        """[B,L] timesteps -> e [B,L,D], e0 [B,L,6,D]. Embeds each distinct t once, then gathers."""
+        """[B,L] timesteps -> e [B,L,D], e0 [B,L,6,D]. Embeds each distinct t once, then gathers; one t for
+        every token (the usual case) gives broadcast views (stride 0 over L), so no per-token copy is made."""
         dtype = self.resolve_compute_dtype()
         values, inverse = torch.unique(t_tokens, return_inverse=True)
         sin = sinusoidal_embedding(self.freq_dim, values).to(dtype)
         e = self.time_embedding(sin)
         e0 = self.time_projection(e).unflatten(-1, (6, self.dim))
+        if values.numel() == 1:
+            return e.expand(*t_tokens.shape, -1), e0.expand(*t_tokens.shape, -1, -1)
         return e[inverse], e0[inverse]
 
     def embed_context(self, context: list[torch.Tensor]) -> torch.Tensor:

@@ -102,6 +102,7 @@ class Pending:
         self.comm, self.work, self.result = comm, work, result
         self.kind, self.nbytes, self.launch_seconds = kind, nbytes, launch_seconds
 
+    @torch.compiler.disable  # see GroupComm.all_to_all
     def wait(self) -> torch.Tensor:
         """Time counted: issuing the collective plus the wait that computation did not hide."""
         t0 = time.perf_counter()
@@ -131,6 +132,9 @@ class GroupComm:
         self.stats.record(kind, nbytes, time.perf_counter() - t0)
         return result
 
+    # Under regional compile (ovi.pipeline.compile) a collective is a graph break that runs as is: traced,
+    # its bookkeeping (timestamps, pool slots) would be guarded as constants and recompile on every call.
+    @torch.compiler.disable
     def all_to_all(self, send: torch.Tensor, slot: str, async_op=False):
         """send [P, ...] (row j goes to rank j) -> recv [P, ...] (row j came from rank j).
         The result lives in the pool slot `slot` (None: fresh) until the same slot is used again."""
@@ -142,6 +146,7 @@ class GroupComm:
             work = dist.all_to_all_single(recv, send, group=self.group, async_op=async_op)
         return self._finish(work, recv, "all_to_all", nbytes, t0, async_op)
 
+    @torch.compiler.disable  # see all_to_all
     def all_gather(self, x: torch.Tensor, slot: str, async_op=False):
         """x [...] -> [P, ...] stacked in rank order. slot=None: a fresh buffer (for results that
         leave the caller, which a pooled buffer would see overwritten by the next call)."""

@@ -12,6 +12,20 @@ fails, the block runs eagerly and the sidecar says so (`compile.fallback` gives 
 fallback rather than a refusal, because the result is the same, only slower. The first call of each
 new shape compiles; `compile.compile_seconds` is the time of those calls, `compile.graphs` how many
 graphs dynamo built.
+
+Dynamo keeps at most `torch._dynamo.config.recompile_limit` (8) variants of one function; past that it
+runs new variants eagerly and only logs a warning. Every block shares one code object, so many shapes
+(or LoRA structures, below) in one process can reach it: `CompiledBlock` watches dynamo's counter of
+that event and records it in `compile.fallback` (with our own warning), while variants already compiled
+keep running compiled.
+
+With the other features (tests/pipeline/test_compile_features.py): sequence-parallel kernels run inside
+the compiled block and their collectives are graph breaks (`torch.compiler.disable` on ovi.parallel.comm's
+calls), so each block is a few graphs, still shared by every block; FSDP2 block units (FULL_SHARD, with
+SP) are gathered and freed around each block call by ovi.parallel.fsdp's schedule, outside the compiled
+function; block swap moves weights under the same graph; an unmerged LoRA changes the block's modules
+(peft wrappers), so dynamo compiles one more variant per adapter set; a merged one changes only values
+and reuses the graph.
 """
 
 from __future__ import annotations
@@ -41,37 +55,55 @@ def inductor_unavailable(device: torch.device) -> str | None:
     return None
 
 
-class CompiledBlock:
-    """Stands in for `fused_block_step`: calls the compiled function, times calls that compiled, and
-    falls back to eager (recorded) if compiling fails."""
+RECOMPILE_LIMIT_EVENT = "Dynamo recompile limit exceeded"  # the key dynamo counts under counters["unimplemented"]
 
-    def __init__(self, device: torch.device):
+
+def recompile_limit_hits() -> int:
+    """How many times dynamo has given up recompiling a function in this process (recompile_limit)."""
+    from torch._dynamo.utils import counters
+    return sum(n for key, n in counters["unimplemented"].items() if key.startswith(RECOMPILE_LIMIT_EVENT))
+
+
+class CompiledBlock:
+    """Stands in for `fused_block_step`: calls the compiled function, times calls that compiled, falls
+    back to eager (recorded) if compiling fails, and records dynamo's recompile-limit fallback."""
+
+    def __init__(self, device: torch.device, backend: str | None = None):
         self.device = device
-        self.compiled = torch.compile(fused_block_step, backend=BACKEND, dynamic=False)
-        self.fallback: str | None = None
+        self.backend = backend or BACKEND
+        self.compiled = torch.compile(fused_block_step, backend=self.backend, dynamic=False)
+        self.failed: str | None = None     # compiling raised: every later call runs eager
+        self.fallback: str | None = None   # what the sidecar says (a failure, or the recompile limit)
         self.compile_seconds = 0.0
         self.graphs = 0
 
     def __call__(self, *args):
-        if self.fallback is not None:
+        if self.failed is not None:
             return fused_block_step(*args)
         from torch._dynamo.utils import counters
-        before = counters["stats"]["unique_graphs"]
+        before, limit_hits = counters["stats"]["unique_graphs"], recompile_limit_hits()
         t0 = time.perf_counter()
         try:
             out = self.compiled(*args)
         except Exception as exc:  # any compiler failure: the eager block gives the same result
-            self.fallback = f"compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); ran eager"
+            self.failed = self.fallback = (f"compiling failed ({type(exc).__name__}: "
+                                           f"{str(exc).splitlines()[0][:200]}); ran eager")
             log.warning("regional compile: %s", self.fallback)
             return fused_block_step(*args)
         new = counters["stats"]["unique_graphs"] - before
         if new:
             self.graphs += new
             self.compile_seconds += time.perf_counter() - t0
+        if recompile_limit_hits() > limit_hits and self.fallback is None:
+            from torch._dynamo import config as dynamo_config
+            self.fallback = (f"dynamo's recompile_limit ({dynamo_config.recompile_limit} variants of one function) was "
+                             "reached inside the compiled block: variants past it (new shapes, LoRA structures) run "
+                             "eager; raise torch._dynamo.config.recompile_limit or use fewer shapes per process")
+            log.warning("regional compile: %s", self.fallback)
         return out
 
     def record(self) -> dict:
-        return {"enabled": True, "backend": "eager" if self.fallback else BACKEND, "fallback": self.fallback,
+        return {"enabled": True, "backend": "eager" if self.failed else self.backend, "fallback": self.fallback,
                 "graphs": self.graphs, "compile_seconds": self.compile_seconds}
 
 

@@ -53,6 +53,29 @@ def test_merged_output_equals_unmerged_output(model, manager):
         assert (m - b).abs().max() > 1e-3  # the LoRA changes both outputs (audio through the fusion layers)
 
 
+def test_unmerged_update_is_one_fused_addmm_equal_to_peft_formula(model, manager):
+    """The unmerged layer adds scaling * B(A x) to the base output with FusedLowRankAdd (one addmm), the
+    same sum as peft's vanilla `result + B(A(x)) * scaling` with two adapters mixed, and every FLOP of it
+    is counted (ovi bench lora's FLOP ratio)."""
+    from ovi.lora.manager import FusedLowRankAdd
+    manager.apply_mixed_adapters(model, {"a": 0.7, "b": 0.3}, merge=False)
+    layer = model.video_model.blocks[0].self_attn.q
+    assert len(layer.active_adapters) == 2
+    assert all(isinstance(layer.lora_variant[n], FusedLowRankAdd) for n in layer.active_adapters)
+    x = torch.randn(2, 5, layer.in_features)
+    expected = layer.get_base_layer()(x)
+    for n in layer.active_adapters:
+        expected = expected + layer.lora_B[n](layer.lora_A[n](x)) * layer.scaling[n]
+    assert (expected - layer.get_base_layer()(x)).abs().max() > 1e-3  # the adapters change the output
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        layer(x)
+    low_rank = sum(2 * 10 * layer.in_features * r + 2 * 10 * r * layer.out_features
+                   for r in (layer.lora_A[n].out_features for n in layer.active_adapters))
+    assert counter.get_total_flops() == 2 * 10 * layer.in_features * layer.out_features + low_rank  # all counted
+
+
 def test_apply_remove_apply_another_remove_restores_every_weight_bit_exactly(tiny_ckpt, model, manager):
     pristine = snapshot(load_tiny(tiny_ckpt))
     classes = {name: type(m) for name, m in model.named_modules()}
