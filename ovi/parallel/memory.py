@@ -19,9 +19,10 @@ unless FSDP manages it). Parameter bytes are counted exactly on the meta device 
 rule, FSDP's dim-0 padding); the peak is the largest phase.
 
 Activations (per rank, `l` = this rank's tokens of a branch, D/F = model/FFN width, b = compute bytes),
-from the tensors the block code keeps alive: through the forward x, e and the per-token e0 (8 D l b per
-branch), the text context and the rope tables (complex128); inside a fused block both branches'
-modulations (6 D l b) plus the larger of an attention's working set (q, k, v, out and the float64 rope
+from the tensors the block code keeps alive: through the forward x (D l b per branch; with per-token
+timesteps, as i2v and continuation windows have, also the per-token e and e0: 7 D l b more, and each
+block's modulations, 6 D l b; one timestep for every token keeps them broadcast views), the text
+context and the rope tables (complex128); inside a fused block the larger of an attention's working set (q, k, v, out and the float64 rope
 rotation: 5 D l b + 24 D l, with the text keys/values) and the FFN's (2 F l b + 3 D l b). Checked
 against the tensors one forward really keeps alive (tests/parallel/test_memory.py). Attention kernels
 are assumed not to materialise the L x L scores (flash / SDPA without a mask).
@@ -124,8 +125,12 @@ def storage_for(fp8: bool, compute: torch.dtype) -> torch.dtype:
 
 # ---- activations -----------------------------------------------------------------------------------
 def activation_bytes(architecture: str, video_tokens: int, audio_tokens: int, *, sp: int = 1,
-                     scheme: str = "optimized", compute: torch.dtype = torch.bfloat16) -> int:
-    """Peak activation bytes of one fused forward on one rank (see the module docstring)."""
+                     scheme: str = "optimized", compute: torch.dtype = torch.bfloat16,
+                     per_token_timesteps: bool = True) -> int:
+    """Peak activation bytes of one fused forward on one rank (see the module docstring).
+    `per_token_timesteps`: a clean prefix (i2v, continuation windows) gives tokens different
+    timesteps, which materialises the modulations per token; the default counts that case, the
+    larger one, so a plan never under-counts."""
     video, audio = architecture_configs(architecture)
     b = compute.itemsize
     lv = math.ceil(video_tokens / sp)
@@ -133,8 +138,9 @@ def activation_bytes(architecture: str, video_tokens: int, audio_tokens: int, *,
     total = block = 0
     for config, local, tokens in ((video, lv, video_tokens), (audio, la, audio_tokens)):
         d, head_dim, text = config["dim"], config["dim"] // config["num_heads"], config["text_len"]
-        total += (8 * local + text) * d * b + 8 * tokens * head_dim  # x, e, e0, text context; rope table
-        block += 6 * d * local * b                                    # this block's modulations
+        per_token = 7 * local if per_token_timesteps else 0
+        total += (local + per_token + text) * d * b + 8 * tokens * head_dim  # x, e, e0, text; rope table
+        block += (6 * d * local * b) if per_token_timesteps else 0           # this block's modulations
     d, f, text = video["dim"], video["ffn_dim"], video["text_len"]
     larger = max(lv, la)
     attention = 5 * d * larger * b + 24 * d * larger + 2 * text * d * b  # q/k/v/out, float64 rope, text k/v

@@ -53,8 +53,11 @@ class LiveTensors(TorchDispatchMode):
                 self.now -= self.live.pop(key)[0]
 
 
+@pytest.mark.parametrize("clean_prefix", [False, True], ids=["one_timestep", "i2v_prefix"])
 @pytest.mark.parametrize("arch,hw", [("tiny", [128, 128]), ("mid", [256, 448])])
-def test_activation_estimate_matches_live_tensors_of_a_fused_forward(arch, hw):
+def test_activation_estimate_matches_live_tensors_of_a_fused_forward(arch, hw, clean_prefix):
+    """One timestep for every token keeps the modulations broadcast; a clean first frame (i2v, a
+    continuation window) gives per-token timesteps and materialises them: the estimate follows both."""
     torch.manual_seed(0)
     model = FusionModel(*architecture(arch)).eval()
     video_tokens, audio_tokens = sequence_lengths(arch, hw)
@@ -64,8 +67,10 @@ def test_activation_estimate_matches_live_tensors_of_a_fused_forward(arch, hw):
     aud = torch.randn(audio_tokens, 20)
     ctx = torch.randn(40, model.video_config["text_dim"])
     with torch.no_grad(), LiveTensors() as live:
-        model([vid], [aud], torch.tensor([900]), [ctx], [ctx], video_tokens, audio_tokens)
-    estimated = activation_bytes(arch, video_tokens, audio_tokens, compute=torch.float32)
+        model([vid], [aud], torch.tensor([900]), [ctx], [ctx], video_tokens, audio_tokens,
+              first_frame_is_clean=clean_prefix)
+    estimated = activation_bytes(arch, video_tokens, audio_tokens, compute=torch.float32,
+                                 per_token_timesteps=clean_prefix)
     assert 0.85 < live.peak / estimated < 1.15, (live.peak, estimated)
 
 
