@@ -13,7 +13,15 @@ negative pass feeds.
 
 Writes to --out: config.json, loss.jsonl, eval.jsonl (held-out accuracy through the real Engine every
 eval_every steps) and ckpt.pt (every ckpt_every steps; a rerun with the same --out resumes from it).
-The defaults of TrainConfig are the shipped recipe (ovi/weights/tiny_trained/training.json records it).
+The defaults of TrainConfig are the base recipe (the first run of the chain that
+ovi/weights/tiny_trained/training.json records).
+
+Continuation windows (issue 18): with `prefix_frac` > 0, that share of the steps trains a batch of later
+windows of the clips' long sequences (ovi.train.data.sequence_window: window 1..sequence_windows-1 as the
+engine lays them out), whose first video latent frame and first audio tokens are the previous window's
+tail, held clean: timestep 0 on those tokens (the model's `first_frame_is_clean=(frames, tokens)`), written
+into x_t and left out of the loss (ovi.pipeline.objective.hold_prefix), as Wan's i2v trains its first
+frame. `--init-from DIR` starts from an exported checkpoint folder (a fine-tune) instead of random weights.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import torch
 
 from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
-from ovi.pipeline.objective import audio_tokens, masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens
+from ovi.pipeline.objective import (audio_tokens, hold_prefix, masked_mse, noised, pin, shift_sigma, velocity_target,
+                                    video_tokens)
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -81,6 +90,10 @@ class TrainConfig:
     eval_slg: int = -1
     ckpt_every: int = 250
     threads: int = 2
+    # continuation windows (a fine-tune of the shipped weights teaches them; 0 = the base recipe)
+    prefix_frac: float = 0.0     # share of steps whose batch is later windows with a clean prefix
+    sequence_windows: int = 6    # continuation windows are drawn from windows 1..sequence_windows-1
+    init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
 
 
 def model_configs(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -101,7 +114,10 @@ def t5_config(cfg: TrainConfig, vocab_size: int) -> dict:
 class Dataset:
     """Pre-encoded clips: video content latents (the 12 unique channels, fp16), audio latents, token ids."""
 
-    def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec):
+    def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec,
+                 continuation_windows: list[int] | None = None):
+        """`continuation_windows`: per spec, a later window of its sequence to encode too (the clean-prefix
+        samples); grouped by their (video, audio) prefix sizes, since one batch shares one prefix."""
         self.specs = specs
         v, a = [], []
         for spec in specs:
@@ -110,6 +126,17 @@ class Dataset:
         self.video = torch.stack(v)
         self.audio = torch.stack(a)
         self.ids, self.mask = tokenizer([s.prompt for s in specs])
+        self.cont_video = self.cont_audio = None
+        self.prefix_groups: dict[tuple[int, int], torch.Tensor] = {}
+        if continuation_windows:
+            cv, ca, groups = [], [], {}
+            for i, (spec, w) in enumerate(zip(specs, continuation_windows)):
+                content, audio, k_v, k_a = data.encode_window(spec, w, vcodec, acodec)
+                cv.append(content.half())
+                ca.append(audio)
+                groups.setdefault((k_v, k_a), []).append(i)
+            self.cont_video, self.cont_audio = torch.stack(cv), torch.stack(ca)
+            self.prefix_groups = {k: torch.tensor(v) for k, v in sorted(groups.items())}
 
     def __len__(self):
         return len(self.specs)
@@ -126,6 +153,16 @@ def make_specs(cfg: TrainConfig) -> list[data.ClipSpec]:
     return [data.sample_spec(combos[i % len(combos)], rng) for i in range(cfg.num_clips)]
 
 
+def continuation_windows(cfg: TrainConfig, n: int) -> list[int] | None:
+    """Which later window of each clip's sequence the clean-prefix samples use (seeded; None: none)."""
+    if cfg.prefix_frac <= 0:
+        return None
+    if cfg.sequence_windows < 2:
+        raise ValueError(f"sequence_windows {cfg.sequence_windows}: a continuation needs at least 2 windows")
+    rng = random.Random(cfg.seed + 7919)
+    return [rng.randrange(1, cfg.sequence_windows) for _ in range(n)]
+
+
 # ---- model ---------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: Path):
@@ -138,6 +175,8 @@ class Trainer:
         self.model = FusionModel(*model_configs(cfg))
         self.model.init_weights()
         self.t5 = make_t5(t5_config(cfg, len(self.tokenizer.vocabulary)))
+        if cfg.init_from:
+            self.load_exported(cfg.init_from)
         self.params = list(self.model.parameters()) + list(self.t5.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -168,15 +207,25 @@ class Trainer:
         plain = torch.rand(n, generator=gen) < self.cfg.uniform_frac
         return torch.where(plain, u, shifted).clamp(1e-3, 1.0)
 
-    def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None):
+    def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None,
+             prefix: tuple[int, int] | None = None):
+        """Flow-matching losses (video, audio) of a batch. `prefix` (k_v, k_a): the batch is the clips'
+        continuation windows, their first k_v video latent frames / k_a audio tokens clean (t=0, pinned in
+        x_t, out of the loss)."""
         model, t5 = model or self.model, t5 or self.t5
         b = len(idx)
-        x0v, x0a = self.video_latents(ds.video[idx]), ds.audio[idx]
+        if prefix:
+            x0v, x0a = self.video_latents(ds.cont_video[idx]), ds.cont_audio[idx]
+        else:
+            x0v, x0a = self.video_latents(ds.video[idx]), ds.audio[idx]
+        k_v, k_a = prefix or (0, 0)
+        vfixed = hold_prefix(self.vfixed, x0v, k_v, dim=1)
+        afixed = hold_prefix(None, x0a, k_a, dim=0)
         sigma = self.sample_sigma(b, gen)
         ev, ea = torch.randn(x0v.shape, generator=gen), torch.randn(x0a.shape, generator=gen)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
-        xtv = pin(noised(x0v, ev, sv), self.vfixed)
-        xta = noised(x0a, ea, sa)
+        xtv = pin(noised(x0v, ev, sv), vfixed)
+        xta = pin(noised(x0a, ea, sa), afixed)
         uncond = torch.rand(b, generator=gen) < self.cfg.p_uncond
         ids = torch.cat([ds.ids[idx], self.neg_ids])
         masks = torch.cat([ds.mask[idx], self.neg_mask])
@@ -184,9 +233,10 @@ class Trainer:
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
         actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
-                       audio_seq_len=audio_tokens(x0a.shape[1:]))
-        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), self.vfixed)
-        la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), None)
+                       audio_seq_len=audio_tokens(x0a.shape[1:]),
+                       first_frame_is_clean=(k_v, k_a) if prefix else False)
+        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), vfixed)
+        la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
 
     @torch.no_grad()
@@ -205,6 +255,20 @@ class Trainer:
         tmp = self.out / "ckpt.pt.tmp"
         torch.save(self.state(), tmp)
         tmp.replace(self.out / "ckpt.pt")
+
+    def load_exported(self, folder: str | Path) -> None:
+        """Start from an exported checkpoint folder (what `export` writes: the fusion safetensors and the
+        T5 in Wan's keys); the EMA copies start equal to it."""
+        from ovi.checkpoint.adapter import wan_t5_to_hf
+        from ovi.checkpoint.loading import read_state_dict
+        from ovi.specs import FUSION_DIR, MODEL_SPECS, T5_DIR, T5_FILE
+        folder = Path(folder)
+        fusion = folder / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file
+        if not fusion.is_file():
+            raise SystemExit(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
+                             f"`--export` wrote (e.g. ovi/weights/tiny_trained)")
+        self.model.load_state_dict({k: v.float() for k, v in read_state_dict(fusion).items()})
+        self.t5.load_state_dict(wan_t5_to_hf(torch.load(folder / T5_DIR / T5_FILE, weights_only=True)))
 
     def load(self, path: Path) -> None:
         st = torch.load(path, weights_only=False)
@@ -348,7 +412,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
     if (out / "ckpt.pt").is_file():
         tr.load(out / "ckpt.pt")
     specs = make_specs(cfg)
-    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec)
+    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec, continuation_windows(cfg, len(specs)))
     print(f"data: {len(ds)} clips encoded in {time.time() - t0:.0f}s; params "
           f"{sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M dit + "
           f"{sum(p.numel() for p in tr.t5.parameters()) / 1e6:.3f}M t5", flush=True)
@@ -364,11 +428,19 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         lr = tr.lr_at(tr.step)
         for gparam in tr.opt.param_groups:
             gparam["lr"] = lr
-        if tr.step < cfg.curriculum_steps:
+        prefix = None
+        if ds.prefix_groups and float(torch.rand((), generator=gen)) < cfg.prefix_frac:
+            # one prefix size per batch (the model takes one per call): a group drawn by its size
+            keys = list(ds.prefix_groups)
+            sizes = torch.tensor([len(ds.prefix_groups[k]) for k in keys], dtype=torch.float)
+            prefix = keys[int(torch.multinomial(sizes, 1, generator=gen))]
+            group = ds.prefix_groups[prefix]
+            idx = group[torch.randint(len(group), (cfg.batch,), generator=gen)]
+        elif tr.step < cfg.curriculum_steps:
             idx = easy[torch.randint(len(easy), (cfg.batch,), generator=gen)]
         else:
             idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
-        lv, la, _ = tr.loss(ds, idx, gen)
+        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -377,7 +449,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         tr.step += 1
         tr.update_ema()
         now = time.time()
-        loss_log.write(json.dumps({"step": tr.step, "loss": loss.item(), "loss_video": lv.item(),
+        loss_log.write(json.dumps({"step": tr.step, "prefix": list(prefix) if prefix else None,
+                                   "loss": loss.item(), "loss_video": lv.item(),
                                    "loss_audio": la.item(), "lr": lr, "grad_norm": float(gn),
                                    "sec": round(now - t_last, 3), "wall": round(now - t0, 1)}) + "\n")
         loss_log.flush()
