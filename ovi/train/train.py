@@ -111,6 +111,22 @@ def t5_config(cfg: TrainConfig, vocab_size: int) -> dict:
 
 
 # ---- data ----------------------------------------------------------------------------------------
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    """Allocations of at least `nbytes` get their own mmap (returned to the OS when freed). Building the
+    data renders thousands of clips through short-lived 128x128 float64 arrays; with glibc's default
+    (a threshold that rises after the first frees) they came from the heap and were kept: RSS grew
+    ~1.6 MB per clip, 12-17 GB for 4,000 clips and their continuation windows, and the run was killed on
+    a shared 23 GB machine. A no-op where libc has no mallopt."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(nbytes))
+    except (OSError, AttributeError):
+        pass
+
+
 class Dataset:
     """Pre-encoded clips: video content latents (the 12 unique channels, fp16), audio latents, token ids."""
 
@@ -119,6 +135,13 @@ class Dataset:
         """`continuation_windows`: per spec, a later window of its sequence to encode too (the clean-prefix
         samples); grouped by their (video, audio) prefix sizes, since one batch shares one prefix."""
         self.specs = specs
+        _mmap_threshold(64 << 10)
+        try:
+            self._encode(specs, tokenizer, vcodec, acodec, continuation_windows)
+        finally:
+            _mmap_threshold(32 << 20)  # training's tensors: back to heap allocation (mmap per tensor is slow)
+
+    def _encode(self, specs, tokenizer, vcodec, acodec, continuation_windows):
         v, a = [], []
         for spec in specs:
             v.append(vcodec.encode_content(torch.from_numpy(data.render_video(spec))).half())
@@ -359,6 +382,10 @@ def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
     torch.save(hf_t5_to_wan({k: v.contiguous() for k, v in tr.ema_t5.state_dict().items()}), tmp)
     tmp.replace(t5_dir / T5_FILE)
     (t5_dir / TOKENIZER_DIR / WORD_TOKENIZER_FILE).write_text(tr.tokenizer.to_json())
+    # a fine-tune's record nests the record of the weights it started from (read before `dest`, which may
+    # be that same folder, is overwritten)
+    base = Path(cfg.init_from) / "training.json" if cfg.init_from else None
+    base_record = json.loads(base.read_text()) if base is not None and base.is_file() else None
     record = {
         "model_name": ARCHITECTURE, "step": tr.step, "weights": "EMA", "config": dataclasses.asdict(cfg),
         "command": command or f"python -m ovi.train.train --out runs/{ARCHITECTURE} --steps {cfg.steps} "
@@ -366,6 +393,12 @@ def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
         "data": {"seed": cfg.seed, "clips": cfg.num_clips, "held_out": [list(c) for c in data.HELD_OUT]},
         "torch": torch.__version__, "python": platform.python_version(), "threads": cfg.threads,
     }
+    log = Path(tr.out) / "loss.jsonl"
+    if log.is_file() and log.stat().st_size:
+        # seconds from the (last) start of the run to its last step, data encoding included
+        record["wall_seconds"] = json.loads(log.read_text().splitlines()[-1])["wall"]
+    if base_record is not None:
+        record["init_from"] = base_record
     (dest / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return dest
 
@@ -375,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="run folder (logs, ckpt.pt); reruns resume from it")
     ap.add_argument("--export", default=None, metavar="DIR",
                     help="write the run's EMA weights to DIR in upstream's layout and exit")
+    ap.add_argument("--command", default=None,
+                    help="with --export: the command chain that made the run, recorded in training.json")
     for f in dataclasses.fields(TrainConfig):
         if f.type in ("tuple",):
             continue
@@ -397,7 +432,7 @@ def main(argv=None):
             raise SystemExit(f"no ckpt.pt in {out}: train first (same --out), then --export")
         tr = Trainer(cfg, out)
         tr.load(out / "ckpt.pt")
-        print(export(tr, args.export))
+        print(export(tr, args.export, args.command))
         return
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     train(cfg, out)
