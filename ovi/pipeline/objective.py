@@ -5,9 +5,9 @@ at timestep t = 1000 σ, σ drawn with the sampler's time shift σ' = sσ / (1 +
 A codec may fix some latent entries (the trained tiny model's coordinate channels: `fixed_latents` ->
 (bool mask, values)): they are written into every model input (`pin`) and left out of every loss
 (`masked_mse`). A continuation window's clean prefix (its first frames / tokens, held at their clean
-values, timestep 0) is one more set of fixed entries (`hold_prefix`). Token counts: the video backbone sees 1x2x2 patches of the [C, F, H, W] latent
-(`video_tokens`, from the architecture's patch size), the audio backbone one token per audio latent
-(`audio_tokens`).
+values, timestep 0) is one more set of fixed entries (`hold_prefix`). Token counts: the video backbone
+sees 1x2x2 patches of the [C, F, H, W] latent (`video_tokens`, from the architecture's patch size), the
+audio backbone one token per audio latent (`audio_tokens`).
 
 Used by the engine (ovi.pipeline.plan / engine), the base model's Trainer (ovi.train.train), LoRA
 training (ovi.train.lora) and the benches. It lives with the pipeline, the lowest layer that needs it

@@ -71,7 +71,8 @@ def test_bounces_repeat_with_a_click_at_every_contact_and_tones_hold():
     for w in range(WINDOWS):
         cut = data.sequence_window(w)
         clicks = data.click_latent_frames(bounce, cut.audio_start)
-        window_contacts = [c for c in contacts if cut.audio_start <= data.audio_token_of_frame(c) < cut.audio_start + 22]
+        window_contacts = [c for c in contacts
+                           if cut.audio_start <= data.audio_token_of_frame(c) < cut.audio_start + data.AUDIO_LATENTS]
         assert clicks == [data.audio_token_of_frame(c) - cut.audio_start for c in window_contacts] and clicks
         heard = metrics.measure_clicks(data.render_audio(bounce, ac.CYCLES, cut.audio_start))
         assert len(heard) == len(clicks)
