@@ -12,13 +12,14 @@ stages (text encoding, `denoise`, the codecs), with the same seeds (window w: `w
 
 One JSON line per (method, windows), pinned fields: `method`, `windows`, `duration_s`,
 `direction_accuracy_per_window` (list: per window, the share of clips whose motion there is the prompt's),
-`color_accuracy` / `pitch_accuracy` (over every window of every clip), `shape_accuracy` (null:
-ovi.train.metrics has no shape score yet), `seam_jump_ratio` (mean centroid jump across a seam / median
+`color_accuracy` / `pitch_accuracy` / `shape_accuracy` (over every window of every clip; shape:
+ovi.train.metrics.measure_shape), `seam_jump_ratio` (mean centroid jump across a seam / median
 centroid step within the windows), `audio_seam_db` (mean |level step| in dB between the 512-sample audio
 frames at a seam, beside `audio_step_db_within`, the same over every other frame boundary),
 `bounce_sync_frames` (mean contact-to-click offset in frames per window of the bounce prompts, null when
-there are none), `seconds` (mean generation seconds per clip). A contact sheet of frames around every seam
-goes to `--out-dir`. With `--extend-turn`, one more row (`kind: "extend_turn"`): each linear-motion clip
+there are none), `seconds` (mean generation seconds per clip). A contact sheet of the frames on either side
+of every seam (the first SHEET_CLIPS clips, half size) goes to `--out-dir`. With `--extend-turn`, one more
+row (`kind: "extend_turn"`): each linear-motion clip
 extended by one window whose prompt names the opposite direction: `turn_accuracy`, `color_held`, `pitch_held`.
 """
 
@@ -138,7 +139,7 @@ def measure_long(spec, video: np.ndarray, audio: np.ndarray, seams: list[int], f
         a0, a1 = int(round(start / fps * sample_rate)), int(round(end / fps * sample_rate))
         m = measure(video[start:end], audio[a0:a1])
         per_window.append({"motion": m.motion == spec.motion, "color": m.color == spec.color,
-                           "pitch": m.pitch == spec.pitch,
+                           "pitch": m.pitch == spec.pitch, "shape": m.shape == spec.shape,
                            "sync": sync_error(m, end - start) if spec.motion == "bounce" else None})
     track = centroid_track(object_mask(video))
     seam_db, within_db = audio_seam_db(audio, seams, fps, sample_rate)
@@ -159,7 +160,7 @@ def summarize(rows: list[dict], windows: int) -> dict:
         "direction_accuracy_per_window": [float(np.mean([x["motion"] for x in col])) for col in per_window],
         "color_accuracy": float(np.mean([x["color"] for x in flat])),
         "pitch_accuracy": float(np.mean([x["pitch"] for x in flat])),
-        "shape_accuracy": None,  # ovi.train.metrics has no shape score yet
+        "shape_accuracy": float(np.mean([x["shape"] for x in flat])),
         "seam_jump_ratio": _mean(r["seam_jump_ratio"] for r in rows),
         "audio_seam_db": _mean(r["audio_seam_db"] for r in rows),
         "audio_step_db_within": _mean(r["audio_step_db_within"] for r in rows),
@@ -168,15 +169,20 @@ def summarize(rows: list[dict], windows: int) -> dict:
     }
 
 
+SHEET_CLIPS = 6   # clips per seam contact sheet: enough to see the seams, small enough to keep in git
+SHEET_SCALE = 2   # every 2nd pixel: 64x64 frames
+
+
 def seam_sheet(out_dir, name: str, rows: list[tuple[str, np.ndarray, list[int]]]) -> str | None:
-    """Frames seam-2 .. seam+1 of every seam, per clip, side by side (ovi.train.report.contact_sheet)."""
+    """The last frame before and the first frame after every seam, per clip (the first SHEET_CLIPS), at
+    half size, side by side (ovi.train.report.contact_sheet)."""
     if not out_dir:
         return None
     from ovi.train.report import contact_sheet
     picked = []
-    for label, video, seams in rows:
-        idx = [i for s in seams for i in range(s - 2, s + 2) if 0 <= i < len(video)]
-        picked.append((label, video[idx]))
+    for label, video, seams in rows[:SHEET_CLIPS]:
+        idx = [i for s in seams for i in range(s - 1, s + 1) if 0 <= i < len(video)]
+        picked.append((label, video[idx][:, ::SHEET_SCALE, ::SHEET_SCALE]))
     return str(contact_sheet(picked, Path(out_dir) / f"{name}_seams.png", frame_step=1))
 
 

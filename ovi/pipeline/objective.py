@@ -4,9 +4,10 @@ Ovi's (Wan's) objective: x_t = (1 - σ) x0 + σ ε (`noised`), the model predict
 at timestep t = 1000 σ, σ drawn with the sampler's time shift σ' = sσ / (1 + (s-1)σ) (`shift_sigma`).
 A codec may fix some latent entries (the trained tiny model's coordinate channels: `fixed_latents` ->
 (bool mask, values)): they are written into every model input (`pin`) and left out of every loss
-(`masked_mse`). Token counts: the video backbone sees 1x2x2 patches of the [C, F, H, W] latent
-(`video_tokens`, from the architecture's patch size), the audio backbone one token per audio latent
-(`audio_tokens`).
+(`masked_mse`). A continuation window's clean prefix (its first frames / tokens, held at their clean
+values, timestep 0) is one more set of fixed entries (`hold_prefix`). Token counts: the video backbone
+sees 1x2x2 patches of the [C, F, H, W] latent (`video_tokens`, from the architecture's patch size), the
+audio backbone one token per audio latent (`audio_tokens`).
 
 Used by the engine (ovi.pipeline.plan / engine), the base model's Trainer (ovi.train.train), LoRA
 training (ovi.train.lora) and the benches. It lives with the pipeline, the lowest layer that needs it
@@ -64,3 +65,19 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed) -> torch.
     keep = (~fixed[0]).float()
     batch = math.prod(pred.shape[: pred.dim() - keep.dim()])
     return (((pred.float() - target.float()) ** 2) * keep).sum() / (keep.sum() * batch)
+
+
+def hold_prefix(fixed: Fixed, clean: torch.Tensor, count: int, dim: int) -> Fixed:
+    """`fixed` plus the first `count` entries along `dim` of the unbatched latent shape held at `clean`
+    (a continuation window's clean prefix, as training sees it; `clean` is a batch [B, *latent shape]):
+    `pin` writes them into x_t and `masked_mse` leaves them out of the loss."""
+    if not count:
+        return fixed
+    shape = tuple(clean.shape[1:])
+    index = [slice(None)] * len(shape)
+    index[dim] = slice(0, count)
+    mask = torch.zeros(shape, dtype=torch.bool, device=clean.device)
+    mask[tuple(index)] = True
+    if fixed is None:
+        return mask, clean
+    return fixed[0] | mask, torch.where(fixed[0], fixed[1], clean)

@@ -5,6 +5,13 @@ bounces on the floor; the soundtrack is a steady tone (low / middle / high) plus
 every floor contact. Everything is drawn analytically from a `ClipSpec`, so a clip is a pure function of
 its spec (and a spec a pure function of a seed), which makes data, held-out sets and metrics reproducible.
 
+Long sequences: a spec defines its clip for any global frame, not only 0..16, so "what comes next" is
+defined for continuation windows (ovi.pipeline.windows): a linear motion keeps its speed and wraps around
+(the object leaves one side of the frame and comes back on the other, drawn on both sides while it
+crosses, so "moves left" stays true for any length), a bounce repeats every BOUNCE_PERIOD frames with a
+click at every contact, the tone holds. Window 0 of a sequence is exactly the 17-frame clip.
+`sequence_window` cuts window w of a sequence the way the engine lays windows out (`windows.layout`).
+
 Tones and clicks are built on the audio codec's grid (whole cycles per 512-sample latent frame, see
 `ovi.codecs.shapes.ShapesAudioCodec`), so the codec represents them exactly: low = 218.75 Hz, middle =
 437.5 Hz, high = 875 Hz (the checks take the nearest of 220 / 440 / 880 Hz).
@@ -146,24 +153,26 @@ def floor_y(spec: ClipSpec) -> float:
     return HEIGHT - spec.size - 2.0
 
 
-def track(spec: ClipSpec) -> np.ndarray:
-    """[NUM_FRAMES, 2] object centre (x, y) per frame, y pointing down."""
-    t = np.arange(NUM_FRAMES, dtype=np.float64)
+def track(spec: ClipSpec, frames=None) -> np.ndarray:
+    """[F, 2] object centre (x, y) per frame, y pointing down; `frames`: global frame indices (default the
+    clip's 0..NUM_FRAMES-1). Linear motions wrap around: x mod WIDTH, y mod HEIGHT."""
+    t = np.arange(NUM_FRAMES, dtype=np.float64) if frames is None else np.asarray(frames, dtype=np.float64)
     if spec.motion == "bounce":
         y = floor_y(spec) - spec.height * np.abs(np.sin(np.pi * (t - spec.contact) / spec.period))
         return np.stack([np.full_like(t, spec.x0), y], 1)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.motion]
-    return np.stack([spec.x0 + dx * spec.speed * t, spec.y0 + dy * spec.speed * t], 1)
+    return np.stack([np.mod(spec.x0 + dx * spec.speed * t, WIDTH), np.mod(spec.y0 + dy * spec.speed * t, HEIGHT)], 1)
 
 
-def contact_frames(spec: ClipSpec) -> list[int]:
-    """Frames (integers, inside the clip) where a bouncing object touches the floor."""
+def contact_frames(spec: ClipSpec, start: int = 0, count: int = NUM_FRAMES) -> list[int]:
+    """Frames (integers, inside the clip) where a bouncing object touches the floor; with `start` /
+    `count`: global frames in [start, start + count)."""
     if spec.motion != "bounce":
         return []
-    out, k = [], math.ceil((0 - spec.contact) / spec.period)
-    while spec.contact + k * spec.period <= NUM_FRAMES - 1:
+    out, k = [], math.ceil((start - spec.contact) / spec.period)
+    while spec.contact + k * spec.period <= start + count - 1:
         c = spec.contact + k * spec.period
-        if c >= 0 and abs(c - round(c)) < 1e-6:
+        if c >= start and abs(c - round(c)) < 1e-6:
             out.append(int(round(c)))
         k += 1
     return out
@@ -182,36 +191,116 @@ def _mask(shape: str, cx: float, cy: float, size: float, yy: np.ndarray, xx: np.
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
-def render_video(spec: ClipSpec, colors: dict[str, tuple[float, float, float]] = COLORS) -> np.ndarray:
-    """float32 [3, NUM_FRAMES, HEIGHT, WIDTH] in [-1, 1]. `colors` names the RGB of `spec.color` (another
-    palette draws colours the model never saw, e.g. for a LoRA that teaches one)."""
+def _wrapped_mask(shape: str, cx: float, cy: float, size: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Coverage of the object on a wrap-around frame: drawn again one frame width / height over where it
+    crosses an edge (an object away from the edges gets exactly `_mask`)."""
+    m = _mask(shape, cx, cy, size, yy, xx)
+    reach = size + 1.0
+    for ox in (-WIDTH, 0, WIDTH):
+        for oy in (-HEIGHT, 0, HEIGHT):
+            if (ox or oy) and -reach < cx + ox < WIDTH + reach and -reach < cy + oy < HEIGHT + reach:
+                m = np.maximum(m, _mask(shape, cx + ox, cy + oy, size, yy, xx))
+    return m
+
+
+def render_video(spec: ClipSpec, colors: dict[str, tuple[float, float, float]] = COLORS,
+                 frames=None) -> np.ndarray:
+    """float32 [3, F, HEIGHT, WIDTH] in [-1, 1] (F = NUM_FRAMES, or the global `frames` given). `colors`
+    names the RGB of `spec.color` (another palette draws colours the model never saw, e.g. for a LoRA
+    that teaches one)."""
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64) + 0.5
     bg = np.asarray(BACKGROUND)[:, None, None]
     fg = np.asarray(colors[spec.color])[:, None, None]
-    frames = []
-    for cx, cy in track(spec):
-        m = _mask(spec.shape, cx, cy, spec.size, yy, xx)[None]
-        frames.append(bg * (1 - m) + fg * m)
-    video = np.stack(frames, 1) * 2.0 - 1.0
+    out = []
+    for cx, cy in track(spec, frames):
+        m = _wrapped_mask(spec.shape, cx, cy, spec.size, yy, xx)[None]
+        out.append(bg * (1 - m) + fg * m)
+    video = np.stack(out, 1) * 2.0 - 1.0
     return video.astype(np.float32)
 
 
-def click_latent_frames(spec: ClipSpec) -> list[int]:
-    """Audio latent frames (32 ms each) whose start is nearest each contact frame's time."""
-    return [int(round(c / FPS * SAMPLE_RATE / SAMPLES_PER_LATENT)) for c in contact_frames(spec)]
+def audio_token_of_frame(frame: float) -> int:
+    """The audio latent (32 ms) whose start is nearest a video frame's time."""
+    return int(round(frame / FPS * SAMPLE_RATE / SAMPLES_PER_LATENT))
 
 
-def render_audio(spec: ClipSpec, codec_cycles: tuple[int, ...]) -> np.ndarray:
+def click_latent_frames(spec: ClipSpec, start_token: int = 0, tokens: int = AUDIO_LATENTS) -> list[int]:
+    """Audio latent frames (32 ms each) whose start is nearest each contact frame's time; with
+    `start_token` / `tokens`: global contacts that land in [start_token, start_token + tokens), counted
+    from start_token."""
+    if start_token == 0 and tokens == AUDIO_LATENTS:
+        return [audio_token_of_frame(c) for c in contact_frames(spec)]
+    first = int(math.floor(start_token * SAMPLES_PER_LATENT / SAMPLE_RATE * FPS)) - 2
+    last = int(math.ceil((start_token + tokens) * SAMPLES_PER_LATENT / SAMPLE_RATE * FPS)) + 2
+    out = []
+    for c in contact_frames(spec, max(0, first), last - max(0, first) + 1):
+        k = audio_token_of_frame(c) - start_token
+        if 0 <= k < tokens:
+            out.append(k)
+    return out
+
+
+def render_audio(spec: ClipSpec, codec_cycles: tuple[int, ...], start_token: int = 0) -> np.ndarray:
     """float32 [NUM_SAMPLES]: the tone as a phase-0 cosine on the codec grid, clicks as one in-phase burst of
-    all the codec's tones at the start of a latent frame (so both round-trip through the codec exactly)."""
+    all the codec's tones at the start of a latent frame (so both round-trip through the codec exactly).
+    `start_token`: the window starting at that global audio latent (the tone is the same in every latent;
+    clicks fall at the global contacts)."""
     n = np.arange(NUM_SAMPLES, dtype=np.float64)
     wave = TONE_AMPLITUDE * np.cos(2 * np.pi * PITCH_CYCLES[spec.pitch] * n / SAMPLES_PER_LATENT)
     local = np.arange(SAMPLES_PER_LATENT, dtype=np.float64)
     burst = CLICK_AMPLITUDE * sum(np.cos(2 * np.pi * k * local / SAMPLES_PER_LATENT) for k in codec_cycles)
-    for f in click_latent_frames(spec):
+    for f in click_latent_frames(spec, start_token):
         if 0 <= f < AUDIO_LATENTS:
             wave[f * SAMPLES_PER_LATENT:(f + 1) * SAMPLES_PER_LATENT] += burst
     return wave.astype(np.float32)
+
+
+# ---- continuation windows of a long sequence ------------------------------------------------------
+VIDEO_LATENT_FRAMES = 1 + (NUM_FRAMES - 1) // 4   # the codecs' temporal factor 4 (causal: 1 + 4 per latent)
+
+
+def sequence_layout(windows: int):
+    """The engine's own window layout (ovi.pipeline.windows.layout) of a `windows`-window clip at this
+    data's rates: where each window starts and how many video frames / audio tokens it carries clean."""
+    from ovi.pipeline.windows import DEFAULT_OVERLAP, layout
+    frames = NUM_FRAMES + (windows - 1) * 4 * (VIDEO_LATENT_FRAMES - DEFAULT_OVERLAP)
+    return layout(frames / FPS, window_video_frames=VIDEO_LATENT_FRAMES, window_audio_tokens=AUDIO_LATENTS,
+                  fps=FPS, audio_tokens_per_second=SAMPLE_RATE / SAMPLES_PER_LATENT)
+
+
+@dataclass(frozen=True)
+class SequenceWindow:
+    """Window `window` of a spec's long sequence, cut as the engine lays it out."""
+    render_frames: tuple[int, ...]  # global pixel frames to render and encode (1 + 4 per latent frame)
+    drop_first_latent: bool         # the first encoded latent only pads the causal codec's frame 0: drop it
+    audio_start: int                # global audio latent of the window's first token
+    video_prefix: int               # latent frames carried clean from the window before
+    audio_prefix: int               # audio latents carried clean
+
+
+def sequence_window(window: int) -> SequenceWindow:
+    """Window 0 is the plain clip (frames 0..16, no prefix). Window w >= 1 starts at global latent frame
+    s = video_starts[w]: its first latent is the previous window's last one (pixel frames 4s-3..4s, one per
+    channel group, as the engine carries it), then 4 new frames per latent. Encoding frames 4s-4..4s+16
+    and dropping the first latent gives exactly that."""
+    if window == 0:
+        return SequenceWindow(tuple(range(NUM_FRAMES)), False, 0, 0, 0)
+    lay = sequence_layout(window + 1)
+    s = lay.video_starts[window]
+    return SequenceWindow(tuple(range(4 * s - 4, 4 * (s + VIDEO_LATENT_FRAMES - 1) + 1)), True,
+                          lay.audio_starts[window], lay.video_prefix[window], lay.audio_prefix[window])
+
+
+def encode_window(spec: ClipSpec, window: int, video_codec, audio_codec):
+    """Window `window` of `spec`'s sequence through the codecs -> (video content latents [12, 5, h, w],
+    audio latents [22, C], video prefix frames, audio prefix tokens)."""
+    import torch
+    cut = sequence_window(window)
+    content = video_codec.encode_content(torch.from_numpy(render_video(spec, frames=cut.render_frames)))
+    if cut.drop_first_latent:
+        content = content[:, 1:]
+    audio = audio_codec.encode(torch.from_numpy(render_audio(spec, audio_codec.CYCLES, cut.audio_start)))
+    return content, audio, cut.video_prefix, cut.audio_prefix
 
 
 def held_out_specs(per_combo: int = 1, seed: int = 1234) -> list[ClipSpec]:

@@ -13,7 +13,15 @@ negative pass feeds.
 
 Writes to --out: config.json, loss.jsonl, eval.jsonl (held-out accuracy through the real Engine every
 eval_every steps) and ckpt.pt (every ckpt_every steps; a rerun with the same --out resumes from it).
-The defaults of TrainConfig are the shipped recipe (ovi/weights/tiny_trained/training.json records it).
+The defaults of TrainConfig are the base recipe (the first run of the chain that
+ovi/weights/tiny_trained/training.json records).
+
+Continuation windows (issue 18): with `prefix_frac` > 0, that share of the steps trains a batch of later
+windows of the clips' long sequences (ovi.train.data.sequence_window: window 1..sequence_windows-1 as the
+engine lays them out), whose first video latent frame and first audio tokens are the previous window's
+tail, held clean: timestep 0 on those tokens (the model's `first_frame_is_clean=(frames, tokens)`), written
+into x_t and left out of the loss (ovi.pipeline.objective.hold_prefix), as Wan's i2v trains its first
+frame. `--init-from DIR` starts from an exported checkpoint folder (a fine-tune) instead of random weights.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import torch
 
 from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
-from ovi.pipeline.objective import audio_tokens, masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens
+from ovi.pipeline.objective import (audio_tokens, hold_prefix, masked_mse, noised, pin, shift_sigma, velocity_target,
+                                    video_tokens)
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -81,6 +90,10 @@ class TrainConfig:
     eval_slg: int = -1
     ckpt_every: int = 250
     threads: int = 2
+    # continuation windows (a fine-tune of the shipped weights teaches them; 0 = the base recipe)
+    prefix_frac: float = 0.0     # share of steps whose batch is later windows with a clean prefix
+    sequence_windows: int = 6    # continuation windows are drawn from windows 1..sequence_windows-1
+    init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
 
 
 def model_configs(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -98,11 +111,37 @@ def t5_config(cfg: TrainConfig, vocab_size: int) -> dict:
 
 
 # ---- data ----------------------------------------------------------------------------------------
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    """Allocations of at least `nbytes` get their own mmap (returned to the OS when freed). Building the
+    data renders thousands of clips through short-lived 128x128 float64 arrays; with glibc's default
+    (a threshold that rises after the first frees) they came from the heap and were kept: RSS grew
+    ~1.6 MB per clip, 12-17 GB for 4,000 clips and their continuation windows, and the run was killed on
+    a shared 23 GB machine. A no-op where libc has no mallopt."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(nbytes))
+    except (OSError, AttributeError):
+        pass
+
+
 class Dataset:
     """Pre-encoded clips: video content latents (the 12 unique channels, fp16), audio latents, token ids."""
 
-    def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec):
+    def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec,
+                 continuation_windows: list[int] | None = None):
+        """`continuation_windows`: per spec, a later window of its sequence to encode too (the clean-prefix
+        samples); grouped by their (video, audio) prefix sizes, since one batch shares one prefix."""
         self.specs = specs
+        _mmap_threshold(64 << 10)
+        try:
+            self._encode(specs, tokenizer, vcodec, acodec, continuation_windows)
+        finally:
+            _mmap_threshold(32 << 20)  # training's tensors: back to heap allocation (mmap per tensor is slow)
+
+    def _encode(self, specs, tokenizer, vcodec, acodec, continuation_windows):
         v, a = [], []
         for spec in specs:
             v.append(vcodec.encode_content(torch.from_numpy(data.render_video(spec))).half())
@@ -110,6 +149,17 @@ class Dataset:
         self.video = torch.stack(v)
         self.audio = torch.stack(a)
         self.ids, self.mask = tokenizer([s.prompt for s in specs])
+        self.cont_video = self.cont_audio = None
+        self.prefix_groups: dict[tuple[int, int], torch.Tensor] = {}
+        if continuation_windows:
+            cv, ca, groups = [], [], {}
+            for i, (spec, w) in enumerate(zip(specs, continuation_windows)):
+                content, audio, k_v, k_a = data.encode_window(spec, w, vcodec, acodec)
+                cv.append(content.half())
+                ca.append(audio)
+                groups.setdefault((k_v, k_a), []).append(i)
+            self.cont_video, self.cont_audio = torch.stack(cv), torch.stack(ca)
+            self.prefix_groups = {k: torch.tensor(v) for k, v in sorted(groups.items())}
 
     def __len__(self):
         return len(self.specs)
@@ -126,6 +176,16 @@ def make_specs(cfg: TrainConfig) -> list[data.ClipSpec]:
     return [data.sample_spec(combos[i % len(combos)], rng) for i in range(cfg.num_clips)]
 
 
+def continuation_windows(cfg: TrainConfig, n: int) -> list[int] | None:
+    """Which later window of each clip's sequence the clean-prefix samples use (seeded; None: none)."""
+    if cfg.prefix_frac <= 0:
+        return None
+    if cfg.sequence_windows < 2:
+        raise ValueError(f"sequence_windows {cfg.sequence_windows}: a continuation needs at least 2 windows")
+    rng = random.Random(cfg.seed + 7919)
+    return [rng.randrange(1, cfg.sequence_windows) for _ in range(n)]
+
+
 # ---- model ---------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: Path):
@@ -138,6 +198,8 @@ class Trainer:
         self.model = FusionModel(*model_configs(cfg))
         self.model.init_weights()
         self.t5 = make_t5(t5_config(cfg, len(self.tokenizer.vocabulary)))
+        if cfg.init_from:
+            self.load_exported(cfg.init_from)
         self.params = list(self.model.parameters()) + list(self.t5.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -168,15 +230,25 @@ class Trainer:
         plain = torch.rand(n, generator=gen) < self.cfg.uniform_frac
         return torch.where(plain, u, shifted).clamp(1e-3, 1.0)
 
-    def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None):
+    def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None,
+             prefix: tuple[int, int] | None = None):
+        """Flow-matching losses (video, audio) of a batch. `prefix` (k_v, k_a): the batch is the clips'
+        continuation windows, their first k_v video latent frames / k_a audio tokens clean (t=0, pinned in
+        x_t, out of the loss)."""
         model, t5 = model or self.model, t5 or self.t5
         b = len(idx)
-        x0v, x0a = self.video_latents(ds.video[idx]), ds.audio[idx]
+        if prefix:
+            x0v, x0a = self.video_latents(ds.cont_video[idx]), ds.cont_audio[idx]
+        else:
+            x0v, x0a = self.video_latents(ds.video[idx]), ds.audio[idx]
+        k_v, k_a = prefix or (0, 0)
+        vfixed = hold_prefix(self.vfixed, x0v, k_v, dim=1)
+        afixed = hold_prefix(None, x0a, k_a, dim=0)
         sigma = self.sample_sigma(b, gen)
         ev, ea = torch.randn(x0v.shape, generator=gen), torch.randn(x0a.shape, generator=gen)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
-        xtv = pin(noised(x0v, ev, sv), self.vfixed)
-        xta = noised(x0a, ea, sa)
+        xtv = pin(noised(x0v, ev, sv), vfixed)
+        xta = pin(noised(x0a, ea, sa), afixed)
         uncond = torch.rand(b, generator=gen) < self.cfg.p_uncond
         ids = torch.cat([ds.ids[idx], self.neg_ids])
         masks = torch.cat([ds.mask[idx], self.neg_mask])
@@ -184,9 +256,10 @@ class Trainer:
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
         actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
-                       audio_seq_len=audio_tokens(x0a.shape[1:]))
-        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), self.vfixed)
-        la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), None)
+                       audio_seq_len=audio_tokens(x0a.shape[1:]),
+                       first_frame_is_clean=(k_v, k_a) if prefix else False)
+        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), vfixed)
+        la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
 
     @torch.no_grad()
@@ -205,6 +278,20 @@ class Trainer:
         tmp = self.out / "ckpt.pt.tmp"
         torch.save(self.state(), tmp)
         tmp.replace(self.out / "ckpt.pt")
+
+    def load_exported(self, folder: str | Path) -> None:
+        """Start from an exported checkpoint folder (what `export` writes: the fusion safetensors and the
+        T5 in Wan's keys); the EMA copies start equal to it."""
+        from ovi.checkpoint.adapter import wan_t5_to_hf
+        from ovi.checkpoint.loading import read_state_dict
+        from ovi.specs import FUSION_DIR, MODEL_SPECS, T5_DIR, T5_FILE
+        folder = Path(folder)
+        fusion = folder / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file
+        if not fusion.is_file():
+            raise SystemExit(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
+                             f"`--export` wrote (e.g. ovi/weights/tiny_trained)")
+        self.model.load_state_dict({k: v.float() for k, v in read_state_dict(fusion).items()})
+        self.t5.load_state_dict(wan_t5_to_hf(torch.load(folder / T5_DIR / T5_FILE, weights_only=True)))
 
     def load(self, path: Path) -> None:
         st = torch.load(path, weights_only=False)
@@ -295,6 +382,10 @@ def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
     torch.save(hf_t5_to_wan({k: v.contiguous() for k, v in tr.ema_t5.state_dict().items()}), tmp)
     tmp.replace(t5_dir / T5_FILE)
     (t5_dir / TOKENIZER_DIR / WORD_TOKENIZER_FILE).write_text(tr.tokenizer.to_json())
+    # a fine-tune's record nests the record of the weights it started from (read before `dest`, which may
+    # be that same folder, is overwritten)
+    base = Path(cfg.init_from) / "training.json" if cfg.init_from else None
+    base_record = json.loads(base.read_text()) if base is not None and base.is_file() else None
     record = {
         "model_name": ARCHITECTURE, "step": tr.step, "weights": "EMA", "config": dataclasses.asdict(cfg),
         "command": command or f"python -m ovi.train.train --out runs/{ARCHITECTURE} --steps {cfg.steps} "
@@ -302,6 +393,12 @@ def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
         "data": {"seed": cfg.seed, "clips": cfg.num_clips, "held_out": [list(c) for c in data.HELD_OUT]},
         "torch": torch.__version__, "python": platform.python_version(), "threads": cfg.threads,
     }
+    log = Path(tr.out) / "loss.jsonl"
+    if log.is_file() and log.stat().st_size:
+        # seconds from the (last) start of the run to its last step, data encoding included
+        record["wall_seconds"] = json.loads(log.read_text().splitlines()[-1])["wall"]
+    if base_record is not None:
+        record["init_from"] = base_record
     (dest / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return dest
 
@@ -311,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="run folder (logs, ckpt.pt); reruns resume from it")
     ap.add_argument("--export", default=None, metavar="DIR",
                     help="write the run's EMA weights to DIR in upstream's layout and exit")
+    ap.add_argument("--command", default=None,
+                    help="with --export: the command chain that made the run, recorded in training.json")
     for f in dataclasses.fields(TrainConfig):
         if f.type in ("tuple",):
             continue
@@ -333,7 +432,7 @@ def main(argv=None):
             raise SystemExit(f"no ckpt.pt in {out}: train first (same --out), then --export")
         tr = Trainer(cfg, out)
         tr.load(out / "ckpt.pt")
-        print(export(tr, args.export))
+        print(export(tr, args.export, args.command))
         return
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     train(cfg, out)
@@ -348,7 +447,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
     if (out / "ckpt.pt").is_file():
         tr.load(out / "ckpt.pt")
     specs = make_specs(cfg)
-    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec)
+    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec, continuation_windows(cfg, len(specs)))
     print(f"data: {len(ds)} clips encoded in {time.time() - t0:.0f}s; params "
           f"{sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M dit + "
           f"{sum(p.numel() for p in tr.t5.parameters()) / 1e6:.3f}M t5", flush=True)
@@ -364,11 +463,19 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         lr = tr.lr_at(tr.step)
         for gparam in tr.opt.param_groups:
             gparam["lr"] = lr
-        if tr.step < cfg.curriculum_steps:
+        prefix = None
+        if ds.prefix_groups and float(torch.rand((), generator=gen)) < cfg.prefix_frac:
+            # one prefix size per batch (the model takes one per call): a group drawn by its size
+            keys = list(ds.prefix_groups)
+            sizes = torch.tensor([len(ds.prefix_groups[k]) for k in keys], dtype=torch.float)
+            prefix = keys[int(torch.multinomial(sizes, 1, generator=gen))]
+            group = ds.prefix_groups[prefix]
+            idx = group[torch.randint(len(group), (cfg.batch,), generator=gen)]
+        elif tr.step < cfg.curriculum_steps:
             idx = easy[torch.randint(len(easy), (cfg.batch,), generator=gen)]
         else:
             idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
-        lv, la, _ = tr.loss(ds, idx, gen)
+        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -377,7 +484,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         tr.step += 1
         tr.update_ema()
         now = time.time()
-        loss_log.write(json.dumps({"step": tr.step, "loss": loss.item(), "loss_video": lv.item(),
+        loss_log.write(json.dumps({"step": tr.step, "prefix": list(prefix) if prefix else None,
+                                   "loss": loss.item(), "loss_video": lv.item(),
                                    "loss_audio": la.item(), "lr": lr, "grad_norm": float(gn),
                                    "sec": round(now - t_last, 3), "wall": round(now - t0, 1)}) + "\n")
         loss_log.flush()

@@ -1,0 +1,84 @@
+"""Clean-prefix training samples (issue 18): the prefix is pinned in x_t, left out of the loss and read at
+t=0 by the model; a short fine-tune from the shipped weights lowers the continuation loss."""
+
+import torch
+
+from ovi.checkpoint.loading import read_state_dict
+from ovi.pipeline.objective import hold_prefix, masked_mse, pin
+from ovi.specs import FUSION_DIR, MODEL_SPECS
+from ovi.train.train import Dataset, TrainConfig, Trainer, continuation_windows, make_specs, train
+
+SHIPPED = "ovi/weights/tiny_trained"
+
+
+def test_hold_prefix_pins_the_prefix_and_leaves_it_out_of_the_loss():
+    codec_mask = torch.zeros(4, 3, 2, 2, dtype=torch.bool)
+    codec_mask[3] = True
+    fixed = (codec_mask, torch.full((4, 3, 2, 2), 7.0))
+    clean = torch.randn(2, 4, 3, 2, 2)
+    held = hold_prefix(fixed, clean, 1, dim=1)
+    noisy = pin(torch.randn(2, 4, 3, 2, 2), held)
+    assert torch.equal(noisy[:, :3, :1], clean[:, :3, :1])      # the prefix frame is the clean latent
+    assert (noisy[:, 3] == 7.0).all()                           # the codec's fixed channel still wins
+    assert not torch.equal(noisy[:, :3, 1:], clean[:, :3, 1:])
+    target = torch.randn(2, 4, 3, 2, 2)
+    pred = target.clone()
+    pred[:, :, :1] += 100.0                                      # wrong only on the prefix: no loss
+    assert masked_mse(pred, target, held) == 0
+    pred[:, :3, 1:] += 1.0
+    assert masked_mse(pred, target, held) > 0
+    audio = hold_prefix(None, torch.randn(2, 6, 5), 2, dim=0)
+    assert audio[0].shape == (6, 5) and audio[0][:2].all() and not audio[0][2:].any()
+    assert hold_prefix(fixed, clean, 0, dim=1) is fixed
+
+
+def _prefix_loss(tr, ds, prefix):
+    gen = torch.Generator().manual_seed(321)
+    idx = ds.prefix_groups[prefix][:4]
+    with torch.no_grad():
+        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix)
+    return float(lv + la)
+
+
+def test_a_short_fine_tune_with_clean_prefixes_lowers_the_continuation_loss(tmp_path, monkeypatch):
+    cfg = TrainConfig(num_clips=8, steps=12, batch=4, lr=5e-4, warmup=2, eval_every=0, ckpt_every=1000,
+                      curriculum_steps=0, prefix_frac=1.0, sequence_windows=3, init_from=SHIPPED,
+                      threads=torch.get_num_threads())
+    start = Trainer(cfg, tmp_path)
+    shipped = read_state_dict(f"{SHIPPED}/{FUSION_DIR}/{MODEL_SPECS['tiny_trained'].checkpoint_file}")
+    assert all(torch.equal(v, shipped[k].float()) for k, v in start.model.state_dict().items())
+    assert all(torch.equal(v, start.model.state_dict()[k]) for k, v in start.ema_model.state_dict().items())
+
+    specs = make_specs(cfg)
+    windows = continuation_windows(cfg, len(specs))
+    assert set(windows) <= {1, 2} and windows == continuation_windows(cfg, len(specs))  # seeded
+    ds = Dataset(specs, start.tokenizer, start.vcodec, start.acodec, windows)
+    prefix = max(ds.prefix_groups, key=lambda k: len(ds.prefix_groups[k]))
+    assert prefix[0] == 1 and prefix[1] >= 1
+
+    # the model reads the prefix tokens at t=0: the clean-prefix flag reaches every call
+    seen = []
+    original = type(start.model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("first_frame_is_clean"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(start.model), "forward", spy)
+    before = _prefix_loss(start, ds, prefix)
+    assert seen == [prefix]
+    monkeypatch.undo()
+
+    tr = train(cfg, tmp_path / "run", progress=False)
+    after = _prefix_loss(tr, ds, prefix)
+    assert after < 0.9 * before, (before, after)
+    logged = (tmp_path / "run" / "loss.jsonl").read_text().splitlines()
+    assert len(logged) == 12 and all('"prefix": [1,' in line for line in logged)
+
+
+def test_bad_continuation_settings_are_refused(tmp_path):
+    import pytest
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        continuation_windows(TrainConfig(prefix_frac=0.5, sequence_windows=1), 4)
+    with pytest.raises(SystemExit, match="--init-from"):
+        Trainer(TrainConfig(init_from=str(tmp_path), threads=torch.get_num_threads()), tmp_path)
