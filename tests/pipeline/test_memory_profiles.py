@@ -203,7 +203,7 @@ def test_rest_refuses_a_config_whose_memory_settings_cannot_run_here_with_422(qu
     assert queue.list() == []
 
 
-def test_the_gpu_memory_check_runs_on_a_cpu_and_keeps_to_its_time_budget(tmp_path):
+def test_the_gpu_memory_check_runs_on_a_cpu_and_skips_points_once_its_budget_is_spent(tmp_path):
     """experiments/gpu_check_memory.py (the lent GPU's memory section) in its CPU smoke mode: every profile
     runs, the swap's bytes agree with the model; with its budget spent it writes skipped lines instead."""
     import subprocess
@@ -211,9 +211,10 @@ def test_the_gpu_memory_check_runs_on_a_cpu_and_keeps_to_its_time_budget(tmp_pat
     from pathlib import Path
     script = Path(__file__).resolve().parents[2] / "experiments" / "gpu_check_memory.py"
     out = tmp_path / "memory.jsonl"
-    for budget in ("600", "0"):
+    # No budget first (nothing here depends on how fast the machine is), then one spent before any point starts.
+    for budget in ([], ["--budget-seconds", "0"]):
         subprocess.run([sys.executable, str(script), str(out), "--device", "cpu", "--arch", "tiny", "--steps", "1",
-                        "--budget-seconds", budget], check=True, capture_output=True, timeout=300)
+                        *budget], check=True, capture_output=True, timeout=300)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     ran, skipped = rows[:3], rows[3:]
     assert [r["profile"] for r in ran] == ["balanced", "low", "minimal"] and all(r["status"] == "ok" for r in ran)
