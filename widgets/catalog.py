@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovi.pipeline.prompts import AUDCAP_RE, SPEECH_RE
-from ovi.pipeline.windows import DEFAULT_OVERLAP, spec_layout
+from ovi.pipeline.windows import frames_added_per_window, spec_layout
 from ovi.request import MAX_DURATION_SECONDS
 from ovi.specs import MODEL_SPECS
 
@@ -126,18 +126,13 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.{1 if seconds >= 10 else 2}f}".rstrip("0").rstrip(".") + " s"
 
 
-def new_frames(spec) -> int:
-    """Pixel frames each continuation window adds: its latent frames less the carried overlap, 4 frames each."""
-    return 4 * (spec.video_latent_frames - DEFAULT_OVERLAP)
-
-
 def long_durations(model_name: str, max_seconds: float = MAX_DURATION_SECONDS) -> list[tuple[str, float | None]]:
     """The Duration list: (label, `duration` seconds) for 1x, 2x, 3x, ... the model's own clip, up to
     `max_seconds`. 1x is None (the model's own length, one window). n x is the length n continuation
     windows make exactly: a window carries `DEFAULT_OVERLAP` latent frame(s) of the one before, so an exact
     multiple of the clip would need one more window and come out longer than asked."""
     spec = MODEL_SPECS[model_name]
-    new_frames_per_window = new_frames(spec)
+    new_frames_per_window = frames_added_per_window(spec.video_latent_frames)
     out = [(f"{seconds_text(spec.num_frames / spec.fps)} (the model's clip)", None)]
     n = 2
     while (frames := spec.num_frames + (n - 1) * new_frames_per_window) / spec.fps <= max_seconds:
@@ -155,4 +150,4 @@ def extension_duration(model_name: str, windows: int) -> float | None:
     if windows <= 1:
         return None
     spec = MODEL_SPECS[model_name]
-    return round(windows * new_frames(spec) / spec.fps, 4)
+    return round(windows * frames_added_per_window(spec.video_latent_frames) / spec.fps, 4)

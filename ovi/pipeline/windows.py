@@ -87,6 +87,11 @@ class WindowLayout:
                 "num_frames": self.num_frames, "duration_s": round(self.duration_s, 4)}
 
 
+def frames_added_per_window(window_video_frames: int, overlap: int = DEFAULT_OVERLAP) -> int:
+    """Pixel frames each continuation window adds: its latent frames less the carried overlap, 4 each."""
+    return 4 * (window_video_frames - overlap)
+
+
 def layout(duration: float | None, *, window_video_frames: int, window_audio_tokens: int, fps: float,
            audio_tokens_per_second: float, overlap: int = DEFAULT_OVERLAP, prior_video_frames: int = 0,
            prior_audio_tokens: int = 0) -> WindowLayout | None:
@@ -97,7 +102,7 @@ def layout(duration: float | None, *, window_video_frames: int, window_audio_tok
         raise InputError(f"overlap {overlap}: must be between 1 and {f - 1} video latent frames (a window has {f})")
     if duration is None and not prior_video_frames:
         return None
-    new_frames_per_window = 4 * (f - overlap)
+    new_frames_per_window = frames_added_per_window(f, overlap)
     window_frames = 1 + 4 * (f - 1)
     if prior_video_frames:
         wanted = round(duration * fps) if duration is not None else new_frames_per_window
