@@ -33,7 +33,8 @@ from ovi.queue.events import FINISHED, Subscription, job_event
 from ovi.queue.lease import (
     LeaseProtocol,
     make_worker_id,
-    result_as_read,
+    paths_as_read,
+    paths_for_store,
     retrying,
     serve_key,
 )
@@ -173,8 +174,9 @@ class JobQueue(LeaseProtocol):
         try:
             with self.store.write() as tx:
                 start = tx.max_position() + 1
-                rows = [dict(state="queued", priority=priority, position=start + i, request=r,
-                             created_at=now, updated_at=now, client_id=c, serve_key=serve_key(r))
+                rows = [dict(state="queued", priority=priority, position=start + i,
+                             request=paths_for_store(r, self.root), created_at=now, updated_at=now,
+                             client_id=c, serve_key=serve_key(r))
                         for i, (r, c) in enumerate(zip(requests, client_ids))]
                 ids = tx.insert_jobs(rows)
                 tx.add_events([(job_id, "submitted", now,
@@ -346,7 +348,7 @@ class JobQueue(LeaseProtocol):
             events = tx.events_after(int(since), job_id=job_id, limit=limit)
         root = self.root
         for event in events:
-            event["result"] = result_as_read(event.get("result"), root)
+            event["result"] = paths_as_read(event.get("result"), root)
         return events
 
     @retrying

@@ -91,15 +91,16 @@ def retrying(method):
     return wrapper
 
 
-ROOT_RELATIVE = "root_relative"  # a stored result's keys whose paths are relative to the root
+ROOT_RELATIVE = "root_relative"  # a stored dict's keys whose paths are relative to the root
 
 
-def result_for_store(result: dict, root: Path) -> dict:
-    """A result as stored: absolute paths under the queue's output root become relative to it
-    (their keys listed under ROOT_RELATIVE), so every machine that mounts the root — at whatever
-    path — finds the files; other values are kept as given."""
+def paths_for_store(record: dict, root: Path) -> dict:
+    """A job's result or request as stored: absolute paths under the queue's output root become
+    relative to it (their keys listed under ROOT_RELATIVE), so every machine that mounts the root —
+    at whatever path — finds the files (a clip, the clip an extension continues); other values are
+    kept as given."""
     stored, relative = {}, []
-    for key, value in result.items():
+    for key, value in record.items():
         if isinstance(value, str) and Path(value).is_absolute() and key != ROOT_RELATIVE:
             path = Path(value).resolve()  # as the root is (a symlinked mount compares alike)
             if path.is_relative_to(root):
@@ -111,14 +112,14 @@ def result_for_store(result: dict, root: Path) -> dict:
     return stored
 
 
-def result_as_read(result, root: Path):
-    """A stored result with its root-relative paths made absolute on this machine (its root).
-    A result stored before paths were relative (no ROOT_RELATIVE) reads as it was stored."""
-    if not isinstance(result, dict) or ROOT_RELATIVE not in result:
-        return result
-    relative = set(result[ROOT_RELATIVE] or ())
+def paths_as_read(record, root: Path):
+    """A stored result or request with its root-relative paths made absolute on this machine (its
+    root). One stored before paths were relative (no ROOT_RELATIVE) reads as it was stored."""
+    if not isinstance(record, dict) or ROOT_RELATIVE not in record:
+        return record
+    relative = set(record[ROOT_RELATIVE] or ())
     return {key: str(root / value) if key in relative and isinstance(value, str) else value
-            for key, value in result.items() if key != ROOT_RELATIVE}
+            for key, value in record.items() if key != ROOT_RELATIVE}
 
 
 def _public(job: dict | None) -> dict | None:
@@ -134,10 +135,11 @@ class LeaseProtocol:
     `self.root`."""
 
     def _shown(self, job: dict | None) -> dict | None:
-        """A job as callers see it: internal fields dropped, result paths absolute here."""
+        """A job as callers see it: internal fields dropped, request and result paths absolute here."""
         job = _public(job)
         if job is not None:
-            job["result"] = result_as_read(job["result"], self.root)
+            job["request"] = paths_as_read(job["request"], self.root)
+            job["result"] = paths_as_read(job["result"], self.root)
         return job
 
     # -- claim --------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class LeaseProtocol:
                lease: int | None = None) -> dict | None:
         """Mark done with its output paths; None (and no change) if no longer this worker's."""
         return self._end(job_id, worker_id, lease, "done",
-                         result=result_for_store(dict(result), self.root), error=None,
+                         result=paths_for_store(dict(result), self.root), error=None,
                          progress=1.0)
 
     def fail(self, job_id: int, error: str, *, worker_id: str | None = None,

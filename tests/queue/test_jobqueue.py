@@ -565,3 +565,26 @@ def test_results_are_stored_relative_to_the_root_and_read_back_under_this_machin
         other = JobQueue(mount / "queue.db")
     assert other.get(a)["result"]["mp4"] == str(mount / "out" / "a.mp4")
     other.close()
+
+
+def test_a_requests_paths_under_the_root_are_stored_relative_too(queue_url, tmp_path):
+    """A queued extension names the clip it continues: a runner on a machine that mounts the root
+    elsewhere must find that clip under its own mount, as it finds results."""
+    q = JobQueue(queue_url, root=tmp_path)
+    clip = tmp_path / "studio" / "old.mp4"
+    a = q.submit({"prompt": "a", "extend": str(clip)})
+    with q.store.read() as tx:
+        stored = tx.job(a)["request"]
+    assert stored["extend"] == "studio/old.mp4" and stored["root_relative"] == ["extend"]
+    assert q.get(a)["request"] == {"prompt": "a", "extend": str(clip)}
+    assert q.claim("w")["request"]["extend"] == str(clip)
+    q.close()
+    mount = tmp_path / "mnt"
+    if queue_url.startswith("postgresql"):
+        other = JobQueue(queue_url, root=mount)
+    else:
+        mount.mkdir()
+        shutil.copy(queue_url, mount / "queue.db")
+        other = JobQueue(mount / "queue.db")
+    assert other.get(a)["request"]["extend"] == str(mount / "studio" / "old.mp4")
+    other.close()
