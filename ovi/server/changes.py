@@ -70,6 +70,13 @@ class QueueChanges:
             except RuntimeError:  # that stream's loop has closed
                 pass
 
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to end (`stopping` is set), so the store can be closed: closing a
+        SQLite connection while this thread runs a statement on it crashes the process."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():

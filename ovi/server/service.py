@@ -31,7 +31,7 @@ from ovi.queue.jobqueue import FINISHED, DuplicateJobError, JobQueue
 from ovi.pipeline.windows import clip_files, read_prior
 from ovi.request import GenerateRequest, RequestError
 from ovi.runtime.runner import Runner
-from ovi.server.changes import QueueChanges
+from ovi.server.changes import STORE_WAIT_SECONDS, QueueChanges
 from ovi.server.intake import Refused, check_frames, check_image, decode_data_url, parse_extension, parse_submission
 from ovi.specs import MODEL_SPECS
 from ovi.server.limits import ServerLimits
@@ -92,6 +92,7 @@ class ApiService:
     def stop(self, timeout: float | None = None) -> None:
         """End the Runner (handing its job back) and release its engine; blocks up to `timeout`."""
         self.begin_shutdown()
+        self.changes.join(STORE_WAIT_SECONDS + 1.0)  # before anyone closes the queue under it
         runner, self.runner = self.runner, None
         if runner is None:
             return
