@@ -375,7 +375,7 @@ class SQLiteStore:
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []  # (owner, connection)
         self._pid = os.getpid()
         self._closed = False
         self._commits = 0  # write transactions this process committed (see event_mark)
@@ -402,7 +402,7 @@ class SQLiteStore:
             conn = self._connect()
             self._local.conn = conn
             with self._lock:
-                self._conns.append(conn)
+                self._conns.append((threading.current_thread(), conn))
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -549,11 +549,18 @@ class SQLiteStore:
         return False  # a local file does not come back by waiting (a busy lock already waited)
 
     def close(self) -> None:
+        """Close the calling thread's connection and those of threads that have ended. A live
+        thread's connection is left to that thread (its next call raises "closed"; the connection
+        closes when the thread or this store is freed): closing it here while that thread runs a
+        statement on it crashes the process (seen: a server's change-watch thread in PRAGMA
+        data_version)."""
         with self._lock:
             conns, self._conns = self._conns, []
             self._closed = True
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        me = threading.current_thread()
+        for owner, conn in conns:
+            if owner is me or not owner.is_alive():
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass

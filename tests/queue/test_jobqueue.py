@@ -588,3 +588,37 @@ def test_a_requests_paths_under_the_root_are_stored_relative_too(queue_url, tmp_
         other = JobQueue(mount / "queue.db")
     assert other.get(a)["request"]["extend"] == str(mount / "studio" / "old.mp4")
     other.close()
+
+
+def test_sqlite_close_leaves_a_live_threads_connection_to_that_thread(tmp_path):
+    """Closing a connection that another thread is using crashes the process (a server's change-watch
+    thread was in PRAGMA data_version when the queue closed): close() closes its own thread's and ended
+    threads' connections, and a live thread's next call is refused instead."""
+    store = SQLiteStore(tmp_path / "q.db")
+    opened, release, after = threading.Event(), threading.Event(), {}
+
+    def live_thread():
+        conn = store._conn()
+        opened.set()
+        release.wait(10)
+        after["still_open"] = conn.execute("SELECT 1").fetchone()[0] == 1  # a closed one raises
+        try:
+            store.event_mark()
+        except RuntimeError as exc:
+            after["refused"] = str(exc)
+
+    ended = threading.Thread(target=store.event_mark)
+    ended.start()
+    ended.join()
+    ended_conn = [c for owner, c in store._conns if owner is ended][0]
+    live = threading.Thread(target=live_thread)
+    live.start()
+    assert opened.wait(10)
+    own = store._conn()
+    store.close()
+    release.set()
+    live.join(10)
+    assert after["still_open"] and "was closed" in after["refused"]
+    for conn in (own, ended_conn):
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
