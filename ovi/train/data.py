@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -291,12 +291,32 @@ def sequence_window(window: int) -> SequenceWindow:
                           lay.audio_starts[window], lay.video_prefix[window], lay.audio_prefix[window])
 
 
-def encode_window(spec: ClipSpec, window: int, video_codec, audio_codec):
+LINEAR_MOTIONS = ("left", "right", "up", "down")
+
+
+def turned_spec(spec: ClipSpec, window: int, motion: str) -> ClipSpec:
+    """The same object, tone and speed moving `motion` from where `spec` is at the last carried frame of
+    window `window` (global pixel frame 4s): what follows when a clip is extended with another direction's
+    prompt (the ball turns). Linear motions only."""
+    if spec.motion not in LINEAR_MOTIONS or motion not in LINEAR_MOTIONS:
+        raise ValueError(f"a turn goes from one linear motion to another, not {spec.motion} -> {motion}")
+    seam = sequence_window(window).render_frames[4]  # the carried latent's last pixel frame
+    (x, y), = track(spec, [seam])
+    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[motion]
+    return replace(spec, motion=motion, x0=float(np.mod(x - dx * spec.speed * seam, WIDTH)),
+                   y0=float(np.mod(y - dy * spec.speed * seam, HEIGHT)))
+
+
+def encode_window(spec: ClipSpec, window: int, video_codec, audio_codec, turn: str | None = None):
     """Window `window` of `spec`'s sequence through the codecs -> (video content latents [12, 5, h, w],
-    audio latents [22, C], video prefix frames, audio prefix tokens)."""
+    audio latents [22, C], video prefix frames, audio prefix tokens). `turn`: from the carried frames on,
+    the object moves that way instead (`turned_spec`; the caller trains it with that motion's prompt)."""
     import torch
     cut = sequence_window(window)
-    content = video_codec.encode_content(torch.from_numpy(render_video(spec, frames=cut.render_frames)))
+    video = render_video(spec, frames=cut.render_frames)
+    if turn is not None:  # the carried frames (the first 5 rendered) stay; the new ones follow the turn
+        video[:, 5:] = render_video(turned_spec(spec, window, turn), frames=cut.render_frames[5:])
+    content = video_codec.encode_content(torch.from_numpy(video))
     if cut.drop_first_latent:
         content = content[:, 1:]
     audio = audio_codec.encode(torch.from_numpy(render_audio(spec, audio_codec.CYCLES, cut.audio_start)))

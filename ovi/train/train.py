@@ -21,7 +21,11 @@ windows of the clips' long sequences (ovi.train.data.sequence_window: window 1..
 engine lays them out), whose first video latent frame and first audio tokens are the previous window's
 tail, held clean: timestep 0 on those tokens (the model's `first_frame_is_clean=(frames, tokens)`), written
 into x_t and left out of the loss (ovi.pipeline.objective.hold_prefix), as Wan's i2v trains its first
-frame. `--init-from DIR` starts from an exported checkpoint folder (a fine-tune) instead of random weights.
+frame. With `turn_frac` > 0, that share of the linear-motion continuation samples turns at the seam: the
+carried tail is the old motion's, the new frames move another way from there, and the prompt names the new
+way (ovi.train.data.turned_spec): an extension with another direction's prompt turns the object instead of
+following the tail's momentum. `--init-from DIR` starts from an exported checkpoint folder (a fine-tune)
+instead of random weights.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ class TrainConfig:
     # continuation windows (a fine-tune of the shipped weights teaches them; 0 = the base recipe)
     prefix_frac: float = 0.0     # share of steps whose batch is later windows with a clean prefix
     sequence_windows: int = 6    # continuation windows are drawn from windows 1..sequence_windows-1
+    turn_frac: float = 0.0       # share of linear-motion continuation samples that turn (another direction's
+                                 # prompt from the seam on: what an extension with a new prompt asks)
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
 
 
@@ -131,17 +137,18 @@ class Dataset:
     """Pre-encoded clips: video content latents (the 12 unique channels, fp16), audio latents, token ids."""
 
     def __init__(self, specs: list[data.ClipSpec], tokenizer: WordTokenizer, vcodec, acodec,
-                 continuation_windows: list[int] | None = None):
+                 continuation_windows: list[int] | None = None, turns: list[str | None] | None = None):
         """`continuation_windows`: per spec, a later window of its sequence to encode too (the clean-prefix
-        samples); grouped by their (video, audio) prefix sizes, since one batch shares one prefix."""
+        samples); grouped by their (video, audio) prefix sizes, since one batch shares one prefix. `turns`:
+        per spec, None or the motion its continuation window turns to (trained with that motion's prompt)."""
         self.specs = specs
         _mmap_threshold(64 << 10)
         try:
-            self._encode(specs, tokenizer, vcodec, acodec, continuation_windows)
+            self._encode(specs, tokenizer, vcodec, acodec, continuation_windows, turns)
         finally:
             _mmap_threshold(32 << 20)  # training's tensors: back to heap allocation (mmap per tensor is slow)
 
-    def _encode(self, specs, tokenizer, vcodec, acodec, continuation_windows):
+    def _encode(self, specs, tokenizer, vcodec, acodec, continuation_windows, turns):
         v, a = [], []
         for spec in specs:
             v.append(vcodec.encode_content(torch.from_numpy(data.render_video(spec))).half())
@@ -150,16 +157,21 @@ class Dataset:
         self.audio = torch.stack(a)
         self.ids, self.mask = tokenizer([s.prompt for s in specs])
         self.cont_video = self.cont_audio = None
+        self.cont_ids, self.cont_mask = self.ids, self.mask
         self.prefix_groups: dict[tuple[int, int], torch.Tensor] = {}
         if continuation_windows:
             cv, ca, groups = [], [], {}
-            for i, (spec, w) in enumerate(zip(specs, continuation_windows)):
-                content, audio, k_v, k_a = data.encode_window(spec, w, vcodec, acodec)
+            turns = turns or [None] * len(specs)
+            for i, (spec, w, turn) in enumerate(zip(specs, continuation_windows, turns)):
+                content, audio, k_v, k_a = data.encode_window(spec, w, vcodec, acodec, turn)
                 cv.append(content.half())
                 ca.append(audio)
                 groups.setdefault((k_v, k_a), []).append(i)
             self.cont_video, self.cont_audio = torch.stack(cv), torch.stack(ca)
             self.prefix_groups = {k: torch.tensor(v) for k, v in sorted(groups.items())}
+            if any(turns):
+                self.cont_ids, self.cont_mask = tokenizer([
+                    s.prompt if t is None else dataclasses.replace(s, motion=t).prompt for s, t in zip(specs, turns)])
 
     def __len__(self):
         return len(self.specs)
@@ -184,6 +196,16 @@ def continuation_windows(cfg: TrainConfig, n: int) -> list[int] | None:
         raise ValueError(f"sequence_windows {cfg.sequence_windows}: a continuation needs at least 2 windows")
     rng = random.Random(cfg.seed + 7919)
     return [rng.randrange(1, cfg.sequence_windows) for _ in range(n)]
+
+
+def continuation_turns(cfg: TrainConfig, specs: list[data.ClipSpec]) -> list[str | None] | None:
+    """Per spec, the motion its continuation window turns to (None: it keeps its own), for a `turn_frac`
+    share of the linear-motion specs (seeded; None when no continuation is trained or nothing turns)."""
+    if cfg.prefix_frac <= 0 or cfg.turn_frac <= 0:
+        return None
+    rng = random.Random(cfg.seed + 104729)
+    return [rng.choice([m for m in data.LINEAR_MOTIONS if m != s.motion])
+            if s.motion in data.LINEAR_MOTIONS and rng.random() < cfg.turn_frac else None for s in specs]
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -250,8 +272,8 @@ class Trainer:
         xtv = pin(noised(x0v, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
         uncond = torch.rand(b, generator=gen) < self.cfg.p_uncond
-        ids = torch.cat([ds.ids[idx], self.neg_ids])
-        masks = torch.cat([ds.mask[idx], self.neg_mask])
+        ids = torch.cat([(ds.cont_ids if prefix else ds.ids)[idx], self.neg_ids])
+        masks = torch.cat([(ds.cont_mask if prefix else ds.mask)[idx], self.neg_mask])
         ctx = self.encode_text(t5, ids, masks)
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
         actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
@@ -447,7 +469,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
     if (out / "ckpt.pt").is_file():
         tr.load(out / "ckpt.pt")
     specs = make_specs(cfg)
-    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec, continuation_windows(cfg, len(specs)))
+    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec, continuation_windows(cfg, len(specs)),
+                 continuation_turns(cfg, specs))
     print(f"data: {len(ds)} clips encoded in {time.time() - t0:.0f}s; params "
           f"{sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M dit + "
           f"{sum(p.numel() for p in tr.t5.parameters()) / 1e6:.3f}M t5", flush=True)

@@ -1,12 +1,13 @@
 """Clean-prefix training samples (issue 18): the prefix is pinned in x_t, left out of the loss and read at
-t=0 by the model; a short fine-tune from the shipped weights lowers the continuation loss."""
+t=0 by the model; a short run lowers the continuation loss; turn samples (an extension's new direction)."""
 
 import torch
 
 from ovi.checkpoint.loading import read_state_dict
 from ovi.pipeline.objective import hold_prefix, masked_mse, pin
 from ovi.specs import FUSION_DIR, MODEL_SPECS
-from ovi.train.train import Dataset, TrainConfig, Trainer, continuation_windows, make_specs, train
+from ovi.train.train import (Dataset, TrainConfig, Trainer, continuation_turns, continuation_windows, make_specs,
+                             train)
 
 SHIPPED = "ovi/weights/tiny_trained"
 
@@ -40,15 +41,19 @@ def _prefix_loss(tr, ds, prefix):
     return float(lv + la)
 
 
-def test_a_short_fine_tune_with_clean_prefixes_lowers_the_continuation_loss(tmp_path, monkeypatch):
-    cfg = TrainConfig(num_clips=8, steps=12, batch=4, lr=5e-4, warmup=2, eval_every=0, ckpt_every=1000,
-                      curriculum_steps=0, prefix_frac=1.0, sequence_windows=3, init_from=SHIPPED,
-                      threads=torch.get_num_threads())
-    start = Trainer(cfg, tmp_path)
+def test_init_from_starts_from_the_shipped_weights(tmp_path):
+    start = Trainer(TrainConfig(init_from=SHIPPED, threads=torch.get_num_threads()), tmp_path)
     shipped = read_state_dict(f"{SHIPPED}/{FUSION_DIR}/{MODEL_SPECS['tiny_trained'].checkpoint_file}")
     assert all(torch.equal(v, shipped[k].float()) for k, v in start.model.state_dict().items())
     assert all(torch.equal(v, start.model.state_dict()[k]) for k, v in start.ema_model.state_dict().items())
 
+
+def test_a_short_run_with_clean_prefixes_lowers_the_continuation_loss(tmp_path, monkeypatch):
+    """From the training init (the shipped weights already continue clips, so a few steps from them need
+    not move the loss): 12 steps of continuation batches lower it."""
+    cfg = TrainConfig(num_clips=8, steps=12, batch=4, lr=3e-3, warmup=2, eval_every=0, ckpt_every=1000,
+                      curriculum_steps=0, prefix_frac=1.0, sequence_windows=3, threads=torch.get_num_threads())
+    start = Trainer(cfg, tmp_path)
     specs = make_specs(cfg)
     windows = continuation_windows(cfg, len(specs))
     assert set(windows) <= {1, 2} and windows == continuation_windows(cfg, len(specs))  # seeded
@@ -82,3 +87,46 @@ def test_bad_continuation_settings_are_refused(tmp_path):
         continuation_windows(TrainConfig(prefix_frac=0.5, sequence_windows=1), 4)
     with pytest.raises(SystemExit, match="--init-from"):
         Trainer(TrainConfig(init_from=str(tmp_path), threads=torch.get_num_threads()), tmp_path)
+
+
+def test_turn_windows_keep_the_carried_frames_and_then_move_the_new_way():
+    """An extension may change the prompt's direction: a turn sample carries the old motion's tail and
+    continues from exactly there the new way, trained with the new direction's prompt."""
+    import numpy as np
+    import pytest
+
+    from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
+    from ovi.pipeline.images import to_uint8_frames
+    from ovi.train import data, metrics
+
+    vcodec, acodec = ShapesVideoCodec(), ShapesAudioCodec()
+    spec = next(s for s in data.held_out_specs() if s.motion == "left")
+    kept, audio, k_v, _ = data.encode_window(spec, 2, vcodec, acodec)
+    turned, turned_audio, _, _ = data.encode_window(spec, 2, vcodec, acodec, turn="right")
+    assert torch.equal(turned[:, :k_v], kept[:, :k_v]) and torch.equal(turned_audio, audio)  # tail and tone held
+    frames = to_uint8_frames(vcodec.decode(vcodec.assemble(turned)))
+    track = metrics.centroid_track(metrics.object_mask(frames))
+    assert metrics.classify_motion(track[4:])[0] == "right"
+    assert metrics.classify_motion(metrics.centroid_track(metrics.object_mask(
+        to_uint8_frames(vcodec.decode(vcodec.assemble(kept)))))[4:])[0] == "left"
+    assert abs(track[5, 0] - track[4, 0]) <= 1.5 * spec.speed  # no jump at the seam: it starts where it was
+    with pytest.raises(ValueError, match="linear motion"):
+        data.turned_spec(spec, 1, "bounce")
+
+    cfg = TrainConfig(num_clips=40, prefix_frac=0.5, turn_frac=0.5, sequence_windows=3)
+    specs = make_specs(cfg)
+    turns = continuation_turns(cfg, specs)
+    assert turns == continuation_turns(cfg, specs)  # seeded
+    assert any(turns) and all(t is None or (s.motion in data.LINEAR_MOTIONS and t in data.LINEAR_MOTIONS
+                                            and t != s.motion) for s, t in zip(specs, turns))
+    assert not any(t for s, t in zip(specs, turns) if s.motion == "bounce")
+    assert continuation_turns(TrainConfig(prefix_frac=0.5), specs) is None
+    few = [i for i, t in enumerate(turns) if t][:2] + [i for i, t in enumerate(turns) if not t][:1]
+    tr_specs = [specs[i] for i in few]
+    tr_turns = [turns[i] for i in few]
+    from ovi.codecs.text import WordTokenizer
+    tokenizer = WordTokenizer(data.vocabulary(), cfg.text_len)
+    ds = Dataset(tr_specs, tokenizer, vcodec, acodec, [1, 2, 1], tr_turns)
+    for i, (s, t) in enumerate(zip(tr_specs, tr_turns)):
+        want = tokenizer([data.caption(s.color, s.shape, t or s.motion, s.pitch, s.caption_variant)])[0][0]
+        assert torch.equal(ds.cont_ids[i], want) and (torch.equal(ds.ids[i], ds.cont_ids[i]) == (t is None))
