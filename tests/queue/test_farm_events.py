@@ -15,12 +15,11 @@ import threading
 
 import httpx
 import pytest
-import socketio
 
 from ovi.queue import JobQueue
 from ovi.server.rest import create_app
 from tests.launcher import ROOT, child_env, wait_until
-from tests.server.conftest import LiveServer
+from tests.server.conftest import LiveServer, connect_job_updates
 
 LIVENESS = 120.0  # seconds: only a bound on a hang; a missed wake-up would wait a day
 
@@ -36,15 +35,7 @@ def _sse_events(url: str, seen: list, connected: threading.Event, stop: threadin
 
 
 async def _socketio_updates(url: str, submit, settled) -> list:
-    client = socketio.AsyncClient(reconnection=False)
-    updates, changed = [], asyncio.Event()
-
-    @client.on("job_update")
-    async def on_update(data):
-        updates.append(data)
-        changed.set()
-
-    await client.connect(url)
+    client, updates, changed = await connect_job_updates(url)
     await asyncio.to_thread(submit)
 
     async def wait_done():

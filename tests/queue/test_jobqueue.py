@@ -600,7 +600,7 @@ def test_sqlite_close_leaves_a_live_threads_connection_to_that_thread(tmp_path):
     def live_thread():
         conn = store._conn()
         opened.set()
-        release.wait(10)
+        release.wait()  # set once the store is closed (or the test failed before that)
         after["still_open"] = conn.execute("SELECT 1").fetchone()[0] == 1  # a closed one raises
         try:
             store.event_mark()
@@ -613,11 +613,13 @@ def test_sqlite_close_leaves_a_live_threads_connection_to_that_thread(tmp_path):
     ended_conn = [c for owner, c in store._conns if owner is ended][0]
     live = threading.Thread(target=live_thread)
     live.start()
-    assert opened.wait(10)
-    own = store._conn()
-    store.close()
-    release.set()
-    live.join(10)
+    try:
+        opened.wait()
+        own = store._conn()
+        store.close()
+    finally:
+        release.set()
+    live.join()
     assert after["still_open"] and "was closed" in after["refused"]
     for conn in (own, ended_conn):
         with pytest.raises(sqlite3.ProgrammingError):

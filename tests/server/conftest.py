@@ -1,10 +1,13 @@
-"""A live API server (uvicorn in a thread, a real tiny engine) and the npm Socket.IO client."""
+"""A live API server (uvicorn in a thread, a real tiny engine), the npm Socket.IO client, and a Python
+Socket.IO client that collects `job_update`s."""
 
+import asyncio
 import shutil
 import subprocess
 import threading
 
 import pytest
+import socketio
 import uvicorn
 
 from ovi.config import CONFIG_DIR
@@ -35,6 +38,21 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         assert not self.thread.is_alive(), "the API server did not stop"
+
+
+async def connect_job_updates(url: str, **connect_kwargs):
+    """A connected python-socketio client that appends every `job_update` to `updates` and sets
+    `changed` -> (client, updates, changed)."""
+    client = socketio.AsyncClient(reconnection=False)
+    updates, changed = [], asyncio.Event()
+
+    @client.on("job_update")
+    async def on_update(data):
+        updates.append(data)
+        changed.set()
+
+    await client.connect(url, **connect_kwargs)
+    return client, updates, changed
 
 
 @pytest.fixture(scope="module")

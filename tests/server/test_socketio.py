@@ -11,7 +11,7 @@ import av
 import httpx
 import socketio
 
-from tests.server.conftest import CONFIG, TOKEN
+from tests.server.conftest import CONFIG, TOKEN, connect_job_updates
 
 SEED_FIELDS = {"id", "status", "progress", "videoUrl", "error"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,15 +45,7 @@ async def _python_client(url: str) -> dict:
         refused = None
     except socketio.exceptions.ConnectionError as exc:
         refused = str(exc)
-    client = socketio.AsyncClient(reconnection=False)
-    updates, changed = [], asyncio.Event()
-
-    @client.on("job_update")
-    async def on_update(data):
-        updates.append(data)
-        changed.set()
-
-    await client.connect(url, auth={"token": TOKEN})
+    client, updates, changed = await connect_job_updates(url, auth={"token": TOKEN})
     prompt = "A blue triangle moves down. <AUDCAP>a middle tone<ENDAUDCAP>"
     acks = {
         "submitted": await client.call("submit_job", {"id": "py-1", "mode": "t2v", "prompt": prompt,
