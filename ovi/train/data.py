@@ -30,6 +30,8 @@ COLORS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1
 BACKGROUND = (0.5, 0.5, 0.5)  # mid grey: none of the four colours, and 0 in the [-1, 1] pixel range
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("left", "right", "up", "down", "bounce")
+STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) per frame of speed, y down
+LINEAR_MOTIONS = tuple(STEPS)
 PITCHES = {"low": 220.0, "middle": 440.0, "high": 880.0}
 # Whole cycles per 512-sample frame at 16 kHz (31.25 Hz grid) nearest each nominal pitch.
 PITCH_CYCLES = {"low": 7, "middle": 14, "high": 28}
@@ -160,7 +162,7 @@ def track(spec: ClipSpec, frames=None) -> np.ndarray:
     if spec.motion == "bounce":
         y = floor_y(spec) - spec.height * np.abs(np.sin(np.pi * (t - spec.contact) / spec.period))
         return np.stack([np.full_like(t, spec.x0), y], 1)
-    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.motion]
+    dx, dy = STEPS[spec.motion]
     return np.stack([np.mod(spec.x0 + dx * spec.speed * t, WIDTH), np.mod(spec.y0 + dy * spec.speed * t, HEIGHT)], 1)
 
 
@@ -291,8 +293,6 @@ def sequence_window(window: int) -> SequenceWindow:
                           lay.audio_starts[window], lay.video_prefix[window], lay.audio_prefix[window])
 
 
-LINEAR_MOTIONS = ("left", "right", "up", "down")
-
 
 def turned_spec(spec: ClipSpec, window: int, motion: str) -> ClipSpec:
     """The same object, tone and speed moving `motion` from where `spec` is at the last carried frame of
@@ -302,7 +302,7 @@ def turned_spec(spec: ClipSpec, window: int, motion: str) -> ClipSpec:
         raise ValueError(f"a turn goes from one linear motion to another, not {spec.motion} -> {motion}")
     seam = sequence_window(window).render_frames[4]  # the carried latent's last pixel frame
     (x, y), = track(spec, [seam])
-    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[motion]
+    dx, dy = STEPS[motion]
     return replace(spec, motion=motion, x0=float(np.mod(x - dx * spec.speed * seam, WIDTH)),
                    y0=float(np.mod(y - dy * spec.speed * seam, HEIGHT)))
 
