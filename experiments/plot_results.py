@@ -136,9 +136,11 @@ def plot_quality(records: list[dict]) -> None:
     refs = {r["weights"]: r for r in records if r["weights"] in ("untrained", "data+codec")}
     fig, (acc, sync) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["steps"] for r in trained]
-    for key, color in (("color", "tab:red"), ("motion", "tab:blue"), ("pitch", "tab:green")):
+    for key, color in (("color", "tab:red"), ("motion", "tab:blue"), ("pitch", "tab:green"), ("shape", "tab:orange")):
+        if not all(f"{key}_accuracy" in r for r in trained):  # rows from before the shape score
+            continue
         acc.plot(steps, [r[f"{key}_accuracy"] for r in trained], marker="o", color=color, label=f"{key} (trained)")
-        if "untrained" in refs:
+        if "untrained" in refs and f"{key}_accuracy" in refs["untrained"]:
             acc.axhline(refs["untrained"][f"{key}_accuracy"], color=color, ls=":", lw=1)
     acc.axhline(0.9, color="grey", ls="--", lw=1, label="goal 0.9")
     acc.set_xscale("log", base=2)

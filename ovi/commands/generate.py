@@ -171,7 +171,8 @@ def _generate_under_torchrun(cfg, requests, out_dir, args) -> int:
 
 def _progress_bar(index, count, cfg, quiet):
     from tqdm import tqdm
-    bar = tqdm(total=cfg.sample_steps, desc=f"clip {index + 1}/{count}", disable=quiet, file=sys.stderr)
+    # the total (steps x windows, known once the engine has planned the request) arrives with the first step
+    bar = tqdm(total=None, desc=f"clip {index + 1}/{count}", disable=quiet, file=sys.stderr)
 
     def progress(step, total, info=None):
         bar.total = total

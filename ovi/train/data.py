@@ -51,6 +51,12 @@ NUM_SAMPLES = AUDIO_LATENTS * SAMPLES_PER_LATENT
 BOUNCE_CONTACT = 8.0
 BOUNCE_PERIOD = 16.0
 
+# A square's half-width as a fraction of `size` (a circle's radius). 0.9 gave both nearly the same area, so
+# after 8x8 pooling a square differed from a circle by 0.19 of the clip's latent norm (less than a 4 px
+# shift) and the model drew one round blob for both (square prompts: box fill 0.81, circles 0.79). At 1.0
+# the square fills its corner cells: 0.32 of the norm apart, and the codec's fill gap widens.
+SQUARE_HALF_WIDTH = 1.0
+
 TONE_AMPLITUDE = 0.3
 CLICK_AMPLITUDE = 0.025  # per codec tone; the 20 in-phase tones sum to a 0.5 peak at the contact
 
@@ -185,7 +191,7 @@ def _mask(shape: str, cx: float, cy: float, size: float, yy: np.ndarray, xx: np.
     if shape == "circle":
         d = np.hypot(xx - cx, yy - cy) - size
     elif shape == "square":
-        d = np.maximum(np.abs(xx - cx), np.abs(yy - cy)) - size * 0.9
+        d = np.maximum(np.abs(xx - cx), np.abs(yy - cy)) - size * SQUARE_HALF_WIDTH
     else:  # upright isosceles triangle: apex up, base down
         top, bottom = cy - size, cy + size
         half = (yy - top) / (2 * size) * size  # half-width grows from 0 at the apex to size at the base
@@ -305,6 +311,19 @@ def turned_spec(spec: ClipSpec, window: int, motion: str) -> ClipSpec:
     dx, dy = STEPS[motion]
     return replace(spec, motion=motion, x0=float(np.mod(x - dx * spec.speed * seam, WIDTH)),
                    y0=float(np.mod(y - dy * spec.speed * seam, HEIGHT)))
+
+
+# The shape each shape is contrasted with in shape-twin training (ovi.train.train `shape_twin_frac`): square
+# and circle differ only in their corner cells after pooling, the pair the model confuses; a triangle's twin
+# is a square.
+SHAPE_TWINS = {"square": "circle", "circle": "square", "triangle": "square"}
+
+
+def shape_twin(spec: ClipSpec) -> ClipSpec | None:
+    """The same clip (placement, motion, tone, caption form) with its twin shape (SHAPE_TWINS), or None
+    when that combination is held out (a twin never trains on the bench's held-out combinations)."""
+    twin = replace(spec, shape=SHAPE_TWINS[spec.shape])
+    return None if (twin.color, twin.shape, twin.motion, twin.pitch) in HELD_OUT else twin
 
 
 def encode_window(spec: ClipSpec, window: int, video_codec, audio_codec, turn: str | None = None):

@@ -9,8 +9,8 @@ an edge is taken on the torus, and the track is unwrapped over time, so a left m
 Shape: per frame where the object touches no edge, three mask features (fill of its bounding box, and
 the width of its top third over its bottom third); a triangle is narrow on top, a square fills its box, a
 circle fills ~pi/4 of it. The thresholds sit in the gaps measured on the data after the codec round
-trip (8x8 pooling blurs corners): fill square 0.89-0.95 / circle 0.75-0.79; top/bottom width triangle
-0.30-0.63 / circle and square 0.88-1.23 (90 clips; `tests/train/test_shape_and_sequences.py` rechecks it).
+trip (8x8 pooling blurs corners): fill square 0.91-0.95 / circle 0.75-0.81; top/bottom width triangle
+0.32-0.55 / circle and square 0.89-1.15 (90 clips; `tests/train/test_shape_and_sequences.py` rechecks it).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ FG_THRESHOLD = 0.25       # max |pixel - background| over RGB (0..1 scale) for a
 MIN_PIXELS = 20           # fewer object pixels than this in a frame: no centroid for that frame
 MIN_TRAVEL = 16.0         # px; a linear move shorter than this counts as "static"
 TRIANGLE_TOP_RATIO = 0.75  # top-third / bottom-third width below this: a triangle (apex up)
-SQUARE_FILL = 0.84         # bounding-box fill above this: a square; below it a circle
+SQUARE_FILL = 0.86         # bounding-box fill above this: a square; below it a circle
 BOUNCE_DEPTH = 12.0       # px the track must fall and then rise around one frame to be a bounce
 CLICK_RATIO = 6.0         # a frame is a click when its transient power exceeds ratio x the clip's median ...
 CLICK_FLOOR = 0.002       # ... and this floor (a data click: 20 tones of 0.025 -> ~0.01 outside the tone bins)

@@ -7,8 +7,9 @@ The reference was made once, on the code before the one-plan redesign (issue 17)
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.parallel.reference_runs --write
 
 and tests/parallel/test_reference_latents.py compares every new run to it within 1e-6.
-Remade with the same command on 2026-12-05, when the shipped weights changed (the continuation fine-tune,
-issue 18) and no engine code did: the previous file matched the code of that commit on the old weights."""
+Remade with the same command on 2026-12-05, each time the shipped weights changed (the continuation
+fine-tune, then the shape fine-tune; issue 18) and no engine code did: the previous file matched the code of
+that commit on the old weights."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ Made once, on the code before the one-plan redesign (issue 17), with
 
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.pipeline.sidecar_reference --write
 
-Remade with the same command on 2026-12-05, when the shipped weights changed (the continuation fine-tune,
-issue 18) and no engine code did: the previous file matched the code of that commit on the old weights.
+Remade with the same command on 2026-12-05, each time the shipped weights changed (the continuation
+fine-tune, then the shape fine-tune; issue 18) and no engine code did: the previous file matched the code of
+that commit on the old weights.
 """
 
 from __future__ import annotations

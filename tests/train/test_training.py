@@ -2,6 +2,7 @@
 an exported run loads through the real checkpoint path."""
 
 import dataclasses
+import json
 
 import torch
 
@@ -50,3 +51,17 @@ def test_a_few_steps_from_scratch_lower_the_loss_and_export_loads(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in tr.ema_model.state_dict().items())
     clip = engine.generate("A red square moves left. <AUDCAP>a low tone<ENDAUDCAP>", seed=0)
     assert clip.video.shape == (17, 128, 128, 3)
+
+
+def test_stop_at_ends_a_run_part_way_through_its_schedule_and_a_rerun_finishes_it(tmp_path):
+    """`stop_at` ends at that step with the lr of the longer schedule (a fine-tune that starts from a
+    mid-run checkpoint reproduces it); a rerun of the same folder without it goes on to `steps`."""
+    cfg = TrainConfig(data="gate", steps=6, stop_at=3, batch=2, warmup=1, eval_every=0, ckpt_every=1000,
+                      threads=torch.get_num_threads())
+    train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    full = Trainer(dataclasses.replace(cfg, stop_at=0), tmp_path / "schedule")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == [full.lr_at(s) for s in range(3)]
+    tr = train(dataclasses.replace(cfg, stop_at=0), tmp_path, progress=False)
+    assert tr.step == 6 and (tmp_path / "loss.jsonl").read_text().count("\n") == 6
