@@ -299,7 +299,6 @@ def sequence_window(window: int) -> SequenceWindow:
                           lay.audio_starts[window], lay.video_prefix[window], lay.audio_prefix[window])
 
 
-
 def turned_spec(spec: ClipSpec, window: int, motion: str) -> ClipSpec:
     """The same object, tone and speed moving `motion` from where `spec` is at the last carried frame of
     window `window` (global pixel frame 4s): what follows when a clip is extended with another direction's
