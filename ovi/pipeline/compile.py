@@ -81,7 +81,9 @@ class CompiledBlock:
         if self.failed is not None:
             return fused_block_step(*args)
         from torch._dynamo.utils import counters
-        before, limit_hits = counters["stats"]["unique_graphs"], recompile_limit_hits()
+        before = counters["stats"]["unique_graphs"]
+        # once the fallback is recorded there is nothing more to say: skip the counter scan per call
+        limit_hits = recompile_limit_hits() if self.fallback is None else None
         t0 = time.perf_counter()
         try:
             out = self.compiled(*args)
@@ -94,7 +96,7 @@ class CompiledBlock:
         if new:
             self.graphs += new
             self.compile_seconds += time.perf_counter() - t0
-        if recompile_limit_hits() > limit_hits and self.fallback is None:
+        if limit_hits is not None and recompile_limit_hits() > limit_hits:
             from torch._dynamo import config as dynamo_config
             self.fallback = (f"dynamo's recompile_limit ({dynamo_config.recompile_limit} variants of one function) was "
                              "reached inside the compiled block: variants past it (new shapes, LoRA structures) run "

@@ -16,10 +16,7 @@ training (ovi.train.lora) and the benches. It lives with the pipeline, the lowes
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 Fixed = tuple[torch.Tensor, torch.Tensor] | None  # a codec's fixed latent entries: (bool mask, values)
 
@@ -57,14 +54,15 @@ def pin(latent: torch.Tensor, fixed: Fixed) -> torch.Tensor:
     return latent if fixed is None else torch.where(fixed[0], fixed[1], latent)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed) -> torch.Tensor:
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, fixed: Fixed, weight: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """Mean squared error over the entries a codec does not fix (`pred`/`target` may carry leading batch
-    dimensions over the mask's shape)."""
-    if fixed is None:
-        return F.mse_loss(pred.float(), target.float())
-    keep = (~fixed[0]).float()
-    batch = math.prod(pred.shape[: pred.dim() - keep.dim()])
-    return (((pred.float() - target.float()) ** 2) * keep).sum() / (keep.sum() * batch)
+    dimensions over the mask's shape). `weight` (broadcasting against `pred`): a weighted mean instead."""
+    keep = torch.ones((), device=pred.device) if fixed is None else (~fixed[0]).float()
+    if weight is not None:
+        keep = keep * weight
+    keep = keep.expand(pred.shape)
+    return (((pred.float() - target.float()) ** 2) * keep).sum() / keep.sum()
 
 
 def hold_prefix(fixed: Fixed, clean: torch.Tensor, count: int, dim: int) -> Fixed:

@@ -120,6 +120,11 @@ class ClipSpec:
     def prompt(self) -> str:
         return caption(self.color, self.shape, self.motion, self.pitch, self.caption_variant)
 
+    @property
+    def combo(self) -> tuple[str, str, str, str]:
+        """(colour, shape, motion, pitch): the words that make it a training or held-out combination."""
+        return self.color, self.shape, self.motion, self.pitch
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -322,7 +327,7 @@ def shape_twin(spec: ClipSpec) -> ClipSpec | None:
     """The same clip (placement, motion, tone, caption form) with its twin shape (SHAPE_TWINS), or None
     when that combination is held out (a twin never trains on the bench's held-out combinations)."""
     twin = replace(spec, shape=SHAPE_TWINS[spec.shape])
-    return None if (twin.color, twin.shape, twin.motion, twin.pitch) in HELD_OUT else twin
+    return None if twin.combo in HELD_OUT else twin
 
 
 def encode_window(spec: ClipSpec, window: int, video_codec, audio_codec, turn: str | None = None):

@@ -43,14 +43,16 @@ import dataclasses
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec
+from ovi.codecs.shapes import POOL, ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
 from ovi.pipeline.objective import (audio_tokens, hold_prefix, masked_mse, noised, pin, shift_sigma, velocity_target,
                                     video_tokens)
@@ -111,7 +113,11 @@ class TrainConfig:
     # (data.SHAPE_TWINS), each pair sharing noise, σ and guidance dropout, so the only difference within a
     # pair is the shape word and the shape's cells (a square and a circle differ in a few corner cells)
     shape_twin_frac: float = 0.0
+    # the video loss weighs latent cells at and next to the object (1 + object_weight) x a background cell:
+    # the object covers ~4% of the cells, and a shape is told by a few of them (a square's corners)
+    object_weight: float = 0.0
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
+    grow: bool = False           # init_from may have fewer blocks than num_layers: see grow_blocks
 
 
 def model_configs(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -234,6 +240,43 @@ def continuation_turns(cfg: TrainConfig, specs: list[data.ClipSpec]) -> list[str
 
 
 # ---- model ---------------------------------------------------------------------------------------
+# |clean content - background| above this (normalised units, ~5% of a cell covered by a palette colour):
+# the cell holds part of the object (object_weight)
+OBJECT_CELL_LEVEL = 0.3
+BLOCK_KEY = re.compile(r"^(video_model|audio_model)\.blocks\.(\d+)\.(.*)$")
+# the layers whose output is added to the residual stream: zeroed, they make a block the identity
+RESIDUAL_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
+
+
+def count_blocks(state: dict) -> int:
+    return 1 + max(int(m[2]) for m in map(BLOCK_KEY.match, state) if m)
+
+
+def grow_blocks(state: dict, layers: int) -> dict:
+    """A fusion state dict with `layers` blocks per tower from one with fewer, computing the same function:
+    the new blocks are copies of the middle block, inserted after it, with the layers that write to the
+    residual stream zeroed (a fused block adds self-attention, cross-attention and FFN outputs to its
+    input and nothing else, so it starts as the identity; its inner weights start as trained features).
+    Depth grown this way keeps what the shallower model learnt, where a deeper model from scratch would
+    cost the whole training chain again."""
+    have = count_blocks(state)
+    middle = have // 2
+    # (source block, is a new zero-output copy) for each block of the grown tower
+    order = ([(i, False) for i in range(middle + 1)] + [(middle, True)] * (layers - have)
+             + [(i, False) for i in range(middle + 1, have)])
+    out = {k: v for k, v in state.items() if not BLOCK_KEY.match(k)}
+    for k, v in state.items():
+        m = BLOCK_KEY.match(k)
+        if not m:
+            continue
+        tower, index, rest = m[1], int(m[2]), m[3]
+        for new, (source, copied) in enumerate(order):
+            if source == index:
+                zero = copied and rest.startswith(RESIDUAL_OUTPUTS)
+                out[f"{tower}.blocks.{new}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: Path):
         from ovi.model import FusionModel
@@ -314,9 +357,21 @@ class Trainer:
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
                        audio_seq_len=audio_tokens(x0a.shape[1:]),
                        first_frame_is_clean=(k_v, k_a) if prefix else False)
-        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), vfixed)
+        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), vfixed, self.object_weights(x0v))
         la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
+
+    def object_weights(self, x0v: torch.Tensor) -> torch.Tensor | None:
+        """[B, 1, F, h, w] video loss weights: 1 + object_weight on the cells whose clean content differs
+        from the background (in any frame of their latent frame's group) and their 8 neighbours, 1 elsewhere;
+        None when object_weight is 0."""
+        if not self.cfg.object_weight:
+            return None
+        content = x0v[:, : self.vcodec.content_channels]
+        background = self.vcodec.encode_content(torch.zeros(3, 1, POOL, POOL))[:, :1].to(content)  # grey
+        near = (content - background.view(1, -1, 1, 1, 1)).abs().amax(1, keepdim=True) > OBJECT_CELL_LEVEL
+        near = F.max_pool3d(near.float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
+        return 1.0 + self.cfg.object_weight * near
 
     @torch.no_grad()
     def update_ema(self):
@@ -346,7 +401,14 @@ class Trainer:
         if not fusion.is_file():
             raise SystemExit(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
                              f"`--export` wrote (e.g. ovi/weights/tiny_trained)")
-        self.model.load_state_dict({k: v.float() for k, v in read_state_dict(fusion).items()})
+        state = {k: v.float() for k, v in read_state_dict(fusion).items()}
+        have = count_blocks(state)
+        if have != self.cfg.num_layers:
+            if not (self.cfg.grow and have < self.cfg.num_layers):
+                raise SystemExit(f"--init-from {folder} has {have} blocks per tower, this run {self.cfg.num_layers}; "
+                                 f"pass --num-layers {have}, or --grow to start a deeper model from it")
+            state = grow_blocks(state, self.cfg.num_layers)
+        self.model.load_state_dict(state)
         self.t5.load_state_dict(wan_t5_to_hf(torch.load(folder / T5_DIR / T5_FILE, weights_only=True)))
 
     def load(self, path: Path) -> None:
