@@ -75,6 +75,12 @@ def _generate_from_page(page, shots: list[Path], name: str):
     assert state["error"] is None and state["duration"] > 0 and state["width"] > 0, state
     assert state["time"] > 0 or state["ended"], state
     assert card.locator("audio").count() == 1
+    # JupyterLab asks once whether to fetch its news (news_url=None stops the fetch, not the question):
+    # answer it so the toast does not cover the screenshot
+    toast = page.locator(".jp-toast-button", has_text="No")
+    if toast.count():
+        toast.first.click()
+        toast.first.wait_for(state="detached", timeout=10_000)
     for folder in shots:
         folder.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
