@@ -40,7 +40,7 @@ def training_combos(shape: str, n: int) -> list[tuple[str, str, str, str]]:
     return combos[:n]
 
 
-def x0_probe(ckpt_dir: str, n: int, guidance: float) -> list[dict]:
+def x0_probe(ckpt_dir: str, n: int, guidance: float, emit) -> None:
     from ovi.pipeline.images import to_uint8_frames
     from ovi.pipeline.objective import audio_tokens, noised, pin, video_tokens
     from ovi.train import data, metrics
@@ -56,7 +56,6 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float) -> list[dict]:
     # squares and their circle twins: the same clips, only the shape differs
     squares = [data.sample_spec(c, random.Random(i)) for i, c in enumerate(training_combos("square", n))]
     pairs = [(s, data.shape_twin(s)) for s in squares if data.shape_twin(s) is not None]
-    rows = []
     for shape, specs in (("square", [p[0] for p in pairs]), ("circle", [p[1] for p in pairs])):
         for sigma in SIGMAS:
             fills = {"data": [], "cond": [], "negative": [], "guided": []}
@@ -75,18 +74,15 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float) -> list[dict]:
                 fills["data"].append(fill(x0v))
                 for name, v in (("cond", ov[0]), ("negative", ov[1]), ("guided", ov[1] + guidance * (ov[0] - ov[1]))):
                     fills[name].append(fill(xv - sigma * v))
-            rows.append({"probe": "x0", "shape": shape, "sigma": sigma, "clips": len(specs), "guidance": guidance,
-                         **{f"fill_{k}": round(float(np.nanmedian(v)), 3) for k, v in fills.items()}})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+            emit({"probe": "x0", "shape": shape, "sigma": sigma, "clips": len(specs), "guidance": guidance,
+                  **{f"fill_{k}": round(float(np.nanmedian(v)), 3) for k, v in fills.items()}})
 
 
-def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int], n: int) -> list[dict]:
+def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int], n: int, emit) -> None:
     import ovi
     from ovi.bench.quality import measure_engine
     from ovi.train import data, metrics
 
-    rows = []
     for setting in settings:
         engine = ovi.Engine.from_config(ovi.load_config(None, **setting, **({"ckpt_dir": ckpt_dir} if ckpt_dir else {})))
         for count in steps:
@@ -100,9 +96,7 @@ def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int],
             held = [(s, m) for s, m, _ in measure_engine(engine, data.held_out_specs(), 2, count)[0]]
             score = metrics.score(held, data.NUM_FRAMES)
             row.update({f"held_out_{k}": round(score[k], 3) for k in ("shape_accuracy", "travel_ratio", "sync_error_frames")})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return rows
+            emit(row)
 
 
 def main():
@@ -115,17 +109,23 @@ def main():
     ap.add_argument("--settings", default="[{}]", help="sampling: JSON list of config overrides")
     ap.add_argument("--steps", default="8", help="sampling: comma-separated step counts")
     args = ap.parse_args()
-    t0 = time.time()
-    if args.probe == "x0":
-        rows = x0_probe(args.ckpt_dir, args.clips, args.guidance)
-    else:
-        rows = sampling_probe(args.ckpt_dir, json.loads(args.settings), [int(s) for s in args.steps.split(",")],
-                              args.clips)
+    t0, count = time.time(), 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as f:
-        for row in rows:
-            f.write(json.dumps({"label": args.label, "ckpt_dir": args.ckpt_dir, **row}) + "\n")
-    print(f"{len(rows)} rows -> {RESULTS} ({time.time() - t0:.0f} s)")
+
+    def emit(row: dict) -> None:  # one line per row as it comes: an interrupted sweep keeps what it measured
+        nonlocal count
+        line = json.dumps({"label": args.label, "ckpt_dir": args.ckpt_dir, **row})
+        print(line, flush=True)
+        with RESULTS.open("a") as f:
+            f.write(line + "\n")
+        count += 1
+
+    if args.probe == "x0":
+        x0_probe(args.ckpt_dir, args.clips, args.guidance, emit)
+    else:
+        sampling_probe(args.ckpt_dir, json.loads(args.settings), [int(s) for s in args.steps.split(",")], args.clips,
+                       emit)
+    print(f"{count} rows -> {RESULTS} ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
