@@ -1,9 +1,10 @@
-"""Where does the trained tiny model lose squares? Two probes (issue 18), one JSON line per row appended to
+"""Where does the trained tiny model lose squares? Three probes (issue 18), one JSON line per row appended to
 experiments/results/shape_diagnosis.jsonl.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py x0 [--ckpt-dir DIR] [--label NAME]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py sampling [--ckpt-dir DIR] \
         [--settings '[{"shift": 2.0}, {"video_guidance_scale": 2.0}]'] [--steps 8,16] [--label NAME]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py negative [--ckpt-dir DIR] [--clips 24]
 
 1. `x0`: a training clip's clean latent (squares, and circles at the same places) noised to σ, and the
    model's one-step x0 prediction decoded: its box fill (ovi.train.metrics.shape_features) from the
@@ -13,6 +14,9 @@ experiments/results/shape_diagnosis.jsonl.
 2. `sampling`: the engine with config overrides (solver, shift, guidance, steps): shape accuracy per shape
    on training combinations (not held out: more squares than the quality bench's 8), and the quality
    bench's held-out scores (shape, travel, sync) at the same settings.
+3. `negative`: square prompts with the default negative prompt and with the same video prompt saying
+   "circle" as the negative: guidance along (square - circle) should add corners if the model draws
+   that difference as corners; it reports the accuracy, box fill and object size (pixels per frame).
 """
 
 from __future__ import annotations
@@ -99,9 +103,29 @@ def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int],
             emit(row)
 
 
+def negative_probe(ckpt_dir: str, n: int, emit) -> None:
+    import ovi
+    from ovi.train import data, metrics
+
+    engine = ovi.Engine.from_config(ovi.load_config(None, ckpt_dir=ckpt_dir))
+    specs = [data.sample_spec(c, random.Random(i)) for i, c in enumerate(training_combos("square", n))]
+    for negative in ("default", "circle"):
+        right, fills, pixels = 0, [], []
+        for i, spec in enumerate(specs):
+            video_prompt = spec.prompt.split("<AUDCAP>")[0].replace("square", "circle")
+            extra = {} if negative == "default" else {"negative_prompt": video_prompt}
+            mask = metrics.object_mask(engine.generate(spec.prompt, seed=i, steps=8, **extra).video)
+            right += metrics.measure_shape(mask) == "square"
+            features = metrics.shape_features(mask)
+            fills.append(np.nan if features is None else features[0])
+            pixels.append(mask.sum() / len(mask))
+        emit({"probe": "negative", "negative": negative, "clips": n, "square_accuracy": right / n,
+              "fill_median": round(float(np.nanmedian(fills)), 3), "object_pixels": round(float(np.mean(pixels)))})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("x0", "sampling"))
+    ap.add_argument("probe", choices=("x0", "sampling", "negative"))
     ap.add_argument("--ckpt-dir", default="ovi/weights/tiny_trained")
     ap.add_argument("--label", default="shipped")
     ap.add_argument("--clips", type=int, default=8, help="training clips per shape")
@@ -122,6 +146,8 @@ def main():
 
     if args.probe == "x0":
         x0_probe(args.ckpt_dir, args.clips, args.guidance, emit)
+    elif args.probe == "negative":
+        negative_probe(args.ckpt_dir, args.clips, emit)
     else:
         sampling_probe(args.ckpt_dir, json.loads(args.settings), [int(s) for s in args.steps.split(",")], args.clips,
                        emit)
