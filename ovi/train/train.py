@@ -299,6 +299,8 @@ class Trainer:
         self.vshape = self.vcodec.latent_shape(data.NUM_FRAMES, data.HEIGHT, data.WIDTH)
         self.ashape = (data.AUDIO_LATENTS, self.acodec.latent_channels)
         self.vfixed = self.vcodec.fixed_latents(self.vshape)
+        # the grey background's content channels [12]: what object_weights measures a cell against
+        self.background_content = self.vcodec.encode_content(torch.zeros(3, 1, POOL, POOL)).flatten()
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -368,8 +370,8 @@ class Trainer:
         if not self.cfg.object_weight:
             return None
         content = x0v[:, : self.vcodec.content_channels]
-        background = self.vcodec.encode_content(torch.zeros(3, 1, POOL, POOL))[:, :1].to(content)  # grey
-        near = (content - background.view(1, -1, 1, 1, 1)).abs().amax(1, keepdim=True) > OBJECT_CELL_LEVEL
+        background = self.background_content.to(content).view(1, -1, 1, 1, 1)
+        near = (content - background).abs().amax(1, keepdim=True) > OBJECT_CELL_LEVEL
         near = F.max_pool3d(near.float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
         return 1.0 + self.cfg.object_weight * near
 
