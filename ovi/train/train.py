@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovi.codecs.shapes import POOL, ShapesAudioCodec, ShapesVideoCodec
+from ovi.codecs.shapes import POOL, UNIQUE, ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
 from ovi.pipeline.objective import (audio_tokens, hold_prefix, masked_mse, noised, pin, shift_sigma, velocity_target,
                                     video_tokens)
@@ -369,7 +369,7 @@ class Trainer:
         None when object_weight is 0."""
         if not self.cfg.object_weight:
             return None
-        content = x0v[:, : self.vcodec.content_channels]
+        content = x0v[:, :UNIQUE]  # one tile of the (frame, colour) channels: further copies repeat it
         background = self.background_content.to(content).view(1, -1, 1, 1, 1)
         near = (content - background).abs().amax(1, keepdim=True) > OBJECT_CELL_LEVEL
         near = F.max_pool3d(near.float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
