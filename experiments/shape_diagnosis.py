@@ -1,7 +1,8 @@
 """Where does the trained tiny model lose squares? Three probes (issue 18), one JSON line per row appended to
 experiments/results/shape_diagnosis.jsonl.
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py x0 [--ckpt-dir DIR] [--label NAME]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py x0 [--ckpt-dir DIR] [--label NAME] \
+        [--blur 0,0.5,1]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py sampling [--ckpt-dir DIR] \
         [--settings '[{"shift": 2.0}, {"video_guidance_scale": 2.0}]'] [--steps 8,16] [--label NAME]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py negative [--ckpt-dir DIR] [--clips 24]
@@ -10,7 +11,9 @@ experiments/results/shape_diagnosis.jsonl.
    model's one-step x0 prediction decoded: its box fill (ovi.train.metrics.shape_features) from the
    conditional pass, the negative-prompt pass and the guided mix. The data's squares fill 0.91-0.95 after
    the codec, circles 0.75-0.81 (threshold 0.86): a denoiser that rounds corners shows it here, before any
-   sampler is involved.
+   sampler is involved. `--blur β`: the clean clip is first moved β of the way to its 3x3 binomial blur
+   (`Trainer.blurred`, what `--sharpen-frac` trains on; fill_input is the blurred clip's own fill): a
+   denoiser that restores corners returns more fill than it was given.
 2. `sampling`: the engine with config overrides (solver, shift, guidance, steps): shape accuracy per shape
    on training combinations (not held out: more squares than the quality bench's 8), and the quality
    bench's held-out scores (shape, travel, sync) at the same settings.
@@ -44,7 +47,7 @@ def training_combos(shape: str, n: int) -> list[tuple[str, str, str, str]]:
     return combos[:n]
 
 
-def x0_probe(ckpt_dir: str, n: int, guidance: float, emit) -> None:
+def x0_probe(ckpt_dir: str, n: int, guidance: float, emit, blur: float = 0.0) -> None:
     from ovi.pipeline.images import to_uint8_frames
     from ovi.pipeline.objective import audio_tokens, noised, pin, video_tokens
     from ovi.train import data, metrics
@@ -62,12 +65,13 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float, emit) -> None:
     pairs = [(s, data.shape_twin(s)) for s in squares if data.shape_twin(s) is not None]
     for shape, specs in (("square", [p[0] for p in pairs]), ("circle", [p[1] for p in pairs])):
         for sigma in SIGMAS:
-            fills = {"data": [], "cond": [], "negative": [], "guided": []}
+            fills = {"data": [], "input": [], "cond": [], "negative": [], "guided": []}
             for i, spec in enumerate(specs):
                 x0v = tr.vcodec.encode(torch.from_numpy(data.render_video(spec)))
+                source = tr.blurred(x0v[None], torch.full((1, 1, 1, 1, 1), blur))[0] if blur else x0v
                 x0a = tr.acodec.encode(torch.from_numpy(data.render_audio(spec, tr.acodec.CYCLES)))
                 g = torch.Generator().manual_seed(i)
-                xv = pin(noised(x0v, torch.randn(x0v.shape, generator=g), sigma), tr.vfixed)
+                xv = pin(noised(source, torch.randn(x0v.shape, generator=g), sigma), tr.vfixed)
                 xa = noised(x0a, torch.randn(x0a.shape, generator=g), sigma)
                 ids, mask = tr.tokenizer([spec.prompt])
                 with torch.no_grad():
@@ -76,9 +80,11 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float, emit) -> None:
                                   [ctx[0], ctx[2]], vid_seq_len=video_tokens(tr.vshape),
                                   audio_seq_len=audio_tokens(xa.shape))
                 fills["data"].append(fill(x0v))
+                fills["input"].append(fill(source))
                 for name, v in (("cond", ov[0]), ("negative", ov[1]), ("guided", ov[1] + guidance * (ov[0] - ov[1]))):
                     fills[name].append(fill(xv - sigma * v))
-            emit({"probe": "x0", "shape": shape, "sigma": sigma, "clips": len(specs), "guidance": guidance,
+            emit({"probe": "x0", "shape": shape, "sigma": sigma, "blur": blur, "clips": len(specs),
+                  "guidance": guidance,
                   **{f"fill_{k}": round(float(np.nanmedian(v)), 3) for k, v in fills.items()}})
 
 
@@ -132,6 +138,7 @@ def main():
     ap.add_argument("--guidance", type=float, default=4.0, help="x0: the guided mix's scale")
     ap.add_argument("--settings", default="[{}]", help="sampling: JSON list of config overrides")
     ap.add_argument("--steps", default="8", help="sampling: comma-separated step counts")
+    ap.add_argument("--blur", default="0", help="x0: comma-separated blur strengths of the clean clip")
     args = ap.parse_args()
     t0, count = time.time(), 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +152,8 @@ def main():
         count += 1
 
     if args.probe == "x0":
-        x0_probe(args.ckpt_dir, args.clips, args.guidance, emit)
+        for blur in map(float, args.blur.split(",")):
+            x0_probe(args.ckpt_dir, args.clips, args.guidance, emit, blur)
     elif args.probe == "negative":
         negative_probe(args.ckpt_dir, args.clips, emit)
     else:

@@ -33,6 +33,20 @@ pair sharing its noise, σ and negative-prompt dropout. After 8x8 pooling a squa
 few corner cells; within a pair everything else is the same, so the pair's losses differ by the shape alone.
 (Measured in the README: the shipped weights were trained with it, but it drew no better squares than
 plain batches from the same checkpoint.)
+
+Degraded inputs: measured (experiments/shape_diagnosis.py), the model rounds squares off in sampling
+because the early, uncertain steps leave an in-between, blurred blob and the later steps keep it: noised
+from a training square, its x0 prediction at σ 0.2-0.6 decodes with box fill 0.87-0.90 (the data's 0.93),
+from the same square blurred by a 3x3 binomial kernel 0.82 (the blurred input's own 0.81), and its
+conditional and negative-prompt passes agree to ~0.01 below σ 0.6 (it reads the shape off x_t and ignores
+the word). Training data never shows a blurred or in-between object at low noise, so nothing taught it to
+restore one. Two batch kinds do, each building x_t from a degraded clip x_in and training the velocity
+that leads from that x_t to the clip's own x0: v = (x_t - x0) / σ = ε - x0 + (1 - σ)/σ · (x_in - x0).
+- `shape_blend_frac` (of the twin batches): x_in = x0 + α (x0_twin - x0), so only the prompt says which
+  shape the corners should take. Clips dropped to the negative prompt keep the plain input (without a
+  word the mix is undecidable).
+- `sharpen_frac` (of all batches): x_in = x0 + β (blur(x0) - x0), a 3x3 binomial blur of the content
+  channels in each latent frame: the object's edges and corners must come back sharp.
 """
 
 from __future__ import annotations
@@ -116,6 +130,16 @@ class TrainConfig:
     # the video loss weighs latent cells at and next to the object (1 + object_weight) x a background cell:
     # the object covers ~4% of the cells, and a shape is told by a few of them (a square's corners)
     object_weight: float = 0.0
+    # degraded inputs (see the module docstring): x_t is built from a degraded clip while the target stays
+    # the clip, so the model learns to restore what sampling leaves degraded. Blend: this share of the twin
+    # batches mixes each clip with its twin (twin share ~ U(0, shape_blend_max)); sharpen: this share of all
+    # batches blurs the content spatially (strength ~ U(0, sharpen_max)); σ ~ U(degraded_sigma_min, _max)
+    shape_blend_frac: float = 0.0
+    shape_blend_max: float = 0.6
+    sharpen_frac: float = 0.0
+    sharpen_max: float = 1.0
+    degraded_sigma_min: float = 0.2
+    degraded_sigma_max: float = 0.95
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
     grow: bool = False           # init_from may have fewer blocks than num_layers: see grow_blocks
 
@@ -323,11 +347,14 @@ class Trainer:
         return torch.where(plain, u, shifted).clamp(1e-3, 1.0)
 
     def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None,
-             prefix: tuple[int, int] | None = None, twins: bool = False):
+             prefix: tuple[int, int] | None = None, twins: bool = False, blend: bool = False,
+             sharpen: bool = False):
         """Flow-matching losses (video, audio) of a batch. `prefix` (k_v, k_a): the batch is the clips'
         continuation windows, their first k_v video latent frames / k_a audio tokens clean (t=0, pinned in
         x_t, out of the loss). `twins`: `idx` picks shape twins (`ds.twin_of`); the batch is those clips
-        and then their twins, pair i and i + len(idx) sharing noise, σ and guidance dropout."""
+        and then their twins, pair i and i + len(idx) sharing noise, σ and guidance dropout. `blend` (with
+        `twins`): each clip's x_t is made from a mix with its pair (shape_blend_*), its target still its own;
+        `sharpen`: x_t is made from the clips blurred (sharpen_max), the target still the sharp clips."""
         model, t5 = model or self.model, t5 or self.t5
         pairs = 2 if twins else 1
         if twins:
@@ -345,13 +372,29 @@ class Trainer:
         k_v, k_a = prefix or (0, 0)
         vfixed = hold_prefix(self.vfixed, x0v, k_v, dim=1)
         afixed = hold_prefix(None, x0a, k_a, dim=0)
-        sigma = self.sample_sigma(b // pairs, gen).repeat(pairs)
+        if blend or sharpen:
+            lo, hi = self.cfg.degraded_sigma_min, self.cfg.degraded_sigma_max
+            sigma = (lo + (hi - lo) * torch.rand(b // pairs, generator=gen)).repeat(pairs)
+        else:
+            sigma = self.sample_sigma(b // pairs, gen).repeat(pairs)
         ev = torch.randn((b // pairs, *x0v.shape[1:]), generator=gen).repeat(pairs, 1, 1, 1, 1)
         ea = torch.randn((b // pairs, *x0a.shape[1:]), generator=gen).repeat(pairs, 1, 1)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
         xtv = pin(noised(x0v, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
         uncond = (torch.rand(b // pairs, generator=gen) < self.cfg.p_uncond).repeat(pairs)
+        target = velocity_target(x0v, ev)
+        if blend or sharpen:
+            source = x0v
+            if blend:
+                share = (self.cfg.shape_blend_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
+                share = torch.where(uncond, 0.0, share).view(b, 1, 1, 1, 1)
+                source = source + share * (x0v.roll(b // pairs, dims=0) - x0v)  # roll: each clip's pair
+            if sharpen:
+                strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
+                source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
+            xtv = pin(noised(source, ev, sv), vfixed)
+            target = target + (1 - sv) / sv * (source - x0v)
         ids, masks = torch.cat([ids, self.neg_ids]), torch.cat([masks, self.neg_mask])
         ctx = self.encode_text(t5, ids, masks)
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
@@ -359,9 +402,21 @@ class Trainer:
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
                        audio_seq_len=audio_tokens(x0a.shape[1:]),
                        first_frame_is_clean=(k_v, k_a) if prefix else False)
-        lv = masked_mse(torch.stack(ov), velocity_target(x0v, ev), vfixed, self.object_weights(x0v))
+        lv = masked_mse(torch.stack(ov), target, vfixed, self.object_weights(x0v))
         la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
+
+    def blurred(self, x0v: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """x0v [B, C, F, h, w] with its content channels moved `strength` of the way to their 3x3 binomial
+        blur within each latent frame (edge cells replicated); the fixed channels unchanged."""
+        n = self.vcodec.content_channels
+        content = x0v[:, :n]
+        b, c, f, h, w = content.shape
+        kernel = torch.tensor([1.0, 2.0, 1.0], dtype=content.dtype)
+        kernel = (kernel[:, None] * kernel[None]).div(16).view(1, 1, 3, 3)
+        flat = F.pad(content.reshape(b * c * f, 1, h, w), (1, 1, 1, 1), mode="replicate")
+        smooth = F.conv2d(flat, kernel).view(b, c, f, h, w)
+        return torch.cat([content + strength * (smooth - content), x0v[:, n:]], 1)
 
     def object_weights(self, x0v: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, F, h, w] video loss weights: 1 + object_weight on the cells whose clean content differs
@@ -586,7 +641,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         lr = tr.lr_at(tr.step)
         for gparam in tr.opt.param_groups:
             gparam["lr"] = lr
-        prefix, twins = None, False
+        prefix, twins, blend, sharpen = None, False, False, False
         if ds.prefix_groups and float(torch.rand((), generator=gen)) < cfg.prefix_frac:
             # one prefix size per batch (the model takes one per call): a group drawn by its size
             keys = list(ds.prefix_groups)
@@ -599,9 +654,12 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         elif ds.twin_of is not None and float(torch.rand((), generator=gen)) < cfg.shape_twin_frac:
             twins = True
             idx = torch.randint(len(ds.twin_of), (cfg.batch // 2,), generator=gen)
+            blend = cfg.shape_blend_frac > 0 and float(torch.rand((), generator=gen)) < cfg.shape_blend_frac
         else:
             idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
-        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix, twins=twins)
+        if cfg.sharpen_frac > 0:
+            sharpen = float(torch.rand((), generator=gen)) < cfg.sharpen_frac
+        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix, twins=twins, blend=blend, sharpen=sharpen)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -611,6 +669,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         tr.update_ema()
         now = time.time()
         loss_log.write(json.dumps({"step": tr.step, "prefix": list(prefix) if prefix else None, "twins": twins,
+                                   "blend": blend, "sharpen": sharpen,
                                    "loss": loss.item(), "loss_video": lv.item(),
                                    "loss_audio": la.item(), "lr": lr, "grad_norm": float(gn),
                                    "sec": round(now - t_last, 3), "wall": round(now - t0, 1)}) + "\n")

@@ -76,3 +76,4 @@ def test_a_short_run_with_twins_trains_and_logs_them(tmp_path):
     train(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["twins"] for r in rows)
+
