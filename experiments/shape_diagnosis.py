@@ -6,6 +6,7 @@ experiments/results/shape_diagnosis.jsonl.
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py sampling [--ckpt-dir DIR] \
         [--settings '[{"shift": 2.0}, {"video_guidance_scale": 2.0}]'] [--steps 8,16] [--label NAME]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py negative [--ckpt-dir DIR] [--clips 24]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py trajectory [--ckpt-dir DIR] [--steps 8,16]
 
 1. `x0`: a training clip's clean latent (squares, and circles at the same places) noised to σ, and the
    model's one-step x0 prediction decoded: its box fill (ovi.train.metrics.shape_features) from the
@@ -20,6 +21,9 @@ experiments/results/shape_diagnosis.jsonl.
 3. `negative`: square prompts with the default negative prompt and with the same video prompt saying
    "circle" as the negative: guidance along (square - circle) should add corners if the model draws
    that difference as corners; it reports the accuracy, box fill and object size (pixels per frame).
+4. `trajectory`: square prompts through the engine, the box fill of the guided x0 prediction
+   (x_t - σ v) at every step and of the output: the σ by which the fill is settled, and whether the last,
+   low-noise steps still add corners.
 """
 
 from __future__ import annotations
@@ -129,9 +133,45 @@ def negative_probe(ckpt_dir: str, n: int, emit) -> None:
               "fill_median": round(float(np.nanmedian(fills)), 3), "object_pixels": round(float(np.mean(pixels)))})
 
 
+def trajectory_probe(ckpt_dir: str, steps: list[int], n: int, emit) -> None:
+    import ovi
+    from ovi.pipeline.images import to_uint8_frames
+    from ovi.pipeline.objective import pin
+    from ovi.train import data, metrics
+
+    engine = ovi.Engine.from_config(ovi.load_config(None, ckpt_dir=ckpt_dir))
+    codec = engine.components.video_codec
+    seen: list[tuple[float, torch.Tensor]] = []
+    guided = engine.predict
+
+    def recording_predict(plan, video, audio, t, contexts, first_frame_is_clean):
+        v, a = guided(plan, video, audio, t, contexts, first_frame_is_clean)
+        seen.append((float(t) / 1000.0, video - float(t) / 1000.0 * v))
+        return v, a
+
+    engine.predict = recording_predict  # this engine instance only
+
+    def fill(mask):
+        features = metrics.shape_features(mask)
+        return np.nan if features is None else features[0]
+
+    for count in steps:
+        per_step, final = [], []
+        for i, combo in enumerate(training_combos("square", n)):
+            seen.clear()
+            clip = engine.generate(data.sample_spec(combo, random.Random(i)).prompt, seed=i, steps=count)
+            fixed = engine.fixed_latents(codec, seen[0][1])
+            decoded = [to_uint8_frames(codec.decode(pin(x0, fixed))) for _, x0 in seen]
+            per_step.append([fill(metrics.object_mask(video)) for video in decoded])
+            final.append(fill(metrics.object_mask(clip.video)))
+        emit({"probe": "trajectory", "steps": count, "clips": n, "sigmas": [round(s, 3) for s, _ in seen],
+              "fill_x0_per_step": np.round(np.nanmedian(np.asarray(per_step), 0), 3).tolist(),
+              "fill_output": round(float(np.nanmedian(final)), 3)})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("x0", "sampling", "negative"))
+    ap.add_argument("probe", choices=("x0", "sampling", "negative", "trajectory"))
     ap.add_argument("--ckpt-dir", default="ovi/weights/tiny_trained")
     ap.add_argument("--label", default="shipped")
     ap.add_argument("--clips", type=int, default=8, help="training clips per shape")
@@ -156,6 +196,8 @@ def main():
             x0_probe(args.ckpt_dir, args.clips, args.guidance, emit, blur)
     elif args.probe == "negative":
         negative_probe(args.ckpt_dir, args.clips, emit)
+    elif args.probe == "trajectory":
+        trajectory_probe(args.ckpt_dir, [int(s) for s in args.steps.split(",")], args.clips, emit)
     else:
         sampling_probe(args.ckpt_dir, json.loads(args.settings), [int(s) for s in args.steps.split(",")], args.clips,
                        emit)
