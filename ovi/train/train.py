@@ -36,8 +36,8 @@ plain batches from the same checkpoint.)
 
 Degraded inputs: measured (experiments/shape_diagnosis.py), the model rounds squares off in sampling
 because the early, uncertain steps leave an in-between, blurred blob and the later steps keep it: noised
-from a training square, its x0 prediction at σ 0.2-0.6 decodes with box fill 0.87-0.90 (the data's 0.93),
-from the same square blurred by a 3x3 binomial kernel 0.82 (the blurred input's own 0.81), and its
+from a training square, its x0 prediction at σ 0.3-0.6 decodes with box fill 0.86-0.90 (the data's 0.93),
+from the same square blurred by a 3x3 binomial kernel 0.80-0.81 (the blurred input's own 0.81), and its
 conditional and negative-prompt passes agree to ~0.01 below σ 0.6 (it reads the shape off x_t and ignores
 the word). Training data never shows a blurred or in-between object at low noise, so nothing taught it to
 restore one. Two batch kinds do, each building x_t from a degraded clip x_in and training the velocity
@@ -355,6 +355,8 @@ class Trainer:
         and then their twins, pair i and i + len(idx) sharing noise, σ and guidance dropout. `blend` (with
         `twins`): each clip's x_t is made from a mix with its pair (shape_blend_*), its target still its own;
         `sharpen`: x_t is made from the clips blurred (sharpen_max), the target still the sharp clips."""
+        if blend and not twins:
+            raise ValueError("blend mixes each clip with its shape twin: it needs a twin batch (twins=True)")
         model, t5 = model or self.model, t5 or self.t5
         pairs = 2 if twins else 1
         if twins:

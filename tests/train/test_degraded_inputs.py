@@ -3,6 +3,7 @@ shape twin, or blurred, and the target is the velocity that leads from that x_t 
 
 import json
 
+import pytest
 import torch
 
 from ovi.train.train import Dataset, TrainConfig, Trainer, make_specs, train
@@ -54,6 +55,8 @@ def test_blended_inputs_mix_each_clip_with_its_twin_and_target_the_clip_itself(t
         # the target leads from the mixed x_t to each clip's own x0
         assert torch.allclose(lv, zero_prediction_loss(tr, rec.xv, torch.cat([own, other]), sigma), rtol=1e-4)
     assert mixed_some
+    with pytest.raises(ValueError, match="twin batch"):
+        tr.loss(ds, idx, torch.Generator().manual_seed(0), model=rec, blend=True)  # no twins: no pair to mix
 
 
 def test_blurred_moves_content_toward_its_3x3_binomial_blur_and_leaves_fixed_channels(tmp_path):
