@@ -382,21 +382,20 @@ class Trainer:
         ev = torch.randn((b // pairs, *x0v.shape[1:]), generator=gen).repeat(pairs, 1, 1, 1, 1)
         ea = torch.randn((b // pairs, *x0a.shape[1:]), generator=gen).repeat(pairs, 1, 1)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
-        xtv = pin(noised(x0v, ev, sv), vfixed)
-        xta = pin(noised(x0a, ea, sa), afixed)
         uncond = (torch.rand(b // pairs, generator=gen) < self.cfg.p_uncond).repeat(pairs)
+        source = x0v  # what x_t is made from: the clips, or the clips degraded (blend / sharpen)
+        if blend:
+            share = (self.cfg.shape_blend_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
+            share = torch.where(uncond, 0.0, share).view(b, 1, 1, 1, 1)
+            source = source + share * (x0v.roll(b // pairs, dims=0) - x0v)  # roll: each clip's pair
+        if sharpen:
+            strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
+            source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
+        xtv = pin(noised(source, ev, sv), vfixed)
+        xta = pin(noised(x0a, ea, sa), afixed)
         target = velocity_target(x0v, ev)
-        if blend or sharpen:
-            source = x0v
-            if blend:
-                share = (self.cfg.shape_blend_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
-                share = torch.where(uncond, 0.0, share).view(b, 1, 1, 1, 1)
-                source = source + share * (x0v.roll(b // pairs, dims=0) - x0v)  # roll: each clip's pair
-            if sharpen:
-                strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
-                source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
-            xtv = pin(noised(source, ev, sv), vfixed)
-            target = target + (1 - sv) / sv * (source - x0v)
+        if source is not x0v:
+            target = target + (1 - sv) / sv * (source - x0v)  # from the degraded x_t back to the clip
         ids, masks = torch.cat([ids, self.neg_ids]), torch.cat([masks, self.neg_mask])
         ctx = self.encode_text(t5, ids, masks)
         vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
@@ -643,7 +642,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         lr = tr.lr_at(tr.step)
         for gparam in tr.opt.param_groups:
             gparam["lr"] = lr
-        prefix, twins, blend, sharpen = None, False, False, False
+        prefix, twins, blend = None, False, False
         if ds.prefix_groups and float(torch.rand((), generator=gen)) < cfg.prefix_frac:
             # one prefix size per batch (the model takes one per call): a group drawn by its size
             keys = list(ds.prefix_groups)
@@ -659,8 +658,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
             blend = cfg.shape_blend_frac > 0 and float(torch.rand((), generator=gen)) < cfg.shape_blend_frac
         else:
             idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
-        if cfg.sharpen_frac > 0:
-            sharpen = float(torch.rand((), generator=gen)) < cfg.sharpen_frac
+        sharpen = cfg.sharpen_frac > 0 and float(torch.rand((), generator=gen)) < cfg.sharpen_frac
         lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix, twins=twins, blend=blend, sharpen=sharpen)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)
