@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from ovi.train.train import Dataset, TrainConfig, Trainer, make_specs, train
-
-
-class Recorder(torch.nn.Module):
-    """Stands in for the fusion model: keeps what the loss fed it and predicts zeros."""
-
-    def forward(self, xv, xa, t, vctx, actx, **kw):
-        self.xv, self.t, self.vctx = torch.stack(xv), t, vctx
-        return [torch.zeros_like(x) for x in xv], [torch.zeros_like(x) for x in xa]
+from tests.train.fakes import Recorder
 
 
 def zero_prediction_loss(tr, xv, x0, sigma):

@@ -9,6 +9,7 @@ import torch
 
 from ovi.train import data
 from ovi.train.train import Dataset, TrainConfig, Trainer, make_specs, train
+from tests.train.fakes import Recorder
 
 
 def test_a_twin_is_the_same_clip_with_the_other_shape_and_never_held_out():
@@ -25,14 +26,6 @@ def test_a_twin_is_the_same_clip_with_the_other_shape_and_never_held_out():
         assert dataclasses.replace(twin, shape=spec.shape) == spec
         assert twin.combo not in data.HELD_OUT
     assert seen > 150  # only the few whose twin is held out go without one
-
-
-class Recorder(torch.nn.Module):
-    """Stands in for the fusion model: keeps what the loss fed it and predicts zeros."""
-
-    def forward(self, xv, xa, t, vctx, actx, **kw):
-        self.xv, self.t, self.vctx = torch.stack(xv), t, vctx
-        return [torch.zeros_like(x) for x in xv], [torch.zeros_like(x) for x in xa]
 
 
 def test_twin_pairs_share_noise_sigma_and_dropout_and_differ_in_the_shape(tmp_path):
@@ -76,4 +69,3 @@ def test_a_short_run_with_twins_trains_and_logs_them(tmp_path):
     train(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["twins"] for r in rows)
-
