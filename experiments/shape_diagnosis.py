@@ -51,18 +51,25 @@ def training_combos(shape: str, n: int) -> list[tuple[str, str, str, str]]:
     return combos[:n]
 
 
+def box_fill(video: np.ndarray) -> float:
+    """Bounding-box fill of a uint8 clip's object (ovi.train.metrics.shape_features); NaN when no frame holds
+    the whole object, so medians skip it."""
+    from ovi.train import metrics
+    features = metrics.shape_features(metrics.object_mask(video))
+    return np.nan if features is None else features[0]
+
+
 def x0_probe(ckpt_dir: str, n: int, guidance: float, emit, blur: float = 0.0) -> None:
     from ovi.pipeline.images import to_uint8_frames
     from ovi.pipeline.objective import audio_tokens, noised, pin, video_tokens
-    from ovi.train import data, metrics
+    from ovi.train import data
     from ovi.train.train import TrainConfig, Trainer
 
     tr = Trainer(TrainConfig(init_from=ckpt_dir, threads=torch.get_num_threads()), Path(tempfile.mkdtemp()))
     model, t5 = tr.model.eval(), tr.t5.eval()
 
     def fill(x0):
-        f = metrics.shape_features(metrics.object_mask(to_uint8_frames(tr.vcodec.decode(pin(x0, tr.vfixed)))))
-        return np.nan if f is None else f[0]
+        return box_fill(to_uint8_frames(tr.vcodec.decode(pin(x0, tr.vfixed))))
 
     # squares and their circle twins: the same clips, only the shape differs
     squares = [data.sample_spec(c, random.Random(i)) for i, c in enumerate(training_combos("square", n))]
@@ -124,10 +131,10 @@ def negative_probe(ckpt_dir: str, n: int, emit) -> None:
         for i, spec in enumerate(specs):
             video_prompt = spec.prompt.split("<AUDCAP>")[0].replace("square", "circle")
             extra = {} if negative == "default" else {"negative_prompt": video_prompt}
-            mask = metrics.object_mask(engine.generate(spec.prompt, seed=i, steps=8, **extra).video)
+            video = engine.generate(spec.prompt, seed=i, steps=8, **extra).video
+            mask = metrics.object_mask(video)
             right += metrics.measure_shape(mask) == "square"
-            features = metrics.shape_features(mask)
-            fills.append(np.nan if features is None else features[0])
+            fills.append(box_fill(video))
             pixels.append(mask.sum() / len(mask))
         emit({"probe": "negative", "negative": negative, "clips": n, "square_accuracy": right / n,
               "fill_median": round(float(np.nanmedian(fills)), 3), "object_pixels": round(float(np.mean(pixels)))})
@@ -137,7 +144,7 @@ def trajectory_probe(ckpt_dir: str, steps: list[int], n: int, emit) -> None:
     import ovi
     from ovi.pipeline.images import to_uint8_frames
     from ovi.pipeline.objective import pin
-    from ovi.train import data, metrics
+    from ovi.train import data
 
     engine = ovi.Engine.from_config(ovi.load_config(None, ckpt_dir=ckpt_dir))
     codec = engine.components.video_codec
@@ -151,19 +158,14 @@ def trajectory_probe(ckpt_dir: str, steps: list[int], n: int, emit) -> None:
 
     engine.predict = recording_predict  # this engine instance only
 
-    def fill(mask):
-        features = metrics.shape_features(mask)
-        return np.nan if features is None else features[0]
-
     for count in steps:
         per_step, final = [], []
         for i, combo in enumerate(training_combos("square", n)):
             seen.clear()
             clip = engine.generate(data.sample_spec(combo, random.Random(i)).prompt, seed=i, steps=count)
             fixed = engine.fixed_latents(codec, seen[0][1])
-            decoded = [to_uint8_frames(codec.decode(pin(x0, fixed))) for _, x0 in seen]
-            per_step.append([fill(metrics.object_mask(video)) for video in decoded])
-            final.append(fill(metrics.object_mask(clip.video)))
+            per_step.append([box_fill(to_uint8_frames(codec.decode(pin(x0, fixed)))) for _, x0 in seen])
+            final.append(box_fill(clip.video))
         emit({"probe": "trajectory", "steps": count, "clips": n, "sigmas": [round(s, 3) for s, _ in seen],
               "fill_x0_per_step": np.round(np.nanmedian(np.asarray(per_step), 0), 3).tolist(),
               "fill_output": round(float(np.nanmedian(final)), 3)})
