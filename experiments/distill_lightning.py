@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/distill_lightning.py --minutes 10 --seed 0
 
-Teacher: the trained tiny model as configured (its guidance: video 4, audio 3), integrated with Euler,
+Teacher: the trained tiny model as configured (its guidance: video 2, audio 3), integrated with Euler,
 `--substeps` steps inside each of the student's four intervals (4 x 8 = 32 guided steps), from noise
 with the codec's fixed coordinate channels written in (as the engine does). Trajectories come from
 training combinations of colour, shape, motion and tone only (never the quality bench's held-out ones)

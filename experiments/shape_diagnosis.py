@@ -4,7 +4,8 @@ experiments/results/shape_diagnosis.jsonl.
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py x0 [--ckpt-dir DIR] [--label NAME] \
         [--blur 0,0.5,1]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py sampling [--ckpt-dir DIR] \
-        [--settings '[{"shift": 2.0}, {"video_guidance_scale": 2.0}]'] [--steps 8,16] [--label NAME]
+        [--settings '[{"shift": 2.0}, {"video_guidance_scale": 2.0}]'] [--steps 8,16] [--label NAME] \
+        [--held-out-seeds 6] [--long-windows 3 --long-seeds 2]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py negative [--ckpt-dir DIR] [--clips 24]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py trajectory [--ckpt-dir DIR] [--steps 8,16]
 
@@ -16,8 +17,9 @@ experiments/results/shape_diagnosis.jsonl.
    (`Trainer.blurred`, what `--sharpen-frac` trains on; fill_input is the blurred clip's own fill): a
    denoiser that restores corners returns more fill than it was given.
 2. `sampling`: the engine with config overrides (solver, shift, guidance, steps): shape accuracy per shape
-   on training combinations (not held out: more squares than the quality bench's 8), and the quality
-   bench's held-out scores (shape, travel, sync) at the same settings.
+   on training combinations (not held out: more squares than the quality bench's 8; `--clips 0`: none), and
+   the quality bench's held-out scores (shape, also per shape, travel, sync) at the same settings, on
+   `--held-out-seeds` seeds; with `--long-windows`, `ovi bench long`'s clips too (shape over every window).
 3. `negative`: square prompts with the default negative prompt and with the same video prompt saying
    "circle" as the negative: guidance along (square - circle) should add corners if the model draws
    that difference as corners; it reports the accuracy, box fill and object size (pixels per frame).
@@ -99,24 +101,43 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float, emit, blur: float = 0.0) ->
                   **{f"fill_{k}": round(float(np.nanmedian(v)), 3) for k, v in fills.items()}})
 
 
-def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int], n: int, emit) -> None:
+def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int], n: int, emit,
+                   held_out_seeds: int = 2, long_windows: int = 0, long_seeds: int = 2) -> None:
     import ovi
+    from ovi.bench.long import generate_long, segments
     from ovi.bench.quality import measure_engine
     from ovi.train import data, metrics
 
     for setting in settings:
         engine = ovi.Engine.from_config(ovi.load_config(None, **setting, **({"ckpt_dir": ckpt_dir} if ckpt_dir else {})))
         for count in steps:
-            row = {"probe": "sampling", "setting": setting, "steps": count, "clips_per_shape": n}
-            for shape in data.SHAPES:
+            row = {"probe": "sampling", "setting": setting, "steps": count, "clips_per_shape": n,
+                   "held_out_seeds": held_out_seeds}
+            for shape in data.SHAPES if n else ():
                 right = 0
                 for i, combo in enumerate(training_combos(shape, n)):
                     clip = engine.generate(data.sample_spec(combo, random.Random(i)).prompt, seed=i, steps=count)
                     right += metrics.measure_shape(metrics.object_mask(clip.video)) == shape
                 row[f"train_{shape}_accuracy"] = right / n
-            held = [(s, m) for s, m, _ in measure_engine(engine, data.held_out_specs(), 2, count)[0]]
+            held = [(s, m) for s, m, _ in measure_engine(engine, data.held_out_specs(), held_out_seeds, count)[0]]
             score = metrics.score(held, data.NUM_FRAMES)
             row.update({f"held_out_{k}": round(score[k], 3) for k in ("shape_accuracy", "travel_ratio", "sync_error_frames")})
+            row["held_out_min_color_motion_pitch"] = min(score[k] for k in ("color_accuracy", "motion_accuracy", "pitch_accuracy"))
+            for shape in data.SHAPES:
+                row[f"held_out_{shape}_accuracy"] = round(float(np.mean([m.shape == s.shape for s, m in held
+                                                                         if s.shape == shape])), 3)
+            if long_windows:  # `ovi bench long`'s clips (method ours, the engine's steps), shape per window
+                right = {shape: [] for shape in data.SHAPES}  # per shape: [clip][window] right or not
+                for seed in range(long_seeds):
+                    for spec in data.held_out_specs():
+                        video, _, seams = generate_long(engine, spec.prompt, seed, long_windows, "ours")
+                        right[spec.shape].append([metrics.measure_shape(metrics.object_mask(video[a:b])) == spec.shape
+                                                  for a, b in segments(len(video), seams)])
+                every = [x for clips in right.values() for clip in clips for x in clip]
+                row.update(long_windows=long_windows, long_seeds=long_seeds,
+                           long_shape_accuracy=round(float(np.mean(every)), 3),
+                           long_shape_per_window={shape: np.mean(clips, axis=0).round(3).tolist()
+                                                  for shape, clips in right.items()})
             emit(row)
 
 
@@ -181,6 +202,10 @@ def main():
     ap.add_argument("--settings", default="[{}]", help="sampling: JSON list of config overrides")
     ap.add_argument("--steps", default="8", help="sampling: comma-separated step counts")
     ap.add_argument("--blur", default="0", help="x0: comma-separated blur strengths of the clean clip")
+    ap.add_argument("--held-out-seeds", type=int, default=2, help="sampling: seeds per held-out combination")
+    ap.add_argument("--long-windows", type=int, default=0,
+                    help="sampling: also long clips of this many windows (the engine's steps), shape per window")
+    ap.add_argument("--long-seeds", type=int, default=2, help="sampling: seeds per held-out long clip")
     args = ap.parse_args()
     t0, count = time.time(), 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +227,7 @@ def main():
         trajectory_probe(args.ckpt_dir, [int(s) for s in args.steps.split(",")], args.clips, emit)
     else:
         sampling_probe(args.ckpt_dir, json.loads(args.settings), [int(s) for s in args.steps.split(",")], args.clips,
-                       emit)
+                       emit, args.held_out_seeds, args.long_windows, args.long_seeds)
     print(f"{count} rows -> {RESULTS} ({time.time() - t0:.0f} s)")
 
 

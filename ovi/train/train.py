@@ -46,7 +46,10 @@ that leads from that x_t to the clip's own x0: v = (x_t - x0) / σ = ε - x0 + (
   shape the corners should take. Clips dropped to the negative prompt keep the plain input (without a
   word the mix is undecidable).
 - `sharpen_frac` (of all batches): x_in = x0 + β (blur(x0) - x0), a 3x3 binomial blur of the content
-  channels in each latent frame: the object's edges and corners must come back sharp.
+  channels in each latent frame: the object's edges and corners must come back sharp. With
+  `sharpen_prefix`, a continuation window's carried prefix is held at the blurred clip too: in a long
+  clip the prefix is the previous window's generated, softer tail, and the new frames should still come
+  out sharp.
 """
 
 from __future__ import annotations
@@ -138,6 +141,9 @@ class TrainConfig:
     shape_blend_max: float = 0.6
     sharpen_frac: float = 0.0
     sharpen_max: float = 1.0
+    # a sharpen batch of continuation windows blurs the carried clean prefix too, so a window learns to come
+    # out sharp after a soft one (in long clips a window's prefix is the previous window's generated tail)
+    sharpen_prefix: bool = False
     degraded_sigma_min: float = 0.2
     degraded_sigma_max: float = 0.95
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
@@ -354,7 +360,8 @@ class Trainer:
         x_t, out of the loss). `twins`: `idx` picks shape twins (`ds.twin_of`); the batch is those clips
         and then their twins, pair i and i + len(idx) sharing noise, σ and guidance dropout. `blend` (with
         `twins`): each clip's x_t is made from a mix with its pair (shape_blend_*), its target still its own;
-        `sharpen`: x_t is made from the clips blurred (sharpen_max), the target still the sharp clips."""
+        `sharpen`: x_t is made from the clips blurred (sharpen_max), the target still the sharp clips (the
+        prefix held blurred too with `sharpen_prefix`)."""
         if blend and not twins:
             raise ValueError("blend mixes each clip with its shape twin: it needs a twin batch (twins=True)")
         model, t5 = model or self.model, t5 or self.t5
@@ -372,7 +379,6 @@ class Trainer:
             ids, masks = ds.ids[idx], ds.mask[idx]
         b = len(x0v)
         k_v, k_a = prefix or (0, 0)
-        vfixed = hold_prefix(self.vfixed, x0v, k_v, dim=1)
         afixed = hold_prefix(None, x0a, k_a, dim=0)
         if blend or sharpen:
             lo, hi = self.cfg.degraded_sigma_min, self.cfg.degraded_sigma_max
@@ -391,6 +397,7 @@ class Trainer:
         if sharpen:
             strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
             source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
+        vfixed = hold_prefix(self.vfixed, source if sharpen and self.cfg.sharpen_prefix else x0v, k_v, dim=1)
         xtv = pin(noised(source, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
         target = velocity_target(x0v, ev)

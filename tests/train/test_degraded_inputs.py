@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ovi.train.train import Dataset, TrainConfig, Trainer, make_specs, train
+from ovi.train.train import Dataset, TrainConfig, Trainer, continuation_windows, make_specs, train
 from tests.train.fakes import Recorder
 
 
@@ -88,6 +88,39 @@ def test_sharpen_batches_noise_a_blurred_clip_and_target_the_sharp_one(tmp_path)
     assert torch.allclose(lv, zero_prediction_loss(tr, rec.xv, x0, sigma), rtol=1e-4)
     lv_plain, _, _ = tr.loss(ds, idx, torch.Generator().manual_seed(3), model=rec, sharpen=False)
     assert not torch.allclose(lv, lv_plain)
+
+
+@pytest.mark.parametrize("blur_prefix", [False, True])
+def test_sharpen_prefix_holds_a_continuation_windows_carried_frames_blurred(tmp_path, blur_prefix):
+    cfg = TrainConfig(num_clips=6, curriculum_steps=0, prefix_frac=1.0, sequence_windows=3, sharpen_max=1.0,
+                      sharpen_prefix=blur_prefix, threads=torch.get_num_threads())
+    tr = Trainer(cfg, tmp_path)
+    specs = make_specs(cfg)
+    ds = Dataset(specs, tr.tokenizer, tr.vcodec, tr.acodec, continuation_windows(cfg, len(specs)))
+    prefix = max(ds.prefix_groups, key=lambda k: len(ds.prefix_groups[k]))
+    idx = ds.prefix_groups[prefix][:2]
+    x0 = tr.video_latents(ds.cont_video[idx])
+    rec = Recorder()
+    k_v = prefix[0]
+    lv, _, sigma = tr.loss(ds, idx, torch.Generator().manual_seed(5), model=rec, prefix=prefix, sharpen=True)
+    carried = rec.xv[:, :12, :k_v]
+    if not blur_prefix:  # the plain form: the carried frames are the sharp clip's
+        assert torch.equal(carried, x0[:, :12, :k_v])
+        return
+    # replay the draws (σ, video noise, audio noise, dropout, then β) to get each clip's blur strength
+    g = torch.Generator().manual_seed(5)
+    torch.rand(2, generator=g), torch.randn(x0.shape, generator=g)
+    torch.randn(ds.cont_audio[idx].shape, generator=g), torch.rand(2, generator=g)
+    beta = cfg.sharpen_max * torch.rand(2, generator=g)
+    expected = tr.blurred(x0, beta.view(2, 1, 1, 1, 1))[:, :12, :k_v]
+    assert (beta > 0.05).any() and not torch.allclose(carried, x0[:, :12, :k_v], atol=1e-3)
+    assert torch.allclose(carried, expected, atol=1e-5)  # held clean, at the blur the rest was noised from
+    # the carried frames stay out of the loss: the target is the velocity back to the sharp clip elsewhere
+    keep = ~tr.vfixed[0].clone()
+    keep[:, :k_v] = False
+    s = sigma.view(-1, 1, 1, 1, 1)
+    target = (rec.xv - x0) / s
+    assert torch.allclose(lv, (target ** 2 * keep).sum() / keep.expand_as(target).sum(), rtol=1e-4)
 
 
 def test_a_short_run_with_degraded_batches_logs_them(tmp_path):
