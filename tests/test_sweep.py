@@ -35,7 +35,7 @@ def test_sweep_appends_records_failures_and_resumes(tmp_path, monkeypatch):
 
     (tmp_path / "fixed").touch()
     calls.clear()
-    second = list(sweep.run_sweep(spec, ckpt_root=tmp_path, log=lambda _: None))
+    list(sweep.run_sweep(spec, ckpt_root=tmp_path, log=lambda _: None))  # the rerun: only the failed points
     assert {(p["sp"], p["fsdp"]) for p in calls} == {(2, "FULL_SHARD"), (4, "off"), (4, "FULL_SHARD")}  # ok ones skipped
     assert len(out.read_text().splitlines()) == 9
     latest = {(r["point"]["sp"], r["point"]["fsdp"]): r for r in sweep.latest_records(out)}

@@ -45,7 +45,7 @@ def measure(cfg, reference=None) -> tuple[dict, dict]:
     import ovi
     from ovi.parallel.measure import PeakMeter, allocated_peak, count_cpu_allocations
     from ovi.parallel.offload import BlockSwap
-    from ovi.pipeline.engine import resolve_device, resolve_dtype
+    from ovi.pipeline.engine import resolve_device
     from ovi.pipeline.memory_profiles import estimate_profile, resident_param_bytes
 
     device = resolve_device(cfg.device)

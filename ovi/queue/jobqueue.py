@@ -22,7 +22,6 @@ transaction of the store (`ovi.queue.store`), so they never see half a change. T
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable

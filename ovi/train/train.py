@@ -50,6 +50,9 @@ that leads from that x_t to the clip's own x0: v = (x_t - x0) / σ = ε - x0 + (
   `sharpen_prefix`, a continuation window's carried prefix is held at the blurred clip too: in a long
   clip the prefix is the previous window's generated, softer tail, and the new frames should still come
   out sharp.
+- `self_correct_frac` (of the batches that are neither): x_in = the model's own one-step x0 estimate of the
+  clip from a noisier state (σ_hi ~ U(σ, 1), no gradient; `Trainer.own_estimate`), so what it restores is
+  the softness it produces itself, as a sampler's next step sees it, not a fixed blur.
 """
 
 from __future__ import annotations
@@ -144,6 +147,10 @@ class TrainConfig:
     # a sharpen batch of continuation windows blurs the carried clean prefix too, so a window learns to come
     # out sharp after a soft one (in long clips a window's prefix is the previous window's generated tail)
     sharpen_prefix: bool = False
+    # self-correction: this share of the batches that are neither blend nor sharpen builds x_t from the model's
+    # own one-step x0 estimate, made from the clip noised to a higher σ (no gradient through it): the model
+    # learns to restore what it itself leaves soft, not only a fixed blur
+    self_correct_frac: float = 0.0
     degraded_sigma_min: float = 0.2
     degraded_sigma_max: float = 0.95
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
@@ -354,16 +361,19 @@ class Trainer:
 
     def loss(self, ds: Dataset, idx: torch.Tensor, gen: torch.Generator, model=None, t5=None,
              prefix: tuple[int, int] | None = None, twins: bool = False, blend: bool = False,
-             sharpen: bool = False):
+             sharpen: bool = False, self_correct: bool = False):
         """Flow-matching losses (video, audio) of a batch. `prefix` (k_v, k_a): the batch is the clips'
         continuation windows, their first k_v video latent frames / k_a audio tokens clean (t=0, pinned in
         x_t, out of the loss). `twins`: `idx` picks shape twins (`ds.twin_of`); the batch is those clips
         and then their twins, pair i and i + len(idx) sharing noise, σ and guidance dropout. `blend` (with
         `twins`): each clip's x_t is made from a mix with its pair (shape_blend_*), its target still its own;
         `sharpen`: x_t is made from the clips blurred (sharpen_max), the target still the sharp clips (the
-        prefix held blurred too with `sharpen_prefix`)."""
+        prefix held blurred too with `sharpen_prefix`). `self_correct`: x_t is made from the model's own x0
+        estimate (`own_estimate`), the target still the clips."""
         if blend and not twins:
             raise ValueError("blend mixes each clip with its shape twin: it needs a twin batch (twins=True)")
+        if self_correct and (blend or sharpen):
+            raise ValueError("self_correct builds x_t from the model's own estimate: not with blend or sharpen")
         model, t5 = model or self.model, t5 or self.t5
         pairs = 2 if twins else 1
         if twins:
@@ -380,7 +390,7 @@ class Trainer:
         b = len(x0v)
         k_v, k_a = prefix or (0, 0)
         afixed = hold_prefix(None, x0a, k_a, dim=0)
-        if blend or sharpen:
+        if blend or sharpen or self_correct:
             lo, hi = self.cfg.degraded_sigma_min, self.cfg.degraded_sigma_max
             sigma = (lo + (hi - lo) * torch.rand(b // pairs, generator=gen)).repeat(pairs)
         else:
@@ -389,7 +399,13 @@ class Trainer:
         ea = torch.randn((b // pairs, *x0a.shape[1:]), generator=gen).repeat(pairs, 1, 1)
         sv, sa = sigma.view(b, 1, 1, 1, 1), sigma.view(b, 1, 1)
         uncond = (torch.rand(b // pairs, generator=gen) < self.cfg.p_uncond).repeat(pairs)
-        source = x0v  # what x_t is made from: the clips, or the clips degraded (blend / sharpen)
+        ids, masks = torch.cat([ids, self.neg_ids]), torch.cat([masks, self.neg_mask])
+        ctx = self.encode_text(t5, ids, masks)
+        vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
+        actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
+        lengths = dict(vid_seq_len=video_tokens(self.vshape), audio_seq_len=audio_tokens(x0a.shape[1:]),
+                       first_frame_is_clean=(k_v, k_a) if prefix else False)
+        source = x0v  # what x_t is made from: the clips, or the clips degraded (blend / sharpen / self_correct)
         if blend:
             share = (self.cfg.shape_blend_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
             share = torch.where(uncond, 0.0, share).view(b, 1, 1, 1, 1)
@@ -397,22 +413,33 @@ class Trainer:
         if sharpen:
             strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
             source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
+        if self_correct:
+            source = self.own_estimate(model, x0v, x0a, sigma, vctx, actx, hold_prefix(self.vfixed, x0v, k_v, dim=1),
+                                       afixed, gen, **lengths)
         vfixed = hold_prefix(self.vfixed, source if sharpen and self.cfg.sharpen_prefix else x0v, k_v, dim=1)
         xtv = pin(noised(source, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
         target = velocity_target(x0v, ev)
         if source is not x0v:
             target = target + (1 - sv) / sv * (source - x0v)  # from the degraded x_t back to the clip
-        ids, masks = torch.cat([ids, self.neg_ids]), torch.cat([masks, self.neg_mask])
-        ctx = self.encode_text(t5, ids, masks)
-        vctx = [ctx[b] if uncond[i] else ctx[i] for i in range(b)]
-        actx = [ctx[b + 1] if uncond[i] else ctx[i] for i in range(b)]
-        ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, vid_seq_len=video_tokens(self.vshape),
-                       audio_seq_len=audio_tokens(x0a.shape[1:]),
-                       first_frame_is_clean=(k_v, k_a) if prefix else False)
+        ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, **lengths)
         lv = masked_mse(torch.stack(ov), target, vfixed, self.object_weights(x0v))
         la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
+
+    def own_estimate(self, model, x0v, x0a, sigma, vctx, actx, vfixed, afixed, gen, **lengths) -> torch.Tensor:
+        """The model's one-step x0 estimate of the clips x0v from a noisier state, as a sampler makes one: each
+        clip noised to σ_hi ~ U(σ, 1) (fresh noise, both towers), x0_hat = x_hi - σ_hi v, no gradient; the
+        fixed entries (coordinate channels, a clean prefix) written back."""
+        b = len(x0v)
+        high = sigma + (1 - sigma) * torch.rand(b, generator=gen)
+        hv, ha = high.view(b, 1, 1, 1, 1), high.view(b, 1, 1)
+        xv = pin(noised(x0v, torch.randn(x0v.shape, generator=gen), hv), vfixed)
+        xa = pin(noised(x0a, torch.randn(x0a.shape, generator=gen), ha), afixed)
+        with torch.no_grad():
+            ov, _ = model(list(xv), list(xa), high * 1000.0, [c.detach() for c in vctx], [c.detach() for c in actx],
+                          **lengths)
+        return pin(xv - hv * torch.stack(ov), vfixed)
 
     def blurred(self, x0v: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """x0v [B, C, F, h, w] with its content channels moved `strength` of the way to their 3x3 binomial
@@ -666,7 +693,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         else:
             idx = torch.randint(len(ds), (cfg.batch,), generator=gen)
         sharpen = cfg.sharpen_frac > 0 and float(torch.rand((), generator=gen)) < cfg.sharpen_frac
-        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix, twins=twins, blend=blend, sharpen=sharpen)
+        self_correct = cfg.self_correct_frac > 0 and not (blend or sharpen) and \
+            float(torch.rand((), generator=gen)) < cfg.self_correct_frac
+        lv, la, _ = tr.loss(ds, idx, gen, prefix=prefix, twins=twins, blend=blend, sharpen=sharpen,
+                            self_correct=self_correct)
         loss = lv + cfg.audio_weight * la
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -676,7 +706,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
         tr.update_ema()
         now = time.time()
         loss_log.write(json.dumps({"step": tr.step, "prefix": list(prefix) if prefix else None, "twins": twins,
-                                   "blend": blend, "sharpen": sharpen,
+                                   "blend": blend, "sharpen": sharpen, "self_correct": self_correct,
                                    "loss": loss.item(), "loss_video": lv.item(),
                                    "loss_audio": la.item(), "lr": lr, "grad_norm": float(gn),
                                    "sec": round(now - t_last, 3), "wall": round(now - t0, 1)}) + "\n")

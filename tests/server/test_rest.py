@@ -12,7 +12,6 @@ from starlette.websockets import WebSocketDisconnect
 from ovi.runtime import Runner
 from ovi.server.limits import ServerLimits
 from ovi.server.rest import create_app
-from tests.launcher import wait_until
 from tests.queue import fakes
 
 

@@ -92,7 +92,6 @@ def test_bad_continuation_settings_are_refused(tmp_path):
 def test_turn_windows_keep_the_carried_frames_and_then_move_the_new_way():
     """An extension may change the prompt's direction: a turn sample carries the old motion's tail and
     continues from exactly there the new way, trained with the new direction's prompt."""
-    import numpy as np
     import pytest
 
     from ovi.codecs.shapes import ShapesAudioCodec, ShapesVideoCodec

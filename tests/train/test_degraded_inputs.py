@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from ovi.pipeline.objective import noised, pin
 from ovi.train.train import Dataset, TrainConfig, Trainer, continuation_windows, make_specs, train
 from tests.train.fakes import Recorder
 
@@ -121,6 +122,39 @@ def test_sharpen_prefix_holds_a_continuation_windows_carried_frames_blurred(tmp_
     s = sigma.view(-1, 1, 1, 1, 1)
     target = (rec.xv - x0) / s
     assert torch.allclose(lv, (target ** 2 * keep).sum() / keep.expand_as(target).sum(), rtol=1e-4)
+
+
+def test_self_correct_batches_noise_the_models_own_estimate_and_target_the_clip(tmp_path):
+    cfg = TrainConfig(num_clips=8, curriculum_steps=0, threads=torch.get_num_threads())
+    tr = Trainer(cfg, tmp_path)
+    ds = Dataset(make_specs(cfg), tr.tokenizer, tr.vcodec, tr.acodec)
+    idx = torch.arange(4)
+    x0 = tr.video_latents(ds.video[idx])
+    rec = Recorder()  # predicts v = 0, so its one-step x0 estimate is the noisier input itself
+    lv, _, sigma = tr.loss(ds, idx, torch.Generator().manual_seed(4), model=rec, self_correct=True)
+    # replay the draws: σ, video and audio noise, dropout, then the estimate's σ_hi and its noise
+    g = torch.Generator().manual_seed(4)
+    lo, hi = cfg.degraded_sigma_min, cfg.degraded_sigma_max
+    assert torch.allclose(sigma, lo + (hi - lo) * torch.rand(4, generator=g))
+    noise = torch.randn(x0.shape, generator=g)
+    torch.randn(ds.audio[idx].shape, generator=g), torch.rand(4, generator=g)
+    high = sigma + (1 - sigma) * torch.rand(4, generator=g)
+    assert ((high >= sigma) & (high <= 1)).all() and (high > sigma + 0.01).any()
+    estimate = pin(noised(x0, torch.randn(x0.shape, generator=g), high.view(-1, 1, 1, 1, 1)), tr.vfixed)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    assert torch.allclose(rec.xv, pin(noised(estimate, noise, s), tr.vfixed), atol=1e-5)
+    assert torch.allclose(rec.t, sigma * 1000.0)  # the last call is the trained one, at σ
+    assert torch.allclose(lv, zero_prediction_loss(tr, rec.xv, x0, sigma), rtol=1e-4)  # back to the clip itself
+    with pytest.raises(ValueError, match="own estimate"):
+        tr.loss(ds, idx, torch.Generator().manual_seed(4), model=rec, self_correct=True, sharpen=True)
+
+
+def test_a_short_run_with_self_correct_batches_logs_them(tmp_path):
+    cfg = TrainConfig(num_clips=8, steps=3, batch=4, warmup=1, eval_every=0, ckpt_every=1000, curriculum_steps=0,
+                      self_correct_frac=1.0, threads=torch.get_num_threads())
+    train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["self_correct"] and not r["sharpen"] for r in rows)
 
 
 def test_a_short_run_with_degraded_batches_logs_them(tmp_path):
