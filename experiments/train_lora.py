@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-known", type=float, default=1.0,
                         help="clips of the known colours (training combinations) per new-colour clip, so the LoRA "
                              "keeps drawing them (prior preservation); 0 trains on the new colour alone")
+    parser.add_argument("--sharpen-frac", type=float, default=0.0,
+                        help="share of sharpen steps (x_t from the clip blurred, target the clip: what the base's "
+                             "sharpen fine-tunes trained), so the adapter keeps the base's edges")
     parser.add_argument("--eval-seeds", type=int, default=2, help="seeds per held-out combination")
     add_training_arguments(parser, steps=3000, lr=2e-3, out="new_colour.safetensors", results="lora_training.jsonl")
     args = parser.parse_args(argv)
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     stamp = {"host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "config": args.config or "default", "seed": args.seed, "command": command,
              "attribute": f"colour {args.colour} {list(NEW_COLOURS[args.colour])}", "rank": rank,
-             "keep_known": args.keep_known,
+             "keep_known": args.keep_known, "sharpen_frac": args.sharpen_frac,
              "branch": args.branch, "video_weight": args.video_weight, "audio_weight": args.audio_weight}
     lines = []
 
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
                   flush=True)
     history = train_flow_matching(lora, examples, steps=args.steps, lr=args.lr, video_weight=args.video_weight,
                                   audio_weight=args.audio_weight, seed=args.seed, time_limit=args.minutes * 60,
-                                  on_step=report)
+                                  on_step=report, sharpen_frac=args.sharpen_frac)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lora.save(args.out, extra={"training": {**stamp, "steps": len(history.loss), "seconds": history.seconds,
                                             "lr": args.lr, "examples": len(examples),

@@ -7,7 +7,8 @@ A codec may fix some latent entries (the trained tiny model's coordinate channel
 (`masked_mse`). A continuation window's clean prefix (its first frames / tokens, held at their clean
 values, timestep 0) is one more set of fixed entries (`hold_prefix`). Token counts: the video backbone
 sees 1x2x2 patches of the [C, F, H, W] latent (`video_tokens`, from the architecture's patch size), the
-audio backbone one token per audio latent (`audio_tokens`).
+audio backbone one token per audio latent (`audio_tokens`). Degraded-input training builds x_t from a
+degraded clip (`spatial_blur`) and trains the velocity back to the clip (`degraded_velocity_target`).
 
 Used by the engine (ovi.pipeline.plan / engine), the base model's Trainer (ovi.train.train), LoRA
 training (ovi.train.lora) and the benches. It lives with the pipeline, the lowest layer that needs it
@@ -42,6 +43,24 @@ def shift_sigma(sigma, shift: float):
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     """x_σ = (1 - σ) x0 + σ ε (σ a float or a tensor broadcasting against x0)."""
     return (1 - sigma) * x0 + sigma * noise
+
+
+def spatial_blur(latent: torch.Tensor, strength) -> torch.Tensor:
+    """`latent` [..., F, h, w] moved `strength` (broadcasting against it) of the way to its 3x3 binomial blur
+    within each frame, edge cells replicated: the degraded input that sharpen training restores from."""
+    import torch.nn.functional as F
+    *lead, h, w = latent.shape
+    kernel = torch.tensor([1.0, 2.0, 1.0], dtype=latent.dtype, device=latent.device)
+    kernel = (kernel[:, None] * kernel[None]).div(16).view(1, 1, 3, 3)
+    flat = F.pad(latent.reshape(-1, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    smooth = F.conv2d(flat, kernel).view(*lead, h, w)
+    return latent + strength * (smooth - latent)
+
+
+def degraded_velocity_target(x0: torch.Tensor, noise: torch.Tensor, source: torch.Tensor, sigma) -> torch.Tensor:
+    """The velocity from x_t = noised(source, noise, σ), made from a degraded clip `source`, back to the
+    clip x0 itself: (x_t - x0) / σ = ε - x0 + (1 - σ)/σ (source - x0)."""
+    return velocity_target(x0, noise) + (1 - sigma) / sigma * (source - x0)
 
 
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

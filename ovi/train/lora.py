@@ -6,7 +6,9 @@
 - `flow_matching_loss`: Ovi's objective. x_t = (1 - s) x0 + s e, the model predicts v = e - x0 for both
   modalities at one shared timestep; loss = video_weight * mse_video + audio_weight * mse_audio. The
   two weights are parameters because the modalities' latents differ in size and scale (upstream Ovi
-  shares no training code, and its users ask how to weight them).
+  shares no training code, and its users ask how to weight them). With `sharpen`, x_t is made from the
+  clip blurred and the target leads back to the clip (the base Trainer's sharpen batches), so an adapter
+  on sharpen-trained weights does not relearn softer objects.
 - Distillation: a many-step teacher's ODE trajectory (`euler_trajectory`, e.g. with guidance) gives
   the states at the student's few sigmas; `distillation_loss` asks the student (base + LoRA, guidance
   off) to land on the teacher's next state in one Euler step from each. Sampling the distilled LoRA
@@ -38,7 +40,8 @@ import torch.nn.functional as F
 
 from ovi.errors import LoRAError
 from ovi.lora.adapter import BRANCHES, save_native_lora
-from ovi.pipeline.objective import Fixed, masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens
+from ovi.pipeline.objective import (Fixed, degraded_velocity_target, masked_mse, noised, pin, shift_sigma, spatial_blur,
+                                    velocity_target, video_tokens)
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
@@ -139,11 +142,17 @@ class LossParts:
 
 
 def flow_matching_loss(model: nn.Module, example: Example, sigma: float, video_noise: torch.Tensor,
-                       audio_noise: torch.Tensor, *, video_weight: float = 1.0, audio_weight: float = 1.0) -> LossParts:
-    xv = pin(noised(example.video, video_noise, sigma), example.video_fixed)
+                       audio_noise: torch.Tensor, *, video_weight: float = 1.0, audio_weight: float = 1.0,
+                       sharpen: float = 0.0) -> LossParts:
+    """`sharpen` > 0: the video x_t is made from the clip moved that far toward its spatial blur, the target
+    still the velocity back to the clip (the base Trainer's sharpen batches)."""
+    source = spatial_blur(example.video, sharpen) if sharpen else example.video
+    xv = pin(noised(source, video_noise, sigma), example.video_fixed)
     xa = pin(noised(example.audio, audio_noise, sigma), example.audio_fixed)
     pv, pa = model_velocity(model, xv, xa, sigma, example.context)
-    lv = masked_mse(pv, velocity_target(example.video, video_noise), example.video_fixed)
+    target = degraded_velocity_target(example.video, video_noise, source, sigma) if sharpen else \
+        velocity_target(example.video, video_noise)
+    lv = masked_mse(pv, target, example.video_fixed)
     la = masked_mse(pa, velocity_target(example.audio, audio_noise), example.audio_fixed)
     return LossParts(video_weight * lv + audio_weight * la, float(lv.detach()), float(la.detach()))
 
@@ -222,8 +231,11 @@ def training_sigmas(steps: int, shift: float, seed: int = 0) -> list[float]:
 
 def train_flow_matching(lora: TrainableLoRA, examples: list[Example], *, steps: int, lr: float = 1e-3,
                         video_weight: float = 1.0, audio_weight: float = 1.0, shift: float = 5.0, seed: int = 0,
-                        time_limit: float | None = None, on_step=None) -> History:
-    """Fine-tune `lora` on `examples` with Ovi's flow-matching loss (one example and noise level per step)."""
+                        time_limit: float | None = None, on_step=None, sharpen_frac: float = 0.0,
+                        sharpen_max: float = 1.0, sharpen_sigma: tuple[float, float] = (0.2, 0.95)) -> History:
+    """Fine-tune `lora` on `examples` with Ovi's flow-matching loss (one example and noise level per step).
+    `sharpen_frac` of the steps are sharpen steps (as the base model's: blur strength ~ U(0, sharpen_max),
+    σ ~ U(sharpen_sigma)), so an adapter trained on top of sharpen-trained weights keeps restoring edges."""
     if not examples:
         raise LoRAError("training needs at least one example")
     sigmas = training_sigmas(steps, shift, seed)
@@ -234,8 +246,13 @@ def train_flow_matching(lora: TrainableLoRA, examples: list[Example], *, steps: 
         ex = examples[step % len(examples)]
         noise_v = torch.randn(ex.video.shape, generator=g).to(ex.video)
         noise_a = torch.randn(ex.audio.shape, generator=g).to(ex.audio)
-        return flow_matching_loss(lora.model, ex, sigmas[step], noise_v, noise_a,
-                                  video_weight=video_weight, audio_weight=audio_weight)
+        sigma, strength = sigmas[step], 0.0
+        if sharpen_frac and float(torch.rand((), generator=g)) < sharpen_frac:  # no draw without sharpen steps
+            lo, hi = sharpen_sigma
+            sigma = lo + (hi - lo) * float(torch.rand((), generator=g))
+            strength = sharpen_max * float(torch.rand((), generator=g))
+        return flow_matching_loss(lora.model, ex, sigma, noise_v, noise_a, video_weight=video_weight,
+                                  audio_weight=audio_weight, sharpen=strength)
     try:
         return optimize(lora.parameters(), loss, steps=steps, lr=lr, time_limit=time_limit, on_step=on_step)
     finally:

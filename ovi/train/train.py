@@ -74,8 +74,8 @@ import torch.nn.functional as F
 
 from ovi.codecs.shapes import POOL, UNIQUE, ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
-from ovi.pipeline.objective import (audio_tokens, hold_prefix, masked_mse, noised, pin, shift_sigma, velocity_target,
-                                    video_tokens)
+from ovi.pipeline.objective import (audio_tokens, degraded_velocity_target, hold_prefix, masked_mse, noised, pin,
+                                    shift_sigma, spatial_blur, velocity_target, video_tokens)
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -419,9 +419,7 @@ class Trainer:
         vfixed = hold_prefix(self.vfixed, source if sharpen and self.cfg.sharpen_prefix else x0v, k_v, dim=1)
         xtv = pin(noised(source, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
-        target = velocity_target(x0v, ev)
-        if source is not x0v:
-            target = target + (1 - sv) / sv * (source - x0v)  # from the degraded x_t back to the clip
+        target = velocity_target(x0v, ev) if source is x0v else degraded_velocity_target(x0v, ev, source, sv)
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, **lengths)
         lv = masked_mse(torch.stack(ov), target, vfixed, self.object_weights(x0v))
         la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
@@ -443,15 +441,9 @@ class Trainer:
 
     def blurred(self, x0v: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """x0v [B, C, F, h, w] with its content channels moved `strength` of the way to their 3x3 binomial
-        blur within each latent frame (edge cells replicated); the fixed channels unchanged."""
+        blur within each latent frame (`spatial_blur`); the fixed channels unchanged."""
         n = self.vcodec.content_channels
-        content = x0v[:, :n]
-        b, c, f, h, w = content.shape
-        kernel = torch.tensor([1.0, 2.0, 1.0], dtype=content.dtype)
-        kernel = (kernel[:, None] * kernel[None]).div(16).view(1, 1, 3, 3)
-        flat = F.pad(content.reshape(b * c * f, 1, h, w), (1, 1, 1, 1), mode="replicate")
-        smooth = F.conv2d(flat, kernel).view(b, c, f, h, w)
-        return torch.cat([content + strength * (smooth - content), x0v[:, n:]], 1)
+        return torch.cat([spatial_blur(x0v[:, :n], strength), x0v[:, n:]], 1)
 
     def object_weights(self, x0v: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, F, h, w] video loss weights: 1 + object_weight on the cells whose clean content differs

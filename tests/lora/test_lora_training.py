@@ -115,3 +115,26 @@ def test_fixed_latent_entries_are_pinned_in_inputs_and_left_out_of_losses(model)
     velocity = pinned(lambda v, a, s: model_velocity(model, v, a, s, context), (mask, values), None)
     end_video, _ = euler_trajectory(velocity, torch.where(mask, values, noise_v), noise_a, [0.9, 0.5, 0.0])[-1]
     assert torch.equal(end_video[mask], values[mask]) and not torch.equal(end_video[~mask], noise_v[~mask])
+
+
+def test_sharpen_steps_noise_the_blurred_clip_and_target_the_clip(model):
+    """LoRA training's sharpen steps are the base Trainer's: x_t from the clip moved toward its spatial blur,
+    the target the velocity back to the clip itself."""
+    from ovi.pipeline.objective import masked_mse, noised, spatial_blur
+
+    video, audio, context, _ = _inputs(4)
+    example = Example(video=video, audio=audio, context=context)
+    g = torch.Generator().manual_seed(5)
+    noise_v, noise_a = torch.randn(video.shape, generator=g), torch.randn(audio.shape, generator=g)
+    with torch.no_grad():
+        got = flow_matching_loss(model, example, 0.4, noise_v, noise_a, sharpen=0.7)
+        plain = flow_matching_loss(model, example, 0.4, noise_v, noise_a)
+        source = spatial_blur(video, 0.7)
+        x_t = noised(source, noise_v, 0.4)
+        pv, _ = model_velocity(model, x_t, noised(audio, noise_a, 0.4), 0.4, context)
+        expected = float(masked_mse(pv, (x_t - video) / 0.4, None))
+    assert got.video == pytest.approx(expected, rel=1e-5) and got.video != pytest.approx(plain.video, rel=1e-3)
+    lora = TrainableLoRA(model, rank=4, branch="video")
+    history = train_flow_matching(lora, [example], steps=4, lr=1e-2, sharpen_frac=1.0)
+    assert len(history.loss) == 4 and all(torch.isfinite(torch.tensor(history.loss)))
+    lora.remove()
