@@ -104,7 +104,7 @@ def x0_probe(ckpt_dir: str, n: int, guidance: float, emit, blur: float = 0.0) ->
 def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int], n: int, emit,
                    held_out_seeds: int = 2, long_windows: int = 0, long_seeds: int = 2) -> None:
     import ovi
-    from ovi.bench.long import generate_long, segments
+    from ovi.bench.long import generate_long, measure_long
     from ovi.bench.quality import measure_engine
     from ovi.train import data, metrics
 
@@ -130,9 +130,9 @@ def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int],
                 right = {shape: [] for shape in data.SHAPES}  # per shape: [clip][window] right or not
                 for seed in range(long_seeds):
                     for spec in data.held_out_specs():
-                        video, _, seams = generate_long(engine, spec.prompt, seed, long_windows, "ours")
-                        right[spec.shape].append([metrics.measure_shape(metrics.object_mask(video[a:b])) == spec.shape
-                                                  for a, b in segments(len(video), seams)])
+                        video, audio, seams = generate_long(engine, spec.prompt, seed, long_windows, "ours")
+                        measured = measure_long(spec, video, audio, seams, engine.spec.fps, engine.spec.sample_rate)
+                        right[spec.shape].append([window["shape"] for window in measured["windows"]])
                 every = [x for clips in right.values() for clip in clips for x in clip]
                 row.update(long_windows=long_windows, long_seeds=long_seeds,
                            long_shape_accuracy=round(float(np.mean(every)), 3),

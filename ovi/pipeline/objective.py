@@ -45,6 +45,11 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     return (1 - sigma) * x0 + sigma * noise
 
 
+# σ range of degraded-input training steps (the base Trainer's `degraded_sigma_*` defaults, LoRA sharpen steps):
+# mid to high noise, where sampling settles an object's outline
+DEGRADED_SIGMA = (0.2, 0.95)
+
+
 def spatial_blur(latent: torch.Tensor, strength) -> torch.Tensor:
     """`latent` [..., F, h, w] moved `strength` (broadcasting against it) of the way to its 3x3 binomial blur
     within each frame, edge cells replicated: the degraded input that sharpen training restores from."""

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from ovi.errors import LoRAError
 from ovi.lora.adapter import BRANCHES, save_native_lora
-from ovi.pipeline.objective import (Fixed, degraded_velocity_target, masked_mse, noised, pin, shift_sigma, spatial_blur,
-                                    velocity_target, video_tokens)
+from ovi.pipeline.objective import (DEGRADED_SIGMA, Fixed, degraded_velocity_target, masked_mse, noised, pin,
+                                    shift_sigma, spatial_blur, velocity_target, video_tokens)
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
@@ -232,7 +232,7 @@ def training_sigmas(steps: int, shift: float, seed: int = 0) -> list[float]:
 def train_flow_matching(lora: TrainableLoRA, examples: list[Example], *, steps: int, lr: float = 1e-3,
                         video_weight: float = 1.0, audio_weight: float = 1.0, shift: float = 5.0, seed: int = 0,
                         time_limit: float | None = None, on_step=None, sharpen_frac: float = 0.0,
-                        sharpen_max: float = 1.0, sharpen_sigma: tuple[float, float] = (0.2, 0.95)) -> History:
+                        sharpen_max: float = 1.0, sharpen_sigma: tuple[float, float] = DEGRADED_SIGMA) -> History:
     """Fine-tune `lora` on `examples` with Ovi's flow-matching loss (one example and noise level per step).
     `sharpen_frac` of the steps are sharpen steps (as the base model's: blur strength ~ U(0, sharpen_max),
     σ ~ U(sharpen_sigma)), so an adapter trained on top of sharpen-trained weights keeps restoring edges."""

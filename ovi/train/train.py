@@ -40,7 +40,7 @@ from a training square, its x0 prediction at σ 0.3-0.6 decodes with box fill 0.
 from the same square blurred by a 3x3 binomial kernel 0.80-0.81 (the blurred input's own 0.81), and its
 conditional and negative-prompt passes agree to ~0.01 below σ 0.6 (it reads the shape off x_t and ignores
 the word). Training data never shows a blurred or in-between object at low noise, so nothing taught it to
-restore one. Two batch kinds do, each building x_t from a degraded clip x_in and training the velocity
+restore one. Three batch kinds try, each building x_t from a degraded clip x_in and training the velocity
 that leads from that x_t to the clip's own x0: v = (x_t - x0) / σ = ε - x0 + (1 - σ)/σ · (x_in - x0).
 - `shape_blend_frac` (of the twin batches): x_in = x0 + α (x0_twin - x0), so only the prompt says which
   shape the corners should take. Clips dropped to the negative prompt keep the plain input (without a
@@ -74,8 +74,8 @@ import torch.nn.functional as F
 
 from ovi.codecs.shapes import POOL, UNIQUE, ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
-from ovi.pipeline.objective import (audio_tokens, degraded_velocity_target, hold_prefix, masked_mse, noised, pin,
-                                    shift_sigma, spatial_blur, velocity_target, video_tokens)
+from ovi.pipeline.objective import (DEGRADED_SIGMA, audio_tokens, degraded_velocity_target, hold_prefix, masked_mse,
+                                    noised, pin, shift_sigma, spatial_blur, velocity_target, video_tokens)
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -151,8 +151,8 @@ class TrainConfig:
     # own one-step x0 estimate, made from the clip noised to a higher σ (no gradient through it): the model
     # learns to restore what it itself leaves soft, not only a fixed blur
     self_correct_frac: float = 0.0
-    degraded_sigma_min: float = 0.2
-    degraded_sigma_max: float = 0.95
+    degraded_sigma_min: float = DEGRADED_SIGMA[0]
+    degraded_sigma_max: float = DEGRADED_SIGMA[1]
     init_from: str = ""          # exported checkpoint folder to start from ("" = random init)
     grow: bool = False           # init_from may have fewer blocks than num_layers: see grow_blocks
 
@@ -389,6 +389,7 @@ class Trainer:
             ids, masks = ds.ids[idx], ds.mask[idx]
         b = len(x0v)
         k_v, k_a = prefix or (0, 0)
+        clean_fixed = hold_prefix(self.vfixed, x0v, k_v, dim=1)  # the coordinate channels and a clean prefix
         afixed = hold_prefix(None, x0a, k_a, dim=0)
         if blend or sharpen or self_correct:
             lo, hi = self.cfg.degraded_sigma_min, self.cfg.degraded_sigma_max
@@ -414,9 +415,8 @@ class Trainer:
             strength = (self.cfg.sharpen_max * torch.rand(b // pairs, generator=gen)).repeat(pairs)
             source = self.blurred(source, strength.view(b, 1, 1, 1, 1))
         if self_correct:
-            source = self.own_estimate(model, x0v, x0a, sigma, vctx, actx, hold_prefix(self.vfixed, x0v, k_v, dim=1),
-                                       afixed, gen, **lengths)
-        vfixed = hold_prefix(self.vfixed, source if sharpen and self.cfg.sharpen_prefix else x0v, k_v, dim=1)
+            source = self.own_estimate(model, x0v, x0a, sigma, vctx, actx, clean_fixed, afixed, gen, **lengths)
+        vfixed = hold_prefix(self.vfixed, source, k_v, dim=1) if sharpen and self.cfg.sharpen_prefix else clean_fixed
         xtv = pin(noised(source, ev, sv), vfixed)
         xta = pin(noised(x0a, ea, sa), afixed)
         target = velocity_target(x0v, ev) if source is x0v else degraded_velocity_target(x0v, ev, source, sv)
