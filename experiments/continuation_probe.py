@@ -49,8 +49,10 @@ def teacher_forced(ckpt_dir: str, seed: int = 0) -> dict:
         (seam,) = windows.seams
         rate = spec.sample_rate / spec.fps
         m = metrics.measure(frames[seam:], wave[int(round(seam * rate)):])
-        rows.append({"prompt": clip_spec.prompt, "motion": m.motion, "ok": m.motion == clip_spec.motion})
-    return {"teacher_forced_direction": sum(r["ok"] for r in rows) / len(rows), "teacher_forced_rows": rows}
+        rows.append({"prompt": clip_spec.prompt, "motion": m.motion, "ok": m.motion == clip_spec.motion,
+                     "shape": m.shape, "shape_ok": m.shape == clip_spec.shape})
+    return {"teacher_forced_direction": sum(r["ok"] for r in rows) / len(rows),
+            "teacher_forced_shape": sum(r["shape_ok"] for r in rows) / len(rows), "teacher_forced_rows": rows}
 
 
 def losses_by_sigma(ckpt_dir: str, clips: int = 96) -> dict:

@@ -8,6 +8,7 @@ experiments/results/shape_diagnosis.jsonl.
         [--held-out-seeds 6] [--long-windows 3 --long-seeds 2]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py negative [--ckpt-dir DIR] [--clips 24]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py trajectory [--ckpt-dir DIR] [--steps 8,16]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/shape_diagnosis.py codec [--sizes 15,19,21,23] [--blur 0,0.5,1]
 
 1. `x0`: a training clip's clean latent (squares, and circles at the same places) noised to σ, and the
    model's one-step x0 prediction decoded: its box fill (ovi.train.metrics.shape_features) from the
@@ -26,6 +27,10 @@ experiments/results/shape_diagnosis.jsonl.
 4. `trajectory`: square prompts through the engine, the box fill of the guided x0 prediction
    (x_t - σ v) at every step and of the output: the σ by which the fill is settled, and whether the last,
    low-noise steps still add corners.
+5. `codec`: no model. Clips of every shape at object half-width `--sizes` through the shapes codec, their
+   latents moved `--blur` of the way to the 3x3 binomial blur (`spatial_blur`, the softness the model
+   leaves), decoded and classified: how soft a latent may come out before a square reads as a circle, per
+   object size (the bigger-object trial noted at ovi.train.data.OBJECT_SIZE).
 """
 
 from __future__ import annotations
@@ -119,13 +124,18 @@ def sampling_probe(ckpt_dir: str | None, settings: list[dict], steps: list[int],
                     clip = engine.generate(data.sample_spec(combo, random.Random(i)).prompt, seed=i, steps=count)
                     right += metrics.measure_shape(metrics.object_mask(clip.video)) == shape
                 row[f"train_{shape}_accuracy"] = right / n
-            held = [(s, m) for s, m, _ in measure_engine(engine, data.held_out_specs(), held_out_seeds, count)[0]]
+            measured = measure_engine(engine, data.held_out_specs(), held_out_seeds, count)[0]
+            held = [(s, m) for s, m, _ in measured]
             score = metrics.score(held, data.NUM_FRAMES)
             row.update({f"held_out_{k}": round(score[k], 3) for k in ("shape_accuracy", "travel_ratio", "sync_error_frames")})
             row["held_out_min_color_motion_pitch"] = min(score[k] for k in ("color_accuracy", "motion_accuracy", "pitch_accuracy"))
             for shape in data.SHAPES:
                 row[f"held_out_{shape}_accuracy"] = round(float(np.mean([m.shape == s.shape for s, m in held
                                                                          if s.shape == shape])), 3)
+                # object pixels per frame: a model that draws a square as a circle of the square's area
+                # shows it here (the data's circle / square areas are pi r^2 / 4 r^2)
+                row[f"held_out_{shape}_pixels"] = round(float(np.mean([
+                    metrics.object_mask(clip.video).mean(0).sum() for s, _, clip in measured if s.shape == shape])))
             if long_windows:  # `ovi bench long`'s clips (method ours, the engine's steps), shape per window
                 right = {shape: [] for shape in data.SHAPES}  # per shape: [clip][window] right or not
                 for seed in range(long_seeds):
@@ -192,9 +202,40 @@ def trajectory_probe(ckpt_dir: str, steps: list[int], n: int, emit) -> None:
               "fill_output": round(float(np.nanmedian(final)), 3)})
 
 
+def codec_probe(sizes: list[float], blurs: list[float], n: int, emit) -> None:
+    import dataclasses
+
+    from ovi.codecs.shapes import ShapesVideoCodec
+    from ovi.pipeline.images import to_uint8_frames
+    from ovi.pipeline.objective import spatial_blur
+    from ovi.train import data, metrics
+
+    codec = ShapesVideoCodec()
+    content = codec.content_channels
+    for size in sizes:
+        for blur in blurs:
+            row = {"probe": "codec", "size": size, "blur": blur, "clips_per_shape": n}
+            for shape in data.SHAPES:
+                right, feats = 0, []
+                rng = random.Random(0)
+                for i in range(n):
+                    combo = ("red", shape, ("left", "up", "bounce")[i % 3], "low")
+                    spec = dataclasses.replace(data.sample_spec(combo, rng), size=size)
+                    latent = codec.encode(torch.from_numpy(data.render_video(spec)))
+                    soft = spatial_blur(latent[None, :content], torch.full((1, 1, 1, 1, 1), blur))[0]
+                    mask = metrics.object_mask(to_uint8_frames(codec.decode(torch.cat([soft, latent[content:]]))))
+                    right += metrics.measure_shape(mask) == shape
+                    feats.append(metrics.shape_features(mask))
+                fill, ratio = np.nanmedian(np.asarray([f for f in feats if f is not None]), 0)
+                row.update({f"{shape}_accuracy": right / n, f"{shape}_fill": round(float(fill), 3),
+                            f"{shape}_top_ratio": round(float(ratio), 3)})
+            emit(row)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("x0", "sampling", "negative", "trajectory"))
+    ap.add_argument("probe", choices=("x0", "sampling", "negative", "trajectory", "codec"))
+    ap.add_argument("--sizes", default="15,19,21,23", help="codec: comma-separated object half-widths (px)")
     ap.add_argument("--ckpt-dir", default="ovi/weights/tiny_trained")
     ap.add_argument("--label", default="shipped")
     ap.add_argument("--clips", type=int, default=8, help="training clips per shape")
@@ -221,6 +262,8 @@ def main():
     if args.probe == "x0":
         for blur in map(float, args.blur.split(",")):
             x0_probe(args.ckpt_dir, args.clips, args.guidance, emit, blur)
+    elif args.probe == "codec":
+        codec_probe([float(x) for x in args.sizes.split(",")], [float(x) for x in args.blur.split(",")], args.clips, emit)
     elif args.probe == "negative":
         negative_probe(args.ckpt_dir, args.clips, emit)
     elif args.probe == "trajectory":

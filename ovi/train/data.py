@@ -57,6 +57,15 @@ BOUNCE_PERIOD = 16.0
 # the square fills its corner cells: 0.32 of the norm apart, and the codec's fill gap widens.
 SQUARE_HALF_WIDTH = 1.0
 
+# Object half-width (a circle's radius) range in pixels: 28-32 px objects, 3.5-4 cells of the 8x8-pooling
+# codec. Bigger objects were tried for shapes (issue 18; experiments/shape_diagnosis.py `codec` and the
+# bigger_* rows of experiments/results/shape_diagnosis.jsonl): through the codec, one 3x3 binomial blur of
+# the cells (about how soft the model draws) turns every square at half-width 15 into a circle, at 21 none.
+# A fine-tune at 20-22 then drew every triangle right, over long clips too, but squares as circles of a
+# square's area, and with equal areas (SQUARE_HALF_WIDTH 0.886) as plain circles: the model had learnt a
+# square as more mass, not corners, so the world stayed at this size.
+OBJECT_SIZE = (14.0, 16.0)
+
 TONE_AMPLITUDE = 0.3
 CLICK_AMPLITUDE = 0.025  # per codec tone; the 20 in-phase tones sum to a 0.5 peak at the contact
 
@@ -141,7 +150,7 @@ def sample_spec(combo: tuple[str, str, str, str], rng: random.Random) -> ClipSpe
     placement learned it in 750.
     """
     color, shape, motion, pitch = combo
-    size = rng.uniform(14.0, 16.0)
+    size = rng.uniform(*OBJECT_SIZE)
     margin = size + 2.0
     speed = rng.uniform(4.2, 4.8)
     start = margin + rng.uniform(0.0, 4.0)      # distance of the start from the edge it leaves
