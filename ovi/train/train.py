@@ -32,7 +32,8 @@ clips drawn with their twin shape (ovi.train.data.shape_twin: square <-> circle,
 pair sharing its noise, σ and negative-prompt dropout. After 8x8 pooling a square and a circle differ in a
 few corner cells; within a pair everything else is the same, so the pair's losses differ by the shape alone.
 (Measured in the README: the shipped weights were trained with it, but it drew no better squares than
-plain batches from the same checkpoint.)
+plain batches from the same checkpoint.) `twin_contrast_weight` adds a loss on the pair's difference alone
+(`Trainer.twin_contrast`): measured, it did not draw better squares either.
 
 Degraded inputs: measured (experiments/shape_diagnosis.py), the model rounds squares off in sampling
 because the early, uncertain steps leave an in-between, blurred blob and the later steps keep it: noised
@@ -136,6 +137,11 @@ class TrainConfig:
     # the video loss weighs latent cells at and next to the object (1 + object_weight) x a background cell:
     # the object covers ~4% of the cells, and a shape is told by a few of them (a square's corners)
     object_weight: float = 0.0
+    # twin contrast: in a twin batch, also this weight x the MSE between the pair's predicted velocity
+    # difference and its target difference, over the cells where the pair's clips differ. The pair shares
+    # noise, so the target difference is -(x0_clip - x0_twin): the shape's own cells, with none of the noise
+    # the plain loss cannot predict at high σ, so the word's effect on those cells is learnt undiluted
+    twin_contrast_weight: float = 0.0
     # degraded inputs (see the module docstring): x_t is built from a degraded clip while the target stays
     # the clip, so the model learns to restore what sampling leaves degraded. Blend: this share of the twin
     # batches mixes each clip with its twin (twin share ~ U(0, shape_blend_max)); sharpen: this share of all
@@ -280,6 +286,8 @@ def continuation_turns(cfg: TrainConfig, specs: list[data.ClipSpec]) -> list[str
 # |clean content - background| above this (normalised units, ~5% of a cell covered by a palette colour):
 # the cell holds part of the object (object_weight)
 OBJECT_CELL_LEVEL = 0.3
+# |clip - twin| above this (normalised units) in a latent entry: the pair differs there (twin_contrast)
+TWIN_DIFFERENCE = 0.05
 BLOCK_KEY = re.compile(r"^(video_model|audio_model)\.blocks\.(\d+)\.(.*)$")
 # the layers whose output is added to the residual stream: zeroed, they make a block the identity
 RESIDUAL_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
@@ -422,8 +430,19 @@ class Trainer:
         target = velocity_target(x0v, ev) if source is x0v else degraded_velocity_target(x0v, ev, source, sv)
         ov, oa = model(list(xtv), list(xta), sigma * 1000.0, vctx, actx, **lengths)
         lv = masked_mse(torch.stack(ov), target, vfixed, self.object_weights(x0v))
+        if twins and self.cfg.twin_contrast_weight:
+            lv = lv + self.cfg.twin_contrast_weight * self.twin_contrast(torch.stack(ov), target, x0v, vfixed)
         la = masked_mse(torch.stack(oa), velocity_target(x0a, ea), afixed)
         return lv, la, sigma
+
+    def twin_contrast(self, pred: torch.Tensor, target: torch.Tensor, x0v: torch.Tensor, fixed) -> torch.Tensor:
+        """MSE between a twin batch's predicted and target pair differences (clip i minus twin i, the batch's
+        two halves), over the content entries whose clean latents differ within the pair."""
+        half = len(pred) // 2
+        differs = ((x0v[:half] - x0v[half:]).abs() > TWIN_DIFFERENCE).float()
+        if not differs.any():
+            return pred.sum() * 0.0
+        return masked_mse(pred[:half] - pred[half:], target[:half] - target[half:], fixed, differs)
 
     def own_estimate(self, model, x0v, x0a, sigma, vctx, actx, vfixed, afixed, gen, **lengths) -> torch.Tensor:
         """The model's one-step x0 estimate of the clips x0v from a noisier state, as a sampler makes one: each

@@ -69,3 +69,28 @@ def test_a_short_run_with_twins_trains_and_logs_them(tmp_path):
     train(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["twins"] for r in rows)
+
+
+def test_twin_contrast_adds_the_pair_difference_error_over_the_shape_cells(tmp_path):
+    from ovi.train.train import TWIN_DIFFERENCE
+    cfg = TrainConfig(num_clips=12, curriculum_steps=0, p_uncond=0.0, threads=torch.get_num_threads())
+    tr = Trainer(cfg, tmp_path)
+    ds = Dataset(make_specs(cfg), tr.tokenizer, tr.vcodec, tr.acodec, twins=True)
+    idx = torch.arange(min(3, len(ds.twin_of)))
+    plain, _, _ = tr.loss(ds, idx, torch.Generator().manual_seed(2), model=Recorder(), twins=True)
+    tr.cfg = dataclasses.replace(cfg, twin_contrast_weight=3.0)
+    with_contrast, _, _ = tr.loss(ds, idx, torch.Generator().manual_seed(2), model=Recorder(), twins=True)
+    # the Recorder predicts zeros and the pair shares its noise, so the target difference is -(own - other)
+    # and the contrast is the mean of (own - other)^2 over the content entries where the pair differs
+    own = tr.video_latents(ds.video[ds.twin_of[idx]])
+    other = tr.video_latents(ds.twin_video[idx])
+    content = tr.vcodec.content_channels
+    diff = (own - other)[:, :content]
+    shape_cells = diff.abs() > TWIN_DIFFERENCE
+    assert 0 < shape_cells.float().mean() < 0.2  # the shape's few cells, not the whole clip
+    expected = (diff[shape_cells] ** 2).mean()
+    assert torch.allclose(with_contrast - plain, 3.0 * expected, rtol=1e-4)
+    # a pair that does not differ adds nothing
+    same = tr.twin_contrast(torch.zeros_like(own).repeat(2, 1, 1, 1, 1), torch.zeros_like(own).repeat(2, 1, 1, 1, 1),
+                            own.repeat(2, 1, 1, 1, 1), tr.vfixed)
+    assert float(same) == 0.0
