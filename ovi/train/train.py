@@ -139,8 +139,8 @@ class TrainConfig:
     object_weight: float = 0.0
     # twin contrast: in a twin batch, also this weight x the MSE between the pair's predicted velocity
     # difference and its target difference, over the cells where the pair's clips differ. The pair shares
-    # noise, so the target difference is -(x0_clip - x0_twin): the shape's own cells, with none of the noise
-    # the plain loss cannot predict at high σ, so the word's effect on those cells is learnt undiluted
+    # noise, so the noise cancels and the target difference is -(x0_clip - x0_twin): the shape's own cells,
+    # which the plain loss weighs as a few cells among the whole clip's
     twin_contrast_weight: float = 0.0
     # degraded inputs (see the module docstring): x_t is built from a degraded clip while the target stays
     # the clip, so the model learns to restore what sampling leaves degraded. Blend: this share of the twin
