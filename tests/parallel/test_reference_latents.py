@@ -1,12 +1,15 @@
 """Behaviour pinned across refactors: the trained default's final latents in one process, with sp=2,
 cfg2 x sp2 and FSDP FULL_SHARD equal the saved reference (made on the code before issue 17's redesign;
-see tests/parallel/reference_runs.py for how) within 1e-6."""
+see tests/parallel/reference_runs.py for how) within 1e-6 in the environment that wrote it (library
+versions and CPU kernels, recorded in the file), and within 1e-4 elsewhere (DESIGN §8's figure: other
+kernels move these latents by ~1e-5)."""
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.parallel.reference_runs import REFERENCE, RUNS, run
+from tests.parallel.reference_runs import REFERENCE, RUNS, environment, run
 
 
 @pytest.fixture(scope="module")
@@ -14,13 +17,20 @@ def reference():
     return load_file(str(REFERENCE))
 
 
+@pytest.fixture(scope="module")
+def tolerance():
+    with safe_open(str(REFERENCE), "pt") as f:
+        written_in = f.metadata() or {}
+    return 1e-6 if written_in == environment() else 1e-4
+
+
 @pytest.mark.parametrize("name", list(RUNS))
-def test_latents_equal_the_saved_reference(name, reference):
+def test_latents_equal_the_saved_reference(name, reference, tolerance):
     latents = run(name)
     for key in ("video", "audio"):
         saved = reference[f"{name}/{key}"]
         assert latents[key].shape == saved.shape
-        torch.testing.assert_close(latents[key], saved, atol=1e-6, rtol=0)
+        torch.testing.assert_close(latents[key], saved, atol=tolerance, rtol=0)
 
 
 def test_the_reference_runs_agree_with_the_single_process(reference):
