@@ -207,11 +207,10 @@ def codec_probe(sizes: list[float], blurs: list[float], n: int, emit) -> None:
 
     from ovi.codecs.shapes import ShapesVideoCodec
     from ovi.pipeline.images import to_uint8_frames
-    from ovi.pipeline.objective import spatial_blur
+    from ovi.pipeline.objective import content_blur
     from ovi.train import data, metrics
 
     codec = ShapesVideoCodec()
-    content = codec.content_channels
     for size in sizes:
         for blur in blurs:
             row = {"probe": "codec", "size": size, "blur": blur, "clips_per_shape": n}
@@ -222,8 +221,8 @@ def codec_probe(sizes: list[float], blurs: list[float], n: int, emit) -> None:
                     combo = ("red", shape, ("left", "up", "bounce")[i % 3], "low")
                     spec = dataclasses.replace(data.sample_spec(combo, rng), size=size)
                     latent = codec.encode(torch.from_numpy(data.render_video(spec)))
-                    soft = spatial_blur(latent[None, :content], torch.full((1, 1, 1, 1, 1), blur))[0]
-                    mask = metrics.object_mask(to_uint8_frames(codec.decode(torch.cat([soft, latent[content:]]))))
+                    soft = content_blur(latent[None], codec.content_channels, torch.full((1, 1, 1, 1, 1), blur))[0]
+                    mask = metrics.object_mask(to_uint8_frames(codec.decode(soft)))
                     right += metrics.measure_shape(mask) == shape
                     feats.append(metrics.shape_features(mask))
                 fill, ratio = np.nanmedian(np.asarray([f for f in feats if f is not None]), 0)

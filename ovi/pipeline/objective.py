@@ -62,6 +62,12 @@ def spatial_blur(latent: torch.Tensor, strength) -> torch.Tensor:
     return latent + strength * (smooth - latent)
 
 
+def content_blur(latent: torch.Tensor, content_channels: int, strength) -> torch.Tensor:
+    """`latent` [B, C, F, h, w] with its first `content_channels` channels `spatial_blur`red, the codec's fixed
+    channels (coordinate maps) left as they are: a blurred clip the engine could still be handed."""
+    return torch.cat([spatial_blur(latent[:, :content_channels], strength), latent[:, content_channels:]], 1)
+
+
 def degraded_velocity_target(x0: torch.Tensor, noise: torch.Tensor, source: torch.Tensor, sigma) -> torch.Tensor:
     """The velocity from x_t = noised(source, noise, σ), made from a degraded clip `source`, back to the
     clip x0 itself: (x_t - x0) / σ = ε - x0 + (1 - σ)/σ (source - x0)."""

@@ -65,6 +65,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,9 @@ import torch.nn.functional as F
 
 from ovi.codecs.shapes import POOL, UNIQUE, ShapesAudioCodec, ShapesVideoCodec
 from ovi.codecs.text import WordTokenizer, make_t5
-from ovi.pipeline.objective import (DEGRADED_SIGMA, audio_tokens, degraded_velocity_target, hold_prefix, masked_mse,
-                                    noised, pin, shift_sigma, spatial_blur, velocity_target, video_tokens)
+from ovi.errors import CheckpointError, InputError
+from ovi.pipeline.objective import (DEGRADED_SIGMA, audio_tokens, content_blur, degraded_velocity_target, hold_prefix,
+                                    masked_mse, noised, pin, shift_sigma, velocity_target, video_tokens)
 from ovi.train import data
 
 # The engine's default negative prompts (config.py / configs/tiny.yaml): the unconditional branch of
@@ -461,8 +463,7 @@ class Trainer:
     def blurred(self, x0v: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """x0v [B, C, F, h, w] with its content channels moved `strength` of the way to their 3x3 binomial
         blur within each latent frame (`spatial_blur`); the fixed channels unchanged."""
-        n = self.vcodec.content_channels
-        return torch.cat([spatial_blur(x0v[:, :n], strength), x0v[:, n:]], 1)
+        return content_blur(x0v, self.vcodec.content_channels, strength)
 
     def object_weights(self, x0v: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, F, h, w] video loss weights: 1 + object_weight on the cells whose clean content differs
@@ -502,13 +503,13 @@ class Trainer:
         folder = Path(folder)
         fusion = folder / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file
         if not fusion.is_file():
-            raise SystemExit(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
+            raise CheckpointError(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
                              f"`--export` wrote (e.g. ovi/weights/tiny_trained)")
         state = {k: v.float() for k, v in read_state_dict(fusion).items()}
         have = count_blocks(state)
         if have != self.cfg.num_layers:
             if not (self.cfg.grow and have < self.cfg.num_layers):
-                raise SystemExit(f"--init-from {folder} has {have} blocks per tower, this run {self.cfg.num_layers}; "
+                raise CheckpointError(f"--init-from {folder} has {have} blocks per tower, this run {self.cfg.num_layers}; "
                                  f"pass --num-layers {have}, or --grow to start a deeper model from it")
             state = grow_blocks(state, self.cfg.num_layers)
         self.model.load_state_dict(state)
@@ -625,6 +626,14 @@ def export(tr: Trainer, dest: str | Path, command: str | None = None) -> Path:
 
 
 def main(argv=None):
+    try:
+        run_cli(argv)
+    except InputError as exc:  # a bad --init-from or option: one line naming the fix, exit 2 as the ovi CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_cli(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder (logs, ckpt.pt); reruns resume from it")
     ap.add_argument("--export", default=None, metavar="DIR",
@@ -651,7 +660,7 @@ def main(argv=None):
         cfg = TrainConfig(**overrides)
     if args.export:
         if not (out / "ckpt.pt").is_file():
-            raise SystemExit(f"no ckpt.pt in {out}: train first (same --out), then --export")
+            raise InputError(f"no ckpt.pt in {out}: train first (same --out), then --export")
         tr = Trainer(cfg, out)
         tr.load(out / "ckpt.pt")
         print(export(tr, args.export, args.command))

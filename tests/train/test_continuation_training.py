@@ -4,6 +4,7 @@ t=0 by the model; a short run lowers the continuation loss; turn samples (an ext
 import torch
 
 from ovi.checkpoint.loading import read_state_dict
+from ovi.errors import CheckpointError
 from ovi.pipeline.objective import hold_prefix, masked_mse, pin
 from ovi.specs import FUSION_DIR, MODEL_SPECS
 from ovi.train.train import (Dataset, TrainConfig, Trainer, continuation_turns, continuation_windows, make_specs,
@@ -85,8 +86,24 @@ def test_bad_continuation_settings_are_refused(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="at least 2 windows"):
         continuation_windows(TrainConfig(prefix_frac=0.5, sequence_windows=1), 4)
-    with pytest.raises(SystemExit, match="--init-from"):
+    with pytest.raises(CheckpointError, match="--init-from"):
         Trainer(TrainConfig(init_from=str(tmp_path), threads=torch.get_num_threads()), tmp_path)
+
+
+def test_training_cli_refuses_a_bad_init_folder_with_exit_2(tmp_path, capsys):
+    """The training CLI says what to pass instead, in one line, and exits 2 as the ovi CLI does."""
+    import pytest
+
+    from ovi.train.train import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "run"), "--init-from", str(tmp_path / "nowhere"), "--threads", "1"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: --init-from") and "--export" in message and "\n" not in message
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "empty"), "--export", str(tmp_path / "weights")])
+    assert exit_info.value.code == 2 and "train first" in capsys.readouterr().err
 
 
 def test_turn_windows_keep_the_carried_frames_and_then_move_the_new_way():

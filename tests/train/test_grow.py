@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ovi.checkpoint.loading import read_state_dict
+from ovi.errors import CheckpointError
 from ovi.specs import FUSION_DIR, MODEL_SPECS
 from ovi.train.train import RESIDUAL_OUTPUTS, Dataset, TrainConfig, Trainer, count_blocks, make_specs
 
@@ -55,5 +56,5 @@ def test_a_grown_model_computes_what_the_checkpoint_computed(tmp_path):
 
 
 def test_a_depth_mismatch_without_grow_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(SystemExit, match="--grow"):
+    with pytest.raises(CheckpointError, match="--grow"):
         Trainer(TrainConfig(init_from=SHIPPED, num_layers=9, threads=torch.get_num_threads()), tmp_path)
