@@ -68,7 +68,9 @@ def sweep(seeds: int):
             for key in ("video", "audio"):
                 row[f"{key}_latent_distance"] = float(np.mean(
                     [relative_l2(c.latents[key], rc.latents[key]) for (_, _, c), (_, _, rc) in zip(rows, ref_rows)]))
-            ratios = {k: row[k] / ref[k] for k in ("color_accuracy", "motion_accuracy", "pitch_accuracy") if ref[k]}
+            # shape is the one accuracy the uncached model does not saturate (0.92), so it is where caching shows
+            ratios = {k: row[k] / ref[k] for k in ("color_accuracy", "motion_accuracy", "pitch_accuracy", "shape_accuracy")
+                      if ref[k]}
             row["accuracy_ratio_vs_uncached"] = ratios
             row["meets_goal"] = bool(row["forwards_saved"] >= MIN_SAVED
                                      and all(r >= MIN_ACCURACY_RATIO for r in ratios.values())
