@@ -36,7 +36,7 @@ studio-app: install
 
 test: install browser postgres
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --nbmake tests notebooks
+	$(PY) -m pytest -q --durations=25 --nbmake tests notebooks
 
 clean:
 	rm -rf $(VENV) outputs
