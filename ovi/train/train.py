@@ -503,14 +503,15 @@ class Trainer:
         folder = Path(folder)
         fusion = folder / FUSION_DIR / MODEL_SPECS[ARCHITECTURE].checkpoint_file
         if not fusion.is_file():
-            raise CheckpointError(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder that "
-                             f"`--export` wrote (e.g. ovi/weights/tiny_trained)")
+            raise CheckpointError(f"--init-from {folder}: no {fusion.relative_to(folder)} there; give a folder "
+                                  f"that `--export` wrote (e.g. ovi/weights/tiny_trained)")
         state = {k: v.float() for k, v in read_state_dict(fusion).items()}
         have = count_blocks(state)
         if have != self.cfg.num_layers:
             if not (self.cfg.grow and have < self.cfg.num_layers):
-                raise CheckpointError(f"--init-from {folder} has {have} blocks per tower, this run {self.cfg.num_layers}; "
-                                 f"pass --num-layers {have}, or --grow to start a deeper model from it")
+                raise CheckpointError(f"--init-from {folder} has {have} blocks per tower, this run "
+                                      f"{self.cfg.num_layers}; pass --num-layers {have}, or --grow to start a "
+                                      f"deeper model from it")
             state = grow_blocks(state, self.cfg.num_layers)
         self.model.load_state_dict(state)
         self.t5.load_state_dict(wan_t5_to_hf(torch.load(folder / T5_DIR / T5_FILE, weights_only=True)))
