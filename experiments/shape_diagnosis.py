@@ -28,9 +28,9 @@ experiments/results/shape_diagnosis.jsonl.
    (x_t - σ v) at every step and of the output: the σ by which the fill is settled, and whether the last,
    low-noise steps still add corners.
 5. `codec`: no model. Clips of every shape at object half-width `--sizes` through the shapes codec, their
-   latents moved `--blur` of the way to the 3x3 binomial blur (`spatial_blur`, the softness the model
-   leaves), decoded and classified: how soft a latent may come out before a square reads as a circle, per
-   object size (the bigger-object trial noted at ovi.train.data.OBJECT_SIZE).
+   latents' content channels moved `--blur` of the way to the 3x3 binomial blur (`content_blur`, the
+   softness the model leaves), decoded and classified: how soft a latent may come out before a square
+   reads as a circle, per object size (the bigger-object trial noted at ovi.train.data.OBJECT_SIZE).
 """
 
 from __future__ import annotations

@@ -648,7 +648,6 @@ def run_cli(argv=None):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.type != "tuple" and getattr(args, f.name, None) is not None}
     if (out / "ckpt.pt").is_file():
@@ -666,7 +665,6 @@ def run_cli(argv=None):
         tr.load(out / "ckpt.pt")
         print(export(tr, args.export, args.command))
         return
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     train(cfg, out)
 
 
@@ -674,8 +672,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Trainer:
     from tqdm import tqdm
     t0 = time.time()
     out = Path(out)
+    tr = Trainer(cfg, out)  # first: a refused config (a bad --init-from) leaves no run folder behind
     out.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(cfg, out)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     if (out / "ckpt.pt").is_file():
         tr.load(out / "ckpt.pt")
     specs = make_specs(cfg)

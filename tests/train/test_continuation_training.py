@@ -100,7 +100,7 @@ def test_training_cli_refuses_a_bad_init_folder_with_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: --init-from") and "--export" in message and "\n" not in message
-    assert not (tmp_path / "run" / "ckpt.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path / "empty"), "--export", str(tmp_path / "weights")])
     assert exit_info.value.code == 2 and "train first" in capsys.readouterr().err
